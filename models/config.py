@@ -1,0 +1,44 @@
+"""Model and training configuration: frozen dataclasses, every field with its unit or meaning.
+
+Ray's flat trial dict becomes these in exactly one function (tuner/trainable.py); the CLI builds them
+from flags in one function too. Nothing below reads the environment.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "vgg11"  # registry name: "unet_scratch" or an smp encoder (vgg11, resnet18, tu-mobilenetv3_large_100, ...)
+    arch: str = "unet"  # smp architecture: unet | unetplusplus | fpn | deeplabv3plus | linknet (ignored by unet_scratch)
+    encoder_weights: str = "none"  # none | imagenet | path to a local weights file (.pth/.safetensors)
+    dropout: float = 0.0  # Dropout2d probability before the segmentation head, in [0, 1)
+    num_classes: int = 4  # output channels (ground, sky, small rocks, large rocks)
+    in_channels: int = 3  # RGB
+    scratch_width: int = 16  # unet_scratch: channels of the first encoder block (doubles per level)
+    scratch_depth: int = 4  # unet_scratch: number of encoder blocks (pooling steps = depth - 1)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 2  # passes over the training split
+    batch_size: int = 8  # images per step
+    lr: float = 1e-3  # peak learning rate
+    optimizer: str = "adamw"  # adam | adamw | sgd
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    weight_decay: float = 0.0  # decoupled for adamw, L2 for adam/sgd
+    loss: str = "ce"  # ce | weighted_ce | dice | ce_dice | focal
+    focal_gamma: float = 2.0  # focal loss focusing parameter
+    lr_schedule: str = "none"  # none | cosine | onecycle (stepped per batch)
+    seed: int = 0  # seeds torch, numpy and the data order
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision, used on CUDA only
+    channels_last: bool = True  # memory format, used on CUDA only
+
+    def to_dict(self) -> dict:
+        return asdict(self)

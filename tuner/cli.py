@@ -1,0 +1,221 @@
+"""`lunartune` command line: argument parsing only.
+
+Each subcommand's handler imports its heavy modules (torch, ray, mlflow) inside itself so that
+`lunartune --help` answers instantly; the handler turns the parsed arguments into the module's frozen
+config in one place and calls it.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable, Sequence
+
+from tuner.settings import RUN_DIR_ENV, TRACKING_URI_ENV, resolve_run_paths
+
+EXIT_USAGE = 2  # argparse's own code for bad usage
+EXIT_ERROR = 1  # a clear, expected error (bad input, missing data, ...)
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
+
+
+class CliError(Exception):
+    """An expected failure: printed as one clear line, exit code EXIT_ERROR (or .code)."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR):
+        super().__init__(message)
+        self.code = code
+
+
+def _size(text: str) -> tuple[int, int]:
+    """'128' -> (128, 128); '128x192' -> (128, 192) as HEIGHTxWIDTH."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or HxW (e.g. 128 or 128x192), got {text!r}")
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"expected N or HxW with positive sizes, got {text!r}")
+    return parts[0], parts[1]
+
+
+def _wxh(text: str) -> tuple[int, int]:
+    """'720x480' (WIDTHxHEIGHT, as image sizes are usually written) -> (480, 720) as (H, W)."""
+    h_w = _size(text)
+    return h_w[1], h_w[0]
+
+
+def _add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
+    default = argparse.SUPPRESS if suppress else None
+    p.add_argument("--run-dir", default=default,
+                   help=f"where every output goes (default ./lunartune-runs, env {RUN_DIR_ENV})")
+    p.add_argument("--tracking-uri", default=default,
+                   help=f"MLflow tracking URI (default sqlite:///<run-dir>/mlflow.db, env {TRACKING_URI_ENV})")
+
+
+def _data_parser(sub) -> None:
+    data = sub.add_parser("data", help="generate or check a data set in the Kaggle layout")
+    dsub = data.add_subparsers(dest="data_command", metavar="{synth,check}", required=True)
+    synth = dsub.add_parser("synth", help="write procedural lunar scenes in the Kaggle layout")
+    synth.add_argument("--out", required=True, help="output folder (gets images/render, images/clean, ...)")
+    synth.add_argument("--count", type=int, default=200, help="number of scenes")
+    synth.add_argument("--seed", type=int, default=0, help="same seed, same scenes")
+    synth.add_argument("--size", type=_wxh, default=(480, 720), help="WIDTHxHEIGHT (default 720x480)")
+    synth.add_argument("--style", choices=["realistic", "simple"], default="realistic",
+                       help="'simple' is the flat baseline generator used by bench/sim2real.py")
+    synth.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
+    synth.set_defaults(handler="tuner.data_commands:synth")
+    check = dsub.add_parser("check", help="validate a data set: counts, class balance, problems")
+    check.add_argument("path", help="folder in the Kaggle layout")
+    check.add_argument("--mask-source", choices=["clean", "ground"], default="clean")
+    check.add_argument("--allow-missing", action="store_true", help="skip renders without masks (and vice versa)")
+    check.add_argument("--exclude-mismatches", action="store_true", help="drop frames in mismatch_IDs.txt")
+    check.set_defaults(handler="tuner.data_commands:check")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    """Flags shared by `train` (one config) and `tune` (fixed values outside the search space)."""
+    p.add_argument("--data", default="synthetic", help="Kaggle-layout folder, or 'synthetic' to generate scenes")
+    p.add_argument("--synthetic-count", type=int, default=200, help="scenes to generate for --data synthetic")
+    p.add_argument("--image-size", type=_size, default=(64, 64), help="training size N or HxW (default 64)")
+    p.add_argument("--mask-source", choices=["clean", "ground"], default="clean")
+    p.add_argument("--allow-missing", action="store_true")
+    p.add_argument("--exclude-mismatches", action="store_true")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train one configuration without Ray")
+    _train_args(p)
+    p.add_argument("--backbone", default="vgg11", help="model name from the registry (see models.available_backbones)")
+    p.add_argument("--arch", default="unet", help="smp architecture: unet, unetplusplus, fpn, deeplabv3plus, linknet")
+    p.add_argument("--encoder-weights", default="none", help="none | imagenet | PATH to a weights file")
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--optimizer", default="adamw", choices=["adam", "adamw", "sgd"])
+    p.add_argument("--momentum", type=float, default=0.9, help="sgd only")
+    p.add_argument("--nesterov", action="store_true", help="sgd only")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--loss", default="ce", help="ce | weighted_ce | dice | ce_dice | focal")
+    p.add_argument("--lr-schedule", default="none", choices=["none", "cosine", "onecycle"])
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="checkpoint folder (default <run-dir>/train/<backbone>)")
+    p.set_defaults(handler="tuner.train:main")
+
+
+def _tune_parser(sub) -> None:
+    p = sub.add_parser("tune", help="hyperparameter sweep: Ray Tune + Optuna + ASHA, tracked in MLflow")
+    _train_args(p)
+    p.add_argument("--space", default="default", help="search space: name in search_spaces/ or a YAML path")
+    p.add_argument("--samples", type=int, default=8, help="number of trials")
+    p.add_argument("--max-epochs", type=int, default=4, help="epochs of a trial that is never stopped")
+    p.add_argument("--grace-epochs", type=int, default=1, help="ASHA: epochs before a trial may be stopped")
+    p.add_argument("--reduction-factor", type=int, default=2, help="ASHA reduction factor")
+    p.add_argument("--no-asha", action="store_true", help="run every trial to --max-epochs (for comparisons)")
+    p.add_argument("--concurrency", type=int, default=2, help="trials running at once")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.5")
+    p.add_argument("--objective", default="val_miou", choices=["val_miou", "val_rock_miou"])
+    p.add_argument("--seed", type=int, default=0, help="seeds Optuna's sampler and every trial")
+    p.add_argument("--address", default=None, help="join a Ray cluster: auto | HOST:PORT (default: local Ray)")
+    p.add_argument("--storage", default=None, help="Ray results: PATH or s3://... (default <run-dir>/ray)")
+    p.add_argument("--experiment", default="lunartune", help="MLflow experiment (also the Ray run name)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep of --experiment")
+    p.set_defaults(handler="tuner.sweep:main")
+
+
+def _model_consumers(sub) -> None:
+    promote = sub.add_parser("promote", help="register the best trial of a backbone; move aliases")
+    promote.add_argument("--experiment", default="lunartune")
+    promote.add_argument("--backbone", default="vgg11")
+    promote.add_argument("--objective", default="val_miou", choices=["val_miou", "val_rock_miou"])
+    promote.add_argument("--model-name", default="lunar-unet")
+    promote.add_argument("--real-data", default=None, help="Kaggle-layout folder with real photos + g_* masks")
+    promote.add_argument("--force", action="store_true", help="move 'champion' even if it does not beat it")
+    promote.set_defaults(handler="tuner.promote:main")
+
+    export = sub.add_parser("export", help="export a model to TorchScript / ONNX, verified against PyTorch")
+    export.add_argument("--model", required=True, help="models:/NAME@ALIAS, runs:/RUN_ID, RUN_ID or checkpoint file")
+    export.add_argument("--format", default="torchscript,onnx", help="comma list of torchscript, onnx")
+    export.add_argument("--out", required=True)
+    export.set_defaults(handler="tuner.export:main")
+
+    predict = sub.add_parser("predict", help="colour masks and overlays for images")
+    predict.add_argument("--model", required=True, help="as for export")
+    predict.add_argument("inputs", nargs="+", help="image files or folders")
+    predict.add_argument("--out", required=True)
+    predict.set_defaults(handler="tuner.predict:main")
+
+    evaluate = sub.add_parser("evaluate", help="score a model on a Kaggle-layout folder (renders and real photos)")
+    evaluate.add_argument("--model", required=True, help="as for export")
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--image-size", type=_size, default=None, help="override the checkpoint's input size")
+    evaluate.add_argument("--json", default=None, help="write the metrics here")
+    evaluate.add_argument("--out", default=None, help="confusion matrices and worst predictions (PNG)")
+    evaluate.set_defaults(handler="tuner.evaluate:main")
+
+    report = sub.add_parser("report", help="PNG figures and report.md for a sweep")
+    report.add_argument("--experiment", default="lunartune")
+    report.add_argument("--out", default=None, help="default <run-dir>/report/<experiment>")
+    report.set_defaults(handler="tuner.report:main")
+
+    ui = sub.add_parser("ui", help="start the MLflow UI on this run directory's store (127.0.0.1)")
+    ui.add_argument("--experiment", default="lunartune")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1", help="bind address; anything but loopback needs auth in front")
+    ui.add_argument("--optuna", action="store_true", help="also start optuna-dashboard on the sweep's study")
+    ui.set_defaults(handler="tuner.ui:main")
+
+    demo = sub.add_parser("demo", help="the whole job on embedded defaults: data -> sweep -> promote -> export -> report")
+    demo.add_argument("--experiment", default="lunartune-demo")
+    demo.add_argument("--samples", type=int, default=6)
+    demo.set_defaults(handler="tuner.demo:main")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, suppress=True)
+    parser = argparse.ArgumentParser(
+        prog="lunartune",
+        description="Hyperparameter search for lunar-surface segmentation (Ray Tune + Optuna + ASHA + MLflow).",
+    )
+    _add_common(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=lambda **kw: argparse.ArgumentParser(parents=[common], **kw))
+    _data_parser(sub)
+    _train_parser(sub)
+    _tune_parser(sub)
+    _model_consumers(sub)
+    return parser
+
+
+def _load_handler(spec: str) -> Callable:
+    """'tuner.train:main' -> the function, imported only when the command runs (keeps --help instant)."""
+    module, function = spec.split(":")
+    try:
+        return getattr(importlib.import_module(module), function)
+    except ModuleNotFoundError as err:
+        if err.name != module:
+            raise
+        raise CliError(f"this command is not implemented yet ({module} is missing)", code=3) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    paths = resolve_run_paths(args.run_dir, args.tracking_uri)
+    try:
+        return int(_load_handler(args.handler)(args, paths) or 0)
+    except CliError as err:
+        print(f"lunartune {args.command}: error: {err}", file=sys.stderr)
+        return err.code
+    except KeyboardInterrupt:
+        print(f"lunartune {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

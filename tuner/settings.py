@@ -1,0 +1,63 @@
+"""Where a run's outputs live, resolved once from flags and environment.
+
+Everything lunartune writes goes under one run directory so that a sweep, its MLflow store, its Ray
+results and its generated data can be found (and deleted) together.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_RUN_DIR = "lunartune-runs"
+RUN_DIR_ENV = "LUNARTUNE_RUN_DIR"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Layout of one run directory (all absolute)."""
+
+    root: Path  # the run directory itself
+    tracking_uri_override: str | None = None  # --tracking-uri or $MLFLOW_TRACKING_URI; None = SQLite here
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+    @property
+    def ray_results(self) -> Path:
+        return self.root / "ray"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def optuna_db(self) -> Path:
+        return self.root / "optuna.db"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking_uri_override or f"sqlite:///{self.mlflow_db}"
+
+    @property
+    def uses_embedded_store(self) -> bool:
+        return self.tracking_uri_override is None
+
+    def ensure(self) -> "RunPaths":
+        for d in (self.root, self.mlflow_artifacts, self.ray_results, self.data):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def resolve_run_paths(run_dir: str | None, tracking_uri: str | None, env: dict | None = None) -> RunPaths:
+    """Flag beats environment beats default, for both the run directory and the tracking URI."""
+    env = os.environ if env is None else env
+    root = Path(run_dir or env.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR).expanduser().resolve()
+    uri = tracking_uri or env.get(TRACKING_URI_ENV) or None
+    return RunPaths(root=root, tracking_uri_override=uri)
