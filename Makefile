@@ -10,7 +10,6 @@ PYTEST_ARGS ?=
 # Create .venv and install the project (editable) with its dev extras; redone when pyproject changes.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $$(command -v $(PY) || command -v python3) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 

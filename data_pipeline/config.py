@@ -18,7 +18,11 @@ class DataConfig:
     augment: bool = True  # flips + brightness/contrast jitter, train split only
     seed: int = 0  # seeds the train order and augmentations
     num_workers: int = 0  # DataLoader worker processes (the cache makes 0 fast)
-    cache_dir: str | None = None  # decode-once arrays; default <root>/.lunartune_cache
+    cache_dir: str | None = None  # decode-once arrays; default <root>/.lunartune_cache, or
+    #   ~/.cache/lunartune/<root id>/cache when the data folder is read-only
+    manifest_path: str | None = None  # split manifest (JSON); default <root>/lunartune_split.json, or beside
+    #   cache_dir / in ~/.cache/lunartune/<root id>/ when the data folder is read-only
+    progress: bool = True  # progress bar while a cache is first built (only for >= 50 frames)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -42,3 +42,36 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the field, the value and what was expected."""
+
+    def __init__(self, field_name: str, value, expected: str):
+        super().__init__(f"{field_name}={value!r}: expected {expected}")
+        self.field = field_name
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LOSSES = ("ce", "weighted_ce", "dice", "ce_dice", "focal")
+LR_SCHEDULES = ("none", "cosine", "onecycle")
+
+
+def validate_train(cfg: TrainConfig) -> TrainConfig:
+    """Raise ConfigError naming the first bad field of `cfg`; return it unchanged when valid."""
+    checks = [
+        ("epochs", cfg.epochs >= 1, "an integer >= 1"),
+        ("batch_size", cfg.batch_size >= 1, "an integer >= 1"),
+        ("lr", cfg.lr > 0 and cfg.lr == cfg.lr, "a learning rate > 0"),
+        ("optimizer", cfg.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+        ("momentum", 0 <= cfg.momentum < 1, "a value in [0, 1)"),
+        ("nesterov", not (cfg.nesterov and cfg.momentum == 0), "momentum > 0 when nesterov is on"),
+        ("weight_decay", cfg.weight_decay >= 0, "a value >= 0"),
+        ("loss", cfg.loss in LOSSES, f"one of {', '.join(LOSSES)}"),
+        ("focal_gamma", cfg.focal_gamma >= 0, "a value >= 0"),
+        ("lr_schedule", cfg.lr_schedule in LR_SCHEDULES, f"one of {', '.join(LR_SCHEDULES)}"),
+    ]
+    for name, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"TrainConfig.{name}", getattr(cfg, name), expected)
+    return cfg

@@ -218,4 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Re-import so that `python -m tuner.cli` and the console script share one CliError class.
+    from tuner.cli import main as _main
+
+    sys.exit(_main())

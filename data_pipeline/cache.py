@@ -1,0 +1,213 @@
+"""Decode-once uint8 arrays per (data set, split, size): the expensive PNG decode happens once.
+
+For each split and training size the first user writes
+
+    <cache_dir>/<split>-<H>x<W>-<source>-<key>.images.npy   N x H x W x 3 uint8 (bilinear-resized)
+    <cache_dir>/<split>-<H>x<W>-<source>-<key>.masks.npy    N x H x W uint8 class indices (nearest)
+    <cache_dir>/<split>-<H>x<W>-<source>-<key>.json         frames, per-class pixel counts (written last)
+
+and every later epoch, trial and process memory-maps them. `key` hashes the frame list and the
+fingerprint (size + mtime) of every source file, so changing, adding or removing a source file gives a
+new key: the cache is rebuilt and older arrays of that split and size are deleted.
+
+Several Ray trials may start building the same cache at once: builders take an exclusive file lock
+(one builds, the others wait and then read), and every file is written under a temporary name and
+renamed into place, so no reader ever sees half an array (also where locks do not work, e.g. some NFS).
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from data_pipeline.classes import NUM_CLASSES
+from data_pipeline.config import DataConfig
+from data_pipeline.errors import DataError
+from data_pipeline.imageio import resize_image, resize_mask
+from data_pipeline.kaggle import MASK_DIRS, Sample, find_pairs, find_real_photos, load_sample
+from data_pipeline.split import (
+    SplitManifest,
+    fingerprint,
+    is_writable,
+    prepare_split,
+    user_state_dir,
+    write_json_atomic,
+)
+
+CACHE_VERSION = 1  # bump when the array layout or the resize rule changes
+CACHE_DIR_NAME = ".lunartune_cache"
+PROGRESS_MIN_FILES = 50  # show a progress bar when the first build decodes at least this many frames
+
+
+@dataclass(frozen=True)
+class CachedSplit:
+    """A built cache: paths of the arrays and what they hold."""
+
+    images_path: Path  # N x H x W x 3 uint8
+    masks_path: Path  # N x H x W uint8
+    frames: list[str]  # frame id of each row
+    class_counts: np.ndarray  # int64[NUM_CLASSES]: pixels per class over the split, at this size
+    size: tuple[int, int]  # (height, width)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def open(self) -> tuple[np.ndarray, np.ndarray]:
+        """(images, masks) as read-only memory maps."""
+        return np.load(self.images_path, mmap_mode="r"), np.load(self.masks_path, mmap_mode="r")
+
+
+def default_cache_dir(root: str | Path) -> Path:
+    """<root>/.lunartune_cache when the data folder is writable, else ~/.cache/lunartune/<root id>/cache."""
+    root = Path(root)
+    return root / CACHE_DIR_NAME if is_writable(root) else user_state_dir(root) / "cache"
+
+
+def cache_key(samples: Sequence[Sample], size: tuple[int, int]) -> str:
+    body = json.dumps({"version": CACHE_VERSION, "size": list(size), "frames": [s.frame for s in samples],
+                       "source": samples[0].source if samples else None, "files": fingerprint(samples)})
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def build_or_load(samples: Sequence[Sample], split: str, size: tuple[int, int], cache_dir: str | Path,
+                  progress: bool = True) -> CachedSplit:
+    """The cache of these samples at `size`, building it first if no valid one exists."""
+    if not samples:
+        raise DataError(f"split {split!r}: no frames to cache (expected at least one)")
+    size = (int(size[0]), int(size[1]))
+    cache_dir = Path(cache_dir)
+    prefix = f"{split}-{size[0]}x{size[1]}-{samples[0].source}-"
+    stem = cache_dir / (prefix + cache_key(samples, size))
+    cached = _read_cached(stem, size)
+    if cached is not None:
+        return cached
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(stem.with_suffix(".lock")):
+        cached = _read_cached(stem, size)  # another process may have built it while we waited
+        if cached is None:
+            cached = _build(samples, stem, size, progress and len(samples) >= PROGRESS_MIN_FILES)
+    _remove_stale(cache_dir, prefix, keep=stem.name)
+    return cached
+
+
+def _build(samples: Sequence[Sample], stem: Path, size: tuple[int, int], progress: bool) -> CachedSplit:
+    images_path, masks_path = Path(f"{stem}.images.npy"), Path(f"{stem}.masks.npy")
+    tmp_images, tmp_masks = _tmp(images_path), _tmp(masks_path)
+    try:
+        images = np.lib.format.open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=(len(samples), *size, 3))
+        masks = np.lib.format.open_memmap(tmp_masks, mode="w+", dtype=np.uint8, shape=(len(samples), *size))
+        counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+        for i, sample in enumerate(_progress(samples, progress, stem.name)):
+            image, mask = load_sample(sample)
+            images[i] = resize_image(image, size)
+            masks[i] = resize_mask(mask, size)
+            counts += np.bincount(masks[i].ravel(), minlength=NUM_CLASSES)
+        images.flush(), masks.flush()
+        del images, masks  # close the maps before renaming
+        os.replace(tmp_images, images_path)
+        os.replace(tmp_masks, masks_path)
+    finally:
+        tmp_images.unlink(missing_ok=True)
+        tmp_masks.unlink(missing_ok=True)
+    frames = [s.frame for s in samples]
+    # the metadata goes last: its presence says both arrays are complete
+    write_json_atomic(Path(f"{stem}.json"), {"version": CACHE_VERSION, "size": list(size), "frames": frames,
+                                             "class_counts": counts.tolist()})
+    return CachedSplit(images_path, masks_path, frames, counts, size)
+
+
+def _read_cached(stem: Path, size: tuple[int, int]) -> CachedSplit | None:
+    """The cache at `stem` if complete and consistent, else None (it is then rebuilt)."""
+    meta_path = Path(f"{stem}.json")
+    images_path, masks_path = Path(f"{stem}.images.npy"), Path(f"{stem}.masks.npy")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        images, masks = np.load(images_path, mmap_mode="r"), np.load(masks_path, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    n = len(meta.get("frames", []))
+    if images.shape != (n, *size, 3) or masks.shape != (n, *size) or images.dtype != np.uint8:
+        return None
+    return CachedSplit(images_path, masks_path, list(meta["frames"]),
+                       np.asarray(meta["class_counts"], dtype=np.int64), size)
+
+
+@contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _tmp(path: Path) -> Path:
+    # unique per process and ending in .npy so numpy does not append another suffix
+    return path.with_name(f".{path.name[:-4]}.{os.getpid()}.tmp.npy")
+
+
+def _remove_stale(cache_dir: Path, prefix: str, keep: str) -> None:
+    """Delete arrays of the same split and size built from older files (open memmaps stay valid)."""
+    for path in cache_dir.glob(prefix + "*"):
+        if not path.name.startswith(keep) and path.suffix in (".npy", ".json"):
+            path.unlink(missing_ok=True)
+
+
+def _progress(samples: Sequence[Sample], enabled: bool, what: str):
+    if not enabled:
+        return samples
+    from tqdm import tqdm  # only when there is something to show
+
+    return tqdm(samples, desc=f"caching {what}", unit="img")
+
+
+# -- preparing a data set for training (no torch here: the tuner's driver calls this) ---------------
+
+@dataclass(frozen=True)
+class PreparedData:
+    manifest: SplitManifest
+    caches: dict[str, CachedSplit]  # one per non-empty split
+    cache_dir: Path
+
+
+def prepare(cfg: DataConfig) -> PreparedData:
+    """Find the pairs, read or write the split manifest, and build (or find) the cache of every split."""
+    check_config(cfg)
+    root = Path(cfg.root)
+    samples = find_pairs(root, cfg.mask_source, cfg.allow_missing, cfg.exclude_mismatches)
+    real = [s.frame for s in find_real_photos(root)]
+    manifest = prepare_split(root, cfg.split_seed, cfg.val_fraction, cfg.test_fraction, samples,
+                             manifest_path=cfg.manifest_path, cache_dir=cfg.cache_dir,
+                             exclude_mismatches=cfg.exclude_mismatches, real_eval=real)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(root)
+    by_frame = {s.frame: s for s in samples}
+    caches = {name: build_or_load([by_frame[f] for f in frames], name, cfg.image_size, cache_dir, cfg.progress)
+              for name, frames in manifest.splits.items() if frames}
+    return PreparedData(manifest, caches, cache_dir)
+
+
+def prepare_dataset(cfg: DataConfig) -> SplitManifest:
+    """Build the split manifest and the caches of all splits once (the tuner's driver calls this before
+    starting trials, so trials only read). Returns the manifest (`.hash`, `.splits`, `.path`)."""
+    return prepare(cfg).manifest
+
+
+def check_config(cfg: DataConfig) -> None:
+    """DataError naming the field for values no loader could use."""
+    size = tuple(cfg.image_size)
+    if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in size):
+        raise DataError(f"image_size: expected (height, width) positive integers, got {cfg.image_size!r}")
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise DataError(f"batch_size: expected an integer >= 1, got {cfg.batch_size!r}")
+    if cfg.mask_source not in MASK_DIRS:
+        raise DataError(f"mask_source: expected one of {', '.join(MASK_DIRS)} for training, got {cfg.mask_source!r}")
+    if not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
+        raise DataError(f"num_workers: expected an integer >= 0, got {cfg.num_workers!r}")

@@ -1,0 +1,64 @@
+"""Reading, writing and resizing images and masks with PIL; every failure names the file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from data_pipeline.errors import DataError
+
+# PIL raises these for truncated, corrupt or non-image files (SyntaxError: some broken headers)
+_PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """The image at `path` as H x W x 3 uint8 RGB. RGBA drops alpha; L/P/I modes are converted.
+
+    A missing, truncated or corrupt file raises DataError naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (expected a PNG image)")
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: a truncated PNG only fails here, not at open()
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except _PIL_ERRORS as err:
+        raise DataError(f"{path}: cannot decode image (expected a readable PNG): {err}") from None
+
+
+def read_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) from the file header, without decoding the pixels."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found (expected a PNG image)") from None
+    except _PIL_ERRORS as err:
+        raise DataError(f"{path}: cannot read image header (expected a PNG): {err}") from None
+
+
+def save_rgb(path: str | Path, rgb: np.ndarray) -> Path:
+    """Write an H x W x 3 uint8 array as PNG (parents created)."""
+    path = Path(path)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise DataError(f"{path}: expected an H x W x 3 uint8 array to save, got {rgb.dtype} {rgb.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb, mode="RGB").save(path)
+    return path
+
+
+def resize_image(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """H x W x 3 uint8 -> size=(height, width) x 3 uint8, bilinear. Returns the input if already that size."""
+    if rgb.shape[:2] == tuple(size):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def resize_mask(indices: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """H x W uint8 class indices -> size=(height, width), nearest neighbour: never mixes classes."""
+    if indices.shape == tuple(size):
+        return indices
+    return np.asarray(Image.fromarray(indices).resize((size[1], size[0]), Image.NEAREST))

@@ -1,0 +1,127 @@
+"""Checkpoints that describe themselves: a model rebuilds from the file alone.
+
+A checkpoint is a plain dict saved with torch.save and read with weights_only=True (tensors and plain
+data only — no pickled objects): weights, the model and training configs as dicts, the class table
+(list of {name, index, color}), image size (H, W), normalisation {mean, std}, epoch and metrics; optionally
+optimizer/scheduler state and torch's RNG state for resuming. Saving writes a temp file in the same folder
+and renames it over the target, so a kill mid-save leaves the old file (or none), never a truncated one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.config import ModelConfig, TrainConfig
+from models.registry import build
+
+FORMAT = "lunartune-checkpoint"
+VERSION = 1
+REQUIRED_KEYS = ("format", "version", "state_dict", "model_config", "train_config", "classes", "image_size",
+                 "normalization", "epoch", "metrics")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read or is not ours; the message names the file."""
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def save_checkpoint(path, model: nn.Module, model_cfg: ModelConfig, train_cfg: TrainConfig, *, classes: list[dict],
+                    image_size: tuple[int, int], normalization: dict, epoch: int, metrics: dict,
+                    optimizer=None, scheduler=None, extra: dict | None = None) -> Path:
+    """Write the checkpoint atomically; returns its path. `extra` must be plain data (or tensors)."""
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "model_config": model_cfg.to_dict(),
+        "train_config": train_cfg.to_dict(),
+        "classes": [dict(c) for c in classes],
+        "image_size": [int(s) for s in image_size],
+        "normalization": {"mean": [float(v) for v in normalization["mean"]],
+                          "std": [float(v) for v in normalization["std"]]},
+        "epoch": int(epoch),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": _rng_state(),
+        "extra": extra or {},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path) -> dict:
+    """The checkpoint dict (tensors on CPU); CheckpointError naming the file if missing, corrupt or foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, garbage bytes, pickled objects weights_only refuses, ...
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): "
+                              f"{type(err).__name__}: {err}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a lunartune checkpoint (no format={FORMAT!r} marker)")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    if ckpt["version"] > VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {ckpt['version']} is newer than this code's {VERSION}")
+    return ckpt
+
+
+def _config_from(cls, data: dict, source: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise CheckpointError(f"{source}: {cls.__name__} in the checkpoint has unknown fields {unknown}")
+    return cls(**data)
+
+
+def model_from_checkpoint(path_or_dict) -> tuple[nn.Module, dict]:
+    """(model in eval mode with the checkpoint's weights, the checkpoint dict with configs as dataclasses).
+
+    The model is built with encoder_weights="none": the checkpoint holds every weight, so neither the
+    hub nor the original encoder file is needed on the machine that loads it.
+    """
+    source = "checkpoint" if isinstance(path_or_dict, dict) else str(path_or_dict)
+    ckpt = path_or_dict if isinstance(path_or_dict, dict) else load_checkpoint(path_or_dict)
+    model_cfg = _config_from(ModelConfig, ckpt["model_config"], source)
+    model = build(dataclasses.replace(model_cfg, encoder_weights="none"))
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{source}: weights do not fit {model_cfg.backbone}: {err}") from None
+    info = {**ckpt, "model_config": model_cfg, "train_config": _config_from(TrainConfig, ckpt["train_config"], source)}
+    return model.eval(), info
+
+
+def restore_rng(ckpt: dict) -> None:
+    """Put torch's RNG back where the checkpoint left it (for a resumed run to continue the same stream)."""
+    rng = ckpt.get("rng") or {}
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])

@@ -1,0 +1,187 @@
+"""The pure training loop: no Ray, no MLflow. `train_one_epoch` and `evaluate` return plain dicts.
+
+Batches are `(images float32 N x 3 x H x W, masks int64 N x H x W)`. On CUDA, mixed precision uses
+bfloat16 where the GPU supports it (no loss scaling needed), else float16 with a GradScaler; models and
+inputs use channels_last there. On CPU both are off: they only slow it down.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import nullcontext
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.config import ConfigError, TrainConfig
+from models.metrics import LOSS, ConfusionMatrix, segmentation_metrics
+
+STATUS_DIVERGED = "diverged"  # the run status the tuner records for a DivergedError
+ONECYCLE_WARMUP = 0.3  # share of all steps spent warming up in the one-cycle schedule
+ONECYCLE_START = 1 / 25  # one-cycle starts (and cosine-like ends) at this fraction of the peak lr
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN/inf: the run stops with status "diverged"."""
+
+    def __init__(self, epoch: int, step: int, loss: float, lr: float):
+        super().__init__(f"training diverged: loss is {loss} at epoch {epoch}, step {step} (lr {lr:.3g}); "
+                         f"try a lower learning rate or another loss/optimizer")
+        self.epoch, self.step, self.loss, self.lr = epoch, step, loss, lr
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (all devices); make cuDNN pick deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """auto (CUDA if present, else CPU) | cpu | cuda | cuda:N; ConfigError if CUDA is asked for but absent."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError("TrainConfig.device", spec, "auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("TrainConfig.device", spec, "auto or cpu: this machine has no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError("TrainConfig.device", spec, "auto, cpu, cuda or cuda:N")
+    return device
+
+
+def uses_cuda_extras(device: torch.device, enabled: bool) -> bool:
+    """AMP and channels_last are CUDA-only: this is the one place that rule lives."""
+    return enabled and device.type == "cuda"
+
+
+def prepare_model(model: nn.Module, device: torch.device, cfg: TrainConfig) -> nn.Module:
+    model = model.to(device)
+    if uses_cuda_extras(device, cfg.channels_last):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    raise ConfigError("TrainConfig.optimizer", cfg.optimizer, "one of adam, adamw, sgd")
+
+
+def lr_factor(schedule: str, step: int, total_steps: int) -> float:
+    """Multiplier of the peak lr at optimizer step `step` (0-based) of `total_steps`; a pure function.
+
+    cosine: 1 -> 0 over all steps. onecycle: linear warm-up from ONECYCLE_START to 1 over the first
+    ONECYCLE_WARMUP of the steps, then cosine down to ONECYCLE_START / 1e4 (as torch's OneCycleLR).
+    """
+    progress = min(step / max(total_steps, 1), 1.0)
+    if schedule == "none":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "onecycle":
+        if progress < ONECYCLE_WARMUP:
+            return ONECYCLE_START + (1 - ONECYCLE_START) * progress / ONECYCLE_WARMUP
+        floor = ONECYCLE_START / 1e4
+        down = (progress - ONECYCLE_WARMUP) / (1 - ONECYCLE_WARMUP)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * down))
+    raise ConfigError("TrainConfig.lr_schedule", schedule, "one of none, cosine, onecycle")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int,
+                   epochs: int | None = None) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """A per-batch LambdaLR over lr_factor, or None for `none`. `epochs` defaults to cfg.epochs."""
+    if cfg.lr_schedule == "none":
+        return None
+    lr_factor(cfg.lr_schedule, 0, 1)  # validates the name before building anything
+    total = steps_per_epoch * (epochs or cfg.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg.lr_schedule, step, total))
+
+
+def _autocast(device: torch.device, amp: bool):
+    if not uses_cuda_extras(device, amp):
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def _to_device(images, masks, device: torch.device, channels_last: bool):
+    images = images.to(device, non_blocking=True)
+    if uses_cuda_extras(device, channels_last):
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, masks.to(device, non_blocking=True)
+
+
+def _progress(loader, enabled: bool, desc: str):
+    if not enabled:
+        return loader
+    from tqdm import tqdm
+
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, loss_fn: Callable,
+                    device: torch.device, scheduler=None, progress: bool = False, *, epoch: int = 0,
+                    amp: bool = False, channels_last: bool = False) -> dict[str, float]:
+    """One pass over `loader`; {loss (mean per batch), lr (at the end), seconds}. DivergedError on NaN/inf."""
+    model.train()
+    fp16 = uses_cuda_extras(device, amp) and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16)  # bfloat16 and fp32 need no loss scaling
+    total, batches, start = 0.0, 0, time.perf_counter()
+    for step, (images, masks) in enumerate(_progress(loader, progress, f"epoch {epoch}")):
+        images, masks = _to_device(images, masks, device, channels_last)
+        with _autocast(device, amp):
+            loss = loss_fn(model(images), masks)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise DivergedError(epoch, step, value, optimizer.param_groups[0]["lr"])
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if scheduler is not None:
+            scheduler.step()
+        total, batches = total + value, batches + 1
+    if batches == 0:
+        raise ValueError("train_one_epoch: the training loader yielded no batches")
+    return {LOSS: total / batches, "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+
+
+@torch.no_grad()
+def confusion_and_loss(model: nn.Module, loader, device: torch.device, loss_fn: Callable, num_classes: int, *,
+                       amp: bool = False, channels_last: bool = False) -> tuple[torch.Tensor, float]:
+    """The split's confusion matrix (int64, true x predicted) and its pixel-weighted mean loss."""
+    model.eval()
+    confusion = ConfusionMatrix(num_classes)
+    loss_sum, pixels = 0.0, 0
+    for images, masks in loader:
+        images, masks = _to_device(images, masks, device, channels_last)
+        with _autocast(device, amp):
+            logits = model(images)
+        loss_sum += float(loss_fn(logits.float(), masks)) * masks.numel()  # weight batches by size
+        pixels += masks.numel()
+        confusion.update(logits.argmax(dim=1), masks)
+    if pixels == 0:
+        raise ValueError("evaluate: the loader yielded no batches")
+    return confusion.matrix, loss_sum / pixels
+
+
+def evaluate(model: nn.Module, loader, device: torch.device, loss_fn: Callable, class_names: Sequence[str],
+             rock_ids: Sequence[int], *, amp: bool = False, channels_last: bool = False) -> dict[str, float]:
+    """{loss, miou, rock_miou, pixel_acc, dice, iou_<name>...} over the whole split (see models.metrics)."""
+    matrix, loss = confusion_and_loss(model, loader, device, loss_fn, len(class_names), amp=amp,
+                                      channels_last=channels_last)
+    return {LOSS: loss, **segmentation_metrics(matrix, class_names, rock_ids)}

@@ -1,0 +1,88 @@
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_pipeline import DataError, find_pairs, load_sample, resize_image, resize_mask
+from data_pipeline.cache import build_or_load, default_cache_dir
+
+
+def test_first_use_builds_and_later_uses_read_the_same_files(tiny_dataset, tmp_path):
+    samples = find_pairs(tiny_dataset)[:6]
+    built = build_or_load(samples, "train", (32, 48), tmp_path / "c")
+    stamp = built.images_path.stat().st_mtime_ns
+    again = build_or_load(samples, "train", (32, 48), tmp_path / "c")
+    assert again.images_path == built.images_path and again.images_path.stat().st_mtime_ns == stamp
+    images, masks = again.open()
+    assert isinstance(images, np.memmap) and images.shape == (6, 32, 48, 3) and masks.shape == (6, 32, 48)
+    image, mask = load_sample(samples[2])
+    assert np.array_equal(images[2], resize_image(image, (32, 48)))
+    assert np.array_equal(masks[2], resize_mask(mask, (32, 48)))
+    assert again.class_counts.sum() == 6 * 32 * 48
+    assert again.class_counts.tolist() == np.bincount(masks.ravel(), minlength=4).tolist()
+
+
+def test_changed_source_file_invalidates_the_cache(tiny_dataset, tmp_path):
+    samples = find_pairs(tiny_dataset)[:4]
+    old = build_or_load(samples, "val", (16, 16), tmp_path / "c")
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(samples[0].mask)  # all ground now
+    new = build_or_load(find_pairs(tiny_dataset)[:4], "val", (16, 16), tmp_path / "c")
+    assert new.images_path != old.images_path and not old.images_path.exists()  # stale arrays removed
+    assert (new.open()[1][0] == 0).all()
+
+
+def test_sizes_and_splits_get_their_own_arrays(tiny_dataset, tmp_path):
+    samples = find_pairs(tiny_dataset)[:3]
+    a = build_or_load(samples, "train", (16, 16), tmp_path / "c")
+    b = build_or_load(samples, "train", (24, 16), tmp_path / "c")
+    c = build_or_load(samples, "val", (16, 16), tmp_path / "c")
+    assert len({a.images_path, b.images_path, c.images_path}) == 3 and a.images_path.exists()
+
+
+def _build_in_process(args):
+    samples, cache_dir, barrier = args
+    barrier.wait()  # start both builders at the same moment
+    cached = build_or_load(samples, "train", (32, 32), cache_dir, progress=False)
+    images, masks = cached.open()
+    return str(cached.images_path), int(images.astype(np.int64).sum()), int(masks.astype(np.int64).sum())
+
+
+def test_concurrent_builders_never_see_half_an_array(tiny_dataset, tmp_path):
+    samples = find_pairs(tiny_dataset)
+    context = multiprocessing.get_context("fork")
+    barrier = context.Manager().Barrier(3)
+    with context.Pool(3) as pool:
+        results = pool.map(_build_in_process, [(samples, tmp_path / "c", barrier)] * 3)
+    assert len(set(results)) == 1  # same file, same contents for every builder
+    leftovers = [p.name for p in (tmp_path / "c").iterdir() if ".tmp" in p.name]
+    assert leftovers == []
+
+
+def test_corrupt_png_fails_the_build_naming_it_and_leaves_no_cache(tiny_dataset, tmp_path):
+    samples = find_pairs(tiny_dataset)[:4]
+    samples[1].image.write_bytes(samples[1].image.read_bytes()[:200])
+    with pytest.raises(DataError, match="render0002.png: cannot decode image"):
+        build_or_load(samples, "train", (16, 16), tmp_path / "c")
+    assert not any(p.suffix in (".npy", ".json") for p in (tmp_path / "c").iterdir())
+
+
+def test_default_cache_dir_falls_back_when_the_data_is_read_only(tiny_dataset, tmp_path, monkeypatch):
+    assert default_cache_dir(tiny_dataset) == tiny_dataset / ".lunartune_cache"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    os.chmod(tiny_dataset, 0o555)
+    try:
+        assert default_cache_dir(tiny_dataset).is_relative_to(tmp_path / "home" / ".cache" / "lunartune")
+    finally:
+        os.chmod(tiny_dataset, 0o755)
+
+
+def test_an_incomplete_cache_is_rebuilt_not_read(tiny_dataset, tmp_path):
+    samples = find_pairs(tiny_dataset)[:4]
+    built = build_or_load(samples, "train", (16, 16), tmp_path / "c")
+    expected = np.array(built.open()[0])
+    with open(built.images_path, "r+b") as f:  # what a crashed writer without temp files would leave
+        f.truncate(built.images_path.stat().st_size // 2)
+    rebuilt = build_or_load(samples, "train", (16, 16), tmp_path / "c")
+    assert np.array_equal(rebuilt.open()[0], expected)

@@ -1,0 +1,44 @@
+import numpy as np
+
+from data_pipeline import check_dataset
+from tuner.cli import main
+
+
+def test_a_good_data_set_passes_with_counts_and_balance(tiny_dataset, capsys):
+    assert main(["--run-dir", str(tiny_dataset.parent / "runs"), "data", "check", str(tiny_dataset)]) == 0
+    out = capsys.readouterr().out
+    assert "renders (clean masks): 24 pairs" in out and "class balance: ground" in out and "OK: no problems" in out
+
+
+def test_problems_are_all_listed_and_exit_1(tiny_dataset, write, capsys):
+    (tiny_dataset / "images/clean/clean0002.png").unlink()  # render without mask
+    render = tiny_dataset / "images/render/render0003.png"
+    render.write_bytes(render.read_bytes()[:100])  # truncated PNG
+    write.png(tiny_dataset / "images/clean/clean0004.png", np.full((64, 64, 3), 77, np.uint8))  # unknown colour
+    report = check_dataset(tiny_dataset)
+    assert not report.ok and len(report.problems) == 3
+    assert main(["--run-dir", str(tiny_dataset.parent / "runs"), "data", "check", str(tiny_dataset)]) == 1
+    out = capsys.readouterr().out
+    assert "render0002.png: render without a mask" in out and "render0003.png: cannot decode" in out
+    assert "clean0004.png: 4096 pixels have colours outside the clean palette" in out
+    assert check_dataset(tiny_dataset, allow_missing=True).problems == report.problems[1:]
+
+
+def test_missing_folder_is_a_problem_not_a_traceback(tmp_path):
+    report = check_dataset(tmp_path / "nowhere")
+    assert not report.ok and "data folder not found" in report.problems[0]
+
+
+def test_real_photos_are_reported_separately(shared_data):
+    report = check_dataset(shared_data / "kaggle-eval-small")
+    assert report.ok and report.renders.pairs == 40 and report.real.pairs == 28
+    balance = report.real.balance()
+    assert balance["large_rocks"] > balance["small_rocks"]  # the documented real-photo balance
+    assert "real photos" in report.format()
+
+
+def test_real_photos_only_folder_is_fine(tmp_path, write):
+    write.real_photo(tmp_path, "PCAM1", photo_size=(50, 70), mask_size=(40, 56))
+    report = check_dataset(tmp_path)
+    assert report.ok and report.real.pairs == 1
+    assert any("resized to the mask" in note for note in report.real.notes)

@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_pipeline import DataError, load_rgb, read_size, resize_image, resize_mask, save_rgb
+
+
+def test_rgba_real_photos_load_as_rgb(shared_data):
+    folder = shared_data / "kaggle-samples/real_moon_images"
+    rgba = [p for p in sorted(folder.glob("PCAM*.png")) if Image.open(p).mode == "RGBA"]
+    assert rgba, "the samples are documented to include RGBA photos"
+    image = load_rgb(rgba[0])
+    assert image.shape == (571, 777, 3) and image.dtype == np.uint8
+
+
+def test_rgba_and_grey_files_become_rgb(tmp_path):
+    rgba = np.zeros((4, 5, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 17
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
+    Image.fromarray(np.full((4, 5), 9, dtype=np.uint8), mode="L").save(tmp_path / "g.png")
+    assert load_rgb(tmp_path / "a.png")[0, 0].tolist() == [200, 0, 0]  # alpha dropped, colour kept
+    assert load_rgb(tmp_path / "g.png").shape == (4, 5, 3)
+
+
+def test_truncated_png_is_a_data_error_naming_the_file(tmp_path, write):
+    path = write.png(tmp_path / "render0007.png", np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="render0007.png: cannot decode image"):
+        load_rgb(path)
+
+
+def test_garbage_and_missing_files_are_data_errors(tmp_path):
+    (tmp_path / "clean0001.png").write_bytes(b"not a png at all")
+    with pytest.raises(DataError, match="clean0001.png"):
+        load_rgb(tmp_path / "clean0001.png")
+    with pytest.raises(DataError, match="clean0001.png"):
+        read_size(tmp_path / "clean0001.png")
+    with pytest.raises(DataError, match="missing.png: file not found"):
+        load_rgb(tmp_path / "missing.png")
+
+
+def test_save_then_load_round_trips(tmp_path):
+    rgb = np.random.default_rng(1).integers(0, 256, (6, 9, 3), np.uint8)
+    path = save_rgb(tmp_path / "sub" / "x.png", rgb)
+    assert np.array_equal(load_rgb(path), rgb) and read_size(path) == (6, 9)
+    with pytest.raises(DataError, match="H x W x 3 uint8"):
+        save_rgb(tmp_path / "y.png", rgb.astype(np.float32))
+
+
+def test_resize_mask_is_nearest_and_image_is_bilinear():
+    mask = np.zeros((8, 8), dtype=np.uint8)
+    mask[:, 4:] = 3
+    small = resize_mask(mask, (3, 5))
+    assert small.shape == (3, 5) and set(np.unique(small)) <= {0, 3}  # never an in-between class
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    image[:, 4:] = 200
+    resized = resize_image(image, (4, 6))
+    assert resized.shape == (4, 6, 3)
+    assert len(np.unique(resized)) > 2  # bilinear blends the edge

@@ -1,0 +1,84 @@
+"""The command line: help, usage errors, global flags, and that --help stays instant (lazy imports)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tuner.cli import build_parser, main
+from tuner.settings import resolve_run_paths
+
+SUBCOMMANDS = ["data", "train", "tune", "promote", "export", "predict", "evaluate", "report", "ui", "demo"]
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in SUBCOMMANDS:
+        assert name in out
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_each_subcommand_has_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([name, "--help"])
+    assert exit_info.value.code == 0
+    assert f"lunartune {name}" in capsys.readouterr().out
+
+
+def test_unknown_subcommand_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bogus"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'bogus'" in err and "train" in err
+
+
+def test_unknown_flag_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--no-such-flag"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+def test_bad_image_size_names_the_expected_form(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--image-size", "big"])
+    assert exit_info.value.code == 2
+    assert "expected N or HxW" in capsys.readouterr().err
+
+
+def test_run_dir_flag_works_before_and_after_the_subcommand(tmp_path):
+    parser = build_parser()
+    before = parser.parse_args(["--run-dir", str(tmp_path / "a"), "train"])
+    after = parser.parse_args(["train", "--run-dir", str(tmp_path / "b")])
+    assert before.run_dir == str(tmp_path / "a")
+    assert after.run_dir == str(tmp_path / "b")
+
+
+def test_run_paths_precedence_flag_env_default(tmp_path, monkeypatch):
+    env = {"LUNARTUNE_RUN_DIR": str(tmp_path / "env"), "MLFLOW_TRACKING_URI": "http://127.0.0.1:5999"}
+    assert resolve_run_paths(str(tmp_path / "flag"), None, env).root == tmp_path / "flag"
+    from_env = resolve_run_paths(None, None, env)
+    assert from_env.root == tmp_path / "env"
+    assert from_env.tracking_uri == "http://127.0.0.1:5999"
+    monkeypatch.chdir(tmp_path)
+    default = resolve_run_paths(None, None, {})
+    assert default.root == tmp_path / "lunartune-runs"
+    assert default.tracking_uri == f"sqlite:///{tmp_path / 'lunartune-runs' / 'mlflow.db'}"
+    assert default.ray_results == tmp_path / "lunartune-runs" / "ray"
+    assert default.data == tmp_path / "lunartune-runs" / "data"
+
+
+def test_help_does_not_import_heavy_modules():
+    # --help must stay instant: no torch, ray or mlflow at parse time.
+    code = (
+        "import sys; from tuner.cli import build_parser; build_parser();"
+        "heavy = [m for m in ('torch', 'ray', 'mlflow', 'optuna', 'segmentation_models_pytorch') if m in sys.modules];"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""

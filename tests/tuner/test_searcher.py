@@ -1,0 +1,93 @@
+"""PRUNED-aware OptunaSearch: ASHA-stopped and diverged trials reach Optuna as PRUNED, not COMPLETE."""
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from tuner.searcher import DIVERGED, STATUS_ATTR, PruningAwareOptunaSearch
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+MAX_T = 4
+
+
+def _space(trial):
+    trial.suggest_float("x", 0.0, 1.0)
+
+
+def _searcher(cls, **kw):
+    return cls(space=_space, metric="score", mode="max", seed=0, **kw)
+
+
+def _run(searcher, trial_id: str, steps: int, **last) -> None:
+    searcher.suggest(trial_id)
+    result = {}
+    for step in range(1, steps + 1):
+        result = {"score": 0.1 * step, "training_iteration": step}
+        searcher.on_trial_result(trial_id, result)
+    searcher.on_trial_complete(trial_id, {**result, **last})
+
+
+def _states(searcher) -> list:
+    return [t.state for t in searcher._ot_study.get_trials()]
+
+
+def test_stock_optuna_search_tells_an_early_stop_complete():
+    """The bug the subclass exists for: if this starts failing, Ray fixed it and the subclass can go."""
+    stock = _searcher(OptunaSearch)
+    _run(stock, "a", steps=1)
+    assert _states(stock) == [TrialState.COMPLETE]
+
+
+def test_early_stop_is_pruned_and_full_run_is_complete():
+    searcher = _searcher(PruningAwareOptunaSearch, max_t=MAX_T)
+    _run(searcher, "early", steps=1)
+    _run(searcher, "full", steps=MAX_T)
+    early, full = searcher._ot_study.get_trials()
+    assert early.state == TrialState.PRUNED and early.intermediate_values == {1: pytest.approx(0.1)}
+    assert early.user_attrs[STATUS_ATTR] == "pruned"
+    assert full.state == TrialState.COMPLETE and full.value == pytest.approx(0.4)
+    assert full.user_attrs[STATUS_ATTR] == "completed"
+
+
+def test_diverged_trial_is_pruned_with_its_status_and_errors_fail():
+    searcher = _searcher(PruningAwareOptunaSearch, max_t=MAX_T)
+    _run(searcher, "nan", steps=2, **{DIVERGED: True})
+    searcher.suggest("crash")
+    searcher.on_trial_complete("crash", None, error=True)
+    nan, crash = searcher._ot_study.get_trials()
+    assert (nan.state, nan.user_attrs[STATUS_ATTR]) == (TrialState.PRUNED, DIVERGED)
+    assert crash.state == TrialState.FAIL
+
+
+def test_pruned_trial_without_intermediate_report_still_gets_its_value():
+    searcher = _searcher(PruningAwareOptunaSearch, max_t=MAX_T)
+    searcher.suggest("t")
+    searcher.on_trial_complete("t", {"score": 0.25, "training_iteration": 2})
+    (trial,) = searcher._ot_study.get_trials()
+    assert trial.state == TrialState.PRUNED and trial.intermediate_values == {2: 0.25}
+
+
+def test_asha_stops_reach_optuna_as_pruned_in_a_real_ray_sweep(local_ray, tmp_path):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    def trainable(config):
+        for epoch in range(1, MAX_T + 1):
+            tune.report({"score": config["x"] * epoch})
+
+    searcher = _searcher(PruningAwareOptunaSearch, max_t=MAX_T)
+    tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
+        search_alg=ConcurrencyLimiter(searcher, max_concurrent=2), num_samples=8,
+        scheduler=ASHAScheduler(metric="score", mode="max", max_t=MAX_T, grace_period=1, reduction_factor=2)),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0))
+    results = tuner.fit()
+    trials = searcher._ot_study.get_trials()
+    stopped = [r for r in results if r.metrics["training_iteration"] < MAX_T]
+    assert len(trials) == 8 and stopped, "ASHA should stop some of 8 trials"
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert len(pruned) == len(stopped)
+    assert all(max(t.intermediate_values) < MAX_T for t in pruned)
+    assert all(t.state == TrialState.COMPLETE for t in trials if t not in pruned)

@@ -1,0 +1,142 @@
+"""Search spaces: shipped files load, validation names file + field, define-by-run is conditional."""
+from __future__ import annotations
+
+import pickle
+
+import optuna
+import pytest
+import yaml
+
+import search_spaces
+from tuner.space import SpaceError, define_by_run, load_space
+
+BACKBONES = ("unet_scratch", "vgg11", "resnet18", "mobilenetv3-large")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _write(tmp_path, raw) -> str:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False) if not isinstance(raw, str) else raw)
+    return str(path)
+
+
+def _load(tmp_path, raw):
+    return load_space(_write(tmp_path, raw), known_backbones=BACKBONES)
+
+
+def _draws(space, n: int, seed: int = 0) -> list[dict]:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    fn = define_by_run(space)
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        fixed = fn(trial)
+        out.append({**trial.params, **fixed})
+        study.tell(trial, 0.0)
+    return out
+
+
+@pytest.mark.parametrize("name", ["default", "vgg11", "smoke"])
+def test_shipped_spaces_load_with_the_real_registry(name):
+    space = load_space(search_spaces.resolve(name))  # backbones checked against models.registry
+    assert space.params and space.source.endswith(f"{name}.yaml")
+
+
+def test_shipped_spaces_cover_what_the_issue_asks():
+    default = load_space(search_spaces.resolve("default"), known_backbones=BACKBONES)
+    assert set(default.choices_of("backbone")) == set(BACKBONES)
+    assert set(default.choices_of("optimizer")) == {"adam", "adamw", "sgd"}
+    lr = next(p for p in default.params if p.name == "lr")
+    assert lr.log and {"dropout", "loss", "batch_size", "weight_decay"} <= set(default.param_names)
+    assert default.points_to_evaluate[0]["backbone"] == "vgg11" and default.points_to_evaluate[0]["lr"] == 1e-3
+    assert load_space(search_spaces.resolve("vgg11"), known_backbones=BACKBONES).choices_of("backbone") == ("vgg11",)
+    assert set(load_space(search_spaces.resolve("smoke"), known_backbones=BACKBONES).choices_of("backbone")) \
+        == {"unet_scratch", "vgg11"}
+
+
+def test_conditional_params_only_appear_when_their_condition_holds():
+    space = load_space(search_spaces.resolve("default"), known_backbones=BACKBONES)
+    draws = _draws(space, 60)
+    assert all(("momentum" in d) == (d["optimizer"] == "sgd") for d in draws)
+    assert all(("focal_gamma" in d) == (d["loss"] == "focal") for d in draws)
+    assert any("momentum" in d for d in draws) and any("momentum" not in d for d in draws)
+    assert all(d["arch"] == "unet" and d["encoder_weights"] == "none" for d in draws)  # fixed values
+
+
+def test_define_by_run_is_picklable_and_seeded():
+    space = load_space(search_spaces.resolve("smoke"), known_backbones=BACKBONES)
+    clone = pickle.loads(pickle.dumps(define_by_run(space)))
+    assert clone.args[0] == space
+    assert _draws(space, 5, seed=3) == _draws(space, 5, seed=3) != _draws(space, 5, seed=4)
+
+
+def test_numbers_written_without_a_dot_are_accepted(tmp_path):
+    space = _load(tmp_path, "params:\n  lr: {low: 1e-4, high: 1e-2, log: true}\n")
+    assert space.params[0].low == 1e-4
+
+
+BAD = [
+    ({"params": {"lr": {"low": 1e-3, "high": 1e-2}}, "extra": 1}, "top level", "extra"),
+    ({"params": {"learning_rate": {"low": 1e-3, "high": 1e-2}}}, "params.learning_rate", "unknown hyperparameter"),
+    ({"params": {"lr": {"low": 1e-3, "hi": 1e-2}}}, "params.lr", "unknown key"),
+    ({"params": {"backbone": {"choices": ["vgg11", "vgg99"]}}}, "params.backbone.choices", "vgg99"),
+    ({"params": {"lr": {"low": 1e-3}}, "fixed": {"backbone": "resnet9000"}}, "params.lr.high", "finite number"),
+    ({"params": {"dropout": {"low": 0.1}}, "fixed": {"backbone": "resnet9000"}}, "params.dropout.high", "number"),
+    ({"params": {"dropout": {"low": 0.3, "high": 0.3}}}, "params.dropout", "low (0.3) must be < high (0.3)"),
+    ({"params": {"lr": {"low": 0.0, "high": 0.1, "log": True}}}, "params.lr", "log range needs low > 0"),
+    ({"params": {"optimizer": {"choices": []}}}, "params.optimizer.choices", "non-empty list"),
+    ({"params": {"optimizer": {"choices": ["sgd", "sgd"]}}}, "params.optimizer.choices", "duplicate"),
+    ({"params": {"momentum": {"low": 0.8, "high": 0.9, "when": {"optimizer": "sgd"}},
+                 "optimizer": {"choices": ["sgd", "adam"]}}}, "params.momentum.when.optimizer", "listed above"),
+    ({"params": {"optimizer": {"choices": ["adam"]}, "momentum": {"low": 0.8, "high": 0.9,
+                 "when": {"optimizer": "sgd"}}}}, "params.momentum.when.optimizer", "not among the choices"),
+    ({"params": {"lr": {"low": 1e-3, "high": 1e-2}}, "fixed": {"lr": 1e-3}}, "fixed.lr", "also listed"),
+    ({"params": {"lr": {"low": 1e-3, "high": 1e-2}}, "fixed": {"epochs": 3}}, "fixed.epochs", "unknown"),
+    ({"params": {"lr": {"low": 1e-3, "high": 1e-2}}, "points_to_evaluate": [{"lr": 0.5}]},
+     "points_to_evaluate[0].lr", "outside the space"),
+    ({"params": {"lr": {"low": 1e-3, "high": 1e-2}}, "points_to_evaluate": [{"momentum": 0.9}]},
+     "points_to_evaluate[0]", "unknown key"),
+    ({"params": {"optimizer": {"choices": ["adam", "sgd"]}, "momentum": {"low": 0.8, "high": 0.9,
+      "when": {"optimizer": "sgd"}}}, "points_to_evaluate": [{"optimizer": "adam", "momentum": 0.85}]},
+     "points_to_evaluate[0].momentum", "only searched when"),
+    ({"params": {}}, "params", "non-empty mapping"),
+    ({"params": {"batch_size": {"type": "int", "low": 2.5, "high": 8}}}, "params.batch_size.low", "integer"),
+    ([1, 2], "space.yaml", "expected a mapping"),
+]
+
+
+@pytest.mark.parametrize("raw, field, says", BAD, ids=[b[1] + ":" + b[2] for b in BAD])
+def test_a_bad_space_is_one_clear_error_naming_file_and_field(tmp_path, raw, field, says):
+    with pytest.raises(SpaceError) as err:
+        _load(tmp_path, raw)
+    message = str(err.value)
+    assert str(tmp_path / "space.yaml") in message and field in message and says in message
+
+
+def test_invalid_yaml_and_missing_files_are_clear(tmp_path):
+    with pytest.raises(SpaceError, match="not valid YAML"):
+        _load(tmp_path, "params: {lr: [\n")
+    with pytest.raises(FileNotFoundError, match="shipped spaces: default, smoke, vgg11"):
+        search_spaces.resolve("nope")
+
+
+def test_values_the_models_package_refuses_are_caught_before_any_trial(tmp_path):
+    from tuner.space import check_against_models
+
+    space = _load(tmp_path, {"params": {"dropout": {"low": 0.0, "high": 1.0}}})
+    with pytest.raises(SpaceError, match=r"space.yaml: params.dropout: 1.0 is refused.*dropout"):
+        check_against_models(space, (64, 64))
+    space = _load(tmp_path, {"params": {"optimizer": {"choices": ["adam", "lion"]}}})
+    with pytest.raises(SpaceError, match=r"params.optimizer: 'lion' is refused"):
+        check_against_models(space, (64, 64))
+    space = _load(tmp_path, {"params": {"backbone": {"choices": ["unet_scratch", "vgg11"]}}})
+    check_against_models(space, (64, 64))
+    with pytest.raises(SpaceError, match=r"params.backbone: 'vgg11' is refused.*multiples of 32"):
+        check_against_models(space, (48, 48))  # fine for the scratch U-Net, not for smp encoders
+
+
+@pytest.mark.parametrize("name", ["default", "vgg11", "smoke"])
+def test_shipped_spaces_pass_the_models_checks_at_64(name):
+    from tuner.space import check_against_models
+
+    check_against_models(load_space(search_spaces.resolve(name)), (64, 64))

@@ -1,0 +1,101 @@
+"""MLflow tracking against a real SQLite store: experiment, parent/child runs, lookups, checkpoints."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tuner import tracking
+from tuner.tracking import TrackingError, TrackingTarget
+
+
+@pytest.fixture
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = tracking.get_or_create_experiment(uri, "exp", (tmp_path / "artifacts").as_uri())
+    return uri, experiment_id, tmp_path
+
+
+def _sweep(uri, experiment_id, name="sweep-1"):
+    parent = tracking.start_parent_run(uri, experiment_id, name, {"seed": 0, "space": "smoke.yaml"}, {"git": "abc"})
+    return parent, TrackingTarget(uri, experiment_id, parent)
+
+
+def _trial(target, trial_id, backbone, miou, tmp_path):
+    run_id = tracking.open_child_run(target, trial_id, f"{backbone}-t{trial_id[-3:]}",
+                                     {"lr": 0.01, "backbone": backbone}, {tracking.BACKBONE_TAG: backbone})
+    for epoch, value in enumerate([miou / 2, miou], start=1):
+        tracking.log_metrics(target.uri, run_id, {"val_miou": value, "train_loss": 1.0 / epoch}, step=epoch)
+    best = tmp_path / trial_id / "best.pt"
+    best.parent.mkdir()
+    best.write_bytes(trial_id.encode())
+    tracking.log_best_checkpoint(target.uri, run_id, best, {"backbone": backbone})
+    return run_id
+
+
+def test_experiment_is_created_once_with_the_artifact_location(store):
+    uri, experiment_id, tmp_path = store
+    assert tracking.get_or_create_experiment(uri, "exp", None) == experiment_id
+    experiment = tracking.find_experiment(uri, "exp")
+    assert experiment.artifact_location == (tmp_path / "artifacts").as_uri()
+    with pytest.raises(TrackingError, match="no MLflow experiment 'nope'.*exp"):
+        tracking.find_experiment(uri, "nope")
+
+
+def test_children_nest_under_the_parent_and_lookups_rank_them(store):
+    uri, experiment_id, tmp_path = store
+    parent, target = _sweep(uri, experiment_id)
+    ids = {tid: _trial(target, tid, bb, m, tmp_path) for tid, bb, m in
+           [("a_00001", "vgg11", 0.5), ("a_00002", "unet_scratch", 0.9), ("a_00003", "vgg11", 0.7)]}
+    run = tracking.client(uri).get_run(ids["a_00001"])
+    assert run.data.tags[tracking.PARENT_TAG] == parent and run.info.run_name == "vgg11-t001"
+    history = tracking.client(uri).get_metric_history(ids["a_00001"], "val_miou")
+    assert [(m.step, m.value) for m in history] == [(1, 0.25), (2, 0.5)]
+    assert tracking.latest_parent_run(uri, experiment_id).info.run_id == parent
+    best_vgg = tracking.child_runs(uri, experiment_id, parent, backbone="vgg11", order_by_metric="val_miou")
+    assert [r.info.run_id for r in best_vgg] == [ids["a_00003"], ids["a_00001"]]
+    assert len(tracking.child_runs(uri, experiment_id, parent)) == 3
+
+
+def test_a_retried_trial_reuses_its_child_run(store):
+    uri, experiment_id, tmp_path = store
+    _, target = _sweep(uri, experiment_id)
+    first = tracking.open_child_run(target, "b_00004", "vgg11-t004", {}, {})
+    tracking.finish_child_run(uri, first, tracking.ERRORED)
+    again = tracking.open_child_run(target, "b_00004", "vgg11-t004", {}, {})
+    assert again == first and tracking.client(uri).get_run(first).info.status == "RUNNING"
+    assert len(tracking.child_runs(uri, experiment_id, target.parent_run_id)) == 1
+
+
+def test_latest_parent_is_the_newest_sweep(store):
+    uri, experiment_id, _ = store
+    _sweep(uri, experiment_id, "old")
+    time.sleep(0.01)  # start_time has millisecond resolution
+    newest, _ = _sweep(uri, experiment_id, "new")
+    assert tracking.latest_parent_run(uri, experiment_id).info.run_id == newest
+
+
+def test_checkpoint_download_and_status_tags(store):
+    uri, experiment_id, tmp_path = store
+    parent, target = _sweep(uri, experiment_id)
+    run_id = _trial(target, "c_00001", "vgg11", 0.6, tmp_path)
+    tracking.finish_child_run(uri, run_id, tracking.PRUNED)
+    run = tracking.client(uri).get_run(run_id)
+    assert run.data.tags[tracking.STATUS_TAG] == "pruned" and run.info.status == "KILLED"
+    assert run.data.tags[tracking.CHECKPOINT_TAG] == "checkpoint/best.pt"
+    local = tracking.download_checkpoint(uri, run_id, tmp_path / "dl")
+    assert local.read_bytes() == b"c_00001"
+    config = json.loads((tracking.client(uri).download_artifacts(run_id, "model_config.json", str(tmp_path))
+                         and (tmp_path / "model_config.json").read_text()))
+    assert config == {"backbone": "vgg11"}
+    tracking.end_parent_run(uri, parent, interrupted=True, summary={"trials": 1, "note": "x"})
+    assert tracking.client(uri).get_run(parent).data.tags[tracking.STATUS_TAG] == "interrupted"
+    lonely = tracking.open_child_run(target, "c_00002", "vgg11-t002", {}, {})
+    with pytest.raises(TrackingError, match=f"run {lonely} .* no checkpoint artifact"):
+        tracking.download_checkpoint(uri, lonely, tmp_path / "dl2")
+
+
+def test_unreachable_server_fails_fast_with_a_clear_message():
+    with pytest.raises(TrackingError, match=r"http://127.0.0.1:9 is not reachable.*embedded SQLite"):
+        tracking.check_reachable("http://127.0.0.1:9", timeout_s=2)

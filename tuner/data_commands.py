@@ -1,0 +1,32 @@
+"""`lunartune data synth|check`: join the parsed flags to data_pipeline; nothing else lives here."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from data_pipeline.errors import DataError
+from tuner.cli import EXIT_ERROR, CliError
+from tuner.settings import RunPaths
+
+
+def synth(args: argparse.Namespace, paths: RunPaths) -> int:
+    """Write procedural scenes in the Kaggle layout to --out, then print where they are."""
+    from data_pipeline.synth import generate  # imported here: the generator is only needed by this command
+
+    try:
+        out = generate(Path(args.out), count=args.count, seed=args.seed, size=tuple(args.size),
+                       style=args.style, workers=args.workers, progress=True)
+    except DataError as err:
+        raise CliError(str(err)) from None
+    print(f"wrote {args.count} scenes ({args.size[1]}x{args.size[0]}, style {args.style}, seed {args.seed}) to {out}")
+    return 0
+
+
+def check(args: argparse.Namespace, paths: RunPaths) -> int:
+    """Print counts, class balance and problems of a data set; exit 1 when there are problems."""
+    from data_pipeline.check import check_dataset
+
+    report = check_dataset(Path(args.path), mask_source=args.mask_source, allow_missing=args.allow_missing,
+                           exclude_mismatches=args.exclude_mismatches, progress=True)
+    print(report.format())
+    return 0 if report.ok else EXIT_ERROR

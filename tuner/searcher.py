@@ -1,0 +1,45 @@
+"""OptunaSearch that tells Optuna the truth about trials ASHA stopped.
+
+Ray 2.60 hands a scheduler-stopped trial to `on_trial_complete(id, last_result, error=False)` exactly like
+a finished one, and the stock OptunaSearch tells it COMPLETE with its early-rung value. TPE then treats a
+1-epoch score as a final score and compares it with 10-epoch ones. Here a trial that ends before
+`max_t` (or that says it diverged) is told PRUNED at the step it reached; TPE still uses PRUNED trials
+(ranked by how far they got), while importance and GP samplers rightly skip them.
+"""
+from __future__ import annotations
+
+import math
+
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+DIVERGED = "diverged"  # result flag a trainable sets when its loss went non-finite (it then stops itself)
+STATUS_ATTR = "lunartune_status"  # Optuna user attribute: completed | pruned | diverged
+
+
+class PruningAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch + PRUNED for trials that ended before `max_t` of `time_attr`, or diverged."""
+
+    def __init__(self, *args, max_t: int, time_attr: str = "training_iteration", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._max_t = max_t
+        self._time_attr = time_attr
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        stopped_early = bool(result) and (result.get(DIVERGED) or result.get(self._time_attr, self._max_t) < self._max_t)
+        if error or not stopped_early or trial_id in self._completed_trials:
+            if result and not error and trial_id in self._ot_trials:
+                self._ot_trials[trial_id].set_user_attr(STATUS_ATTR, "completed")
+            return super().on_trial_complete(trial_id, result, error)
+        self._tell_pruned(trial_id, result)
+
+    def _tell_pruned(self, trial_id: str, result: dict) -> None:
+        ot_trial = self._ot_trials[trial_id]
+        step, value = int(result[self._time_attr]), result.get(self.metric)
+        # on_trial_result normally reported this step already; a value is needed for TPE to rank it
+        if value is not None and math.isfinite(value) and step not in ot_trial.storage.get_trial(
+                ot_trial._trial_id).intermediate_values:
+            ot_trial.report(value, step)
+        ot_trial.set_user_attr(STATUS_ATTR, DIVERGED if result.get(DIVERGED) else "pruned")
+        self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        self._completed_trials.add(trial_id)

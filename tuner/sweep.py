@@ -1,0 +1,472 @@
+"""`lunartune tune`: the sweep driver. Ray Tune runs trials, Optuna (TPE) proposes them, ASHA stops the
+weak ones early, MLflow records a parent run per sweep and a child run per trial.
+
+`run_sweep(cfg, paths)` is the whole driver (the demo calls it directly); `main(args, paths)` only turns
+flags into a SweepConfig, calls it and prints where to look. Order of work, so a mistake costs seconds:
+space + models checks, tracking server reachable, data split and decode cache built once, MLflow
+experiment + parent run, then Ray.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from tuner.cli import EXIT_INTERRUPTED, CliError
+from tuner.settings import RunPaths
+
+SYNTHETIC = "synthetic"
+MAX_FAILURES = 2  # a crashed trial is retried this often, from its last checkpoint
+CHECKPOINTS_KEPT = 2  # per trial, best by the objective (Ray also keeps the latest, for resuming)
+TOP_TRIALS_SHOWN = 5
+_EXPERIMENT_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """One sweep, as `lunartune tune` flags describe it."""
+
+    space: str = "default"  # search space: name in search_spaces/ or a YAML path
+    data: str = SYNTHETIC  # Kaggle-layout folder, or "synthetic" to generate scenes into the run dir
+    synthetic_count: int = 200  # scenes generated for data=synthetic
+    image_size: tuple[int, int] = (64, 64)  # (height, width) trials train at
+    mask_source: str = "clean"  # clean | ground
+    allow_missing: bool = False  # skip renders without masks
+    exclude_mismatches: bool = False  # drop frames in mismatch_IDs.txt
+    device: str = "auto"  # per trial: auto | cpu | cuda | cuda:N
+    num_workers: int = 0  # DataLoader worker processes per trial
+    samples: int = 8  # number of trials
+    max_epochs: int = 4  # epochs of a trial that is never stopped (ASHA's max_t)
+    grace_epochs: int = 1  # ASHA: epochs before a trial may be stopped
+    reduction_factor: int = 2  # ASHA: keep 1/reduction_factor at each rung
+    use_asha: bool = True  # False: every trial runs max_epochs (FIFO), for comparisons
+    concurrency: int = 2  # trials running at once
+    cpus_per_trial: float = 1.0  # Ray resources per trial
+    gpus_per_trial: float = 0.0  # fractions allowed (0.5 = two trials per GPU)
+    objective: str = "val_miou"  # val_miou | val_rock_miou, maximised
+    seed: int = 0  # seeds Optuna's sampler and every trial
+    address: str | None = None  # None: a private local Ray; "auto" or HOST:PORT joins a cluster
+    storage: str | None = None  # Ray results: PATH or s3://...; None = <run-dir>/ray
+    experiment: str = "lunartune"  # MLflow experiment, Optuna study, prefix of the Ray run name
+    resume: bool = False  # continue the interrupted sweep of `experiment`
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    experiment: str  # MLflow experiment name
+    experiment_id: str
+    parent_run_id: str  # the sweep's MLflow parent run
+    tracking_uri: str
+    results_path: str  # Ray's run folder (storage/run name): trials, checkpoints, restore state
+    interrupted: bool  # Ctrl-C (or SIGUSR1) stopped it before every trial finished
+    best_config: dict  # hyperparameters of the best trial (empty if no trial reported)
+    best_metrics: dict  # its best epoch's metrics (objective, per-class IoU, epoch, mlflow_run_id, ...)
+    best_run_id: str | None  # MLflow child run of the best trial
+    statuses: dict[str, int]  # trials per final status (completed / pruned / diverged / errored / unfinished)
+    top_trials: list[dict] = field(default_factory=list)  # best first: trial, backbone, objective, epochs, status
+
+
+def sweep_config_from_args(args) -> SweepConfig:
+    """The one place `lunartune tune` flags become a SweepConfig (checked: CliError names the flag)."""
+    cfg = SweepConfig(
+        space=args.space, data=args.data, synthetic_count=args.synthetic_count, image_size=tuple(args.image_size),
+        mask_source=args.mask_source, allow_missing=args.allow_missing, exclude_mismatches=args.exclude_mismatches,
+        device=args.device, num_workers=args.num_workers, samples=args.samples, max_epochs=args.max_epochs,
+        grace_epochs=args.grace_epochs, reduction_factor=args.reduction_factor, use_asha=not args.no_asha,
+        concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        objective=args.objective, seed=args.seed, address=args.address, storage=args.storage,
+        experiment=args.experiment, resume=args.resume)
+    check_sweep_config(cfg)
+    return cfg
+
+
+def check_sweep_config(cfg: SweepConfig) -> None:
+    checks = [
+        ("--samples", cfg.samples >= 1, "an integer >= 1"),
+        ("--max-epochs", cfg.max_epochs >= 1, "an integer >= 1"),
+        ("--grace-epochs", 1 <= cfg.grace_epochs <= cfg.max_epochs, f"an integer in [1, --max-epochs={cfg.max_epochs}]"),
+        ("--reduction-factor", cfg.reduction_factor >= 2, "an integer >= 2"),
+        ("--concurrency", cfg.concurrency >= 1, "an integer >= 1"),
+        ("--cpus-per-trial", cfg.cpus_per_trial > 0, "a number > 0"),
+        ("--gpus-per-trial", cfg.gpus_per_trial >= 0, "a number >= 0"),
+        ("--synthetic-count", cfg.synthetic_count >= 1, "an integer >= 1"),
+        ("--experiment", bool(cfg.experiment) and set(cfg.experiment) <= _EXPERIMENT_CHARS,
+         "a name of letters, digits, '.', '_' or '-'"),
+    ]
+    for flag, ok, expected in checks:
+        if not ok:
+            value = getattr(cfg, flag[2:].replace("-", "_"))
+            raise CliError(f"{flag}={value!r}: expected {expected}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+# ---------------------------------------------------------------------------------------------
+
+def run_sweep(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
+    """Run (or with cfg.resume, continue) a sweep; returns where everything is and the best trial."""
+    from tuner import tracking
+    from tuner.space import check_against_models, load_space
+
+    paths.ensure()
+    pointer = _pointer_path(paths, cfg.experiment)
+    cfg = _resumed_config(cfg, pointer) if cfg.resume else cfg
+    space = _load_space(cfg, load_space, check_against_models)
+    tracking.check_reachable(paths.tracking_uri)  # before any data work: an unreachable server fails in <= 10 s
+    _warn_about_storage(cfg)
+    data_cfg, manifest = _prepare_data(cfg, paths)
+    experiment_id = tracking.get_or_create_experiment(
+        paths.tracking_uri, cfg.experiment,
+        paths.mlflow_artifacts.as_uri() if paths.uses_embedded_store else None)
+    if cfg.resume:
+        state = json.loads(pointer.read_text())
+        tracking.reopen_run(paths.tracking_uri, state["parent_run_id"])
+    else:
+        state = _new_sweep_state(cfg, paths, space, manifest, experiment_id)
+        _write_json(pointer, state)
+    target = tracking.TrackingTarget(paths.tracking_uri, experiment_id, state["parent_run_id"])
+    interrupted = True  # until Ray says otherwise: an exception also leaves the parent "interrupted"
+    try:
+        results = _fit(cfg, paths, space, data_cfg, target, state["results_path"])
+        result = _summarise(cfg, results, experiment_id, target, state["results_path"])
+        interrupted = result.interrupted
+    finally:
+        summary = {"trials": cfg.samples}
+        if not interrupted:
+            summary.update(best_objective=result.best_metrics.get(cfg.objective, float("nan")),
+                           **{f"trials_{k}": v for k, v in result.statuses.items()})
+        tracking.end_parent_run(paths.tracking_uri, target.parent_run_id, interrupted, summary)
+    return result
+
+
+def _load_space(cfg: SweepConfig, load_space, check_against_models):
+    import search_spaces
+
+    try:
+        path = search_spaces.resolve(cfg.space)
+    except FileNotFoundError as err:
+        raise CliError(f"--space: {err}") from None
+    space = load_space(path)
+    check_against_models(space, cfg.image_size)
+    return space
+
+
+def _warn_about_storage(cfg: SweepConfig) -> None:
+    if cfg.address and not (cfg.storage or "").startswith(("s3://", "gs://", "abfs://")):
+        print(f"lunartune tune: warning: --address {cfg.address} joins a cluster, but Ray results go to the "
+              f"local path {cfg.storage or '<run-dir>/ray'}. Every node must see the same folder: give "
+              f"--storage s3://bucket/prefix or a shared (NFS) path, and keep --data and the run dir on "
+              f"shared storage too.", file=sys.stderr)
+
+
+def _prepare_data(cfg: SweepConfig, paths: RunPaths):
+    """Generate scenes if asked, then build the split manifest and every decode cache ONCE, here on the
+    driver: trials only read them (no race between trials building the same cache)."""
+    import data_pipeline
+    from tuner.train import synthetic_root
+
+    root = synthetic_root(paths, cfg.synthetic_count, cfg.seed) if cfg.data == SYNTHETIC else Path(cfg.data).expanduser()
+    if cfg.data == SYNTHETIC:
+        print(f"generating {cfg.synthetic_count} synthetic scenes in {root}", file=sys.stderr)
+        data_pipeline.synth.generate(root, cfg.synthetic_count, cfg.seed, progress=True)
+    data_cfg = data_pipeline.DataConfig(
+        root=str(root.resolve()), image_size=tuple(cfg.image_size), mask_source=cfg.mask_source,
+        allow_missing=cfg.allow_missing, exclude_mismatches=cfg.exclude_mismatches, num_workers=cfg.num_workers)
+    manifest = data_pipeline.prepare_dataset(data_cfg)
+    return replace(data_cfg, progress=False), manifest
+
+
+def _new_sweep_state(cfg: SweepConfig, paths: RunPaths, space, manifest, experiment_id: str) -> dict:
+    """A new Ray run name and MLflow parent run; what --resume needs later, written beside the run dir."""
+    from tuner import tracking
+
+    run_name = f"{cfg.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = cfg.storage if _is_uri(cfg.storage) else str(Path(cfg.storage or paths.ray_results).resolve())
+    results_path = f"{storage.rstrip('/')}/{run_name}"
+    params = {**{k: v for k, v in asdict(cfg).items() if k not in ("resume", "address", "storage")},
+              "space_file": space.source, "manifest_hash": manifest.hash, "split_sizes": manifest.sizes,
+              "scheduler": "asha" if cfg.use_asha else "fifo", "searcher": "optuna-tpe",
+              "optuna_study": f"{cfg.experiment} @ {paths.optuna_db}", "results_path": results_path}
+    tags = {"ray_run_name": run_name, "git_commit": _git_commit() or "unknown", "space": Path(space.source).name}
+    parent = tracking.start_parent_run(paths.tracking_uri, experiment_id, run_name, params, tags)
+    tracking.client(paths.tracking_uri).log_artifact(parent, space.source, "space")
+    return {"config": asdict(cfg), "parent_run_id": parent, "run_name": run_name, "results_path": results_path,
+            "experiment_id": experiment_id}
+
+
+def _fit(cfg: SweepConfig, paths: RunPaths, space, data_cfg, target, results_path: str):
+    """Start (or join) Ray, build the Tuner (or restore it) and run it; Ray is shut down if we started it."""
+    import ray
+
+    _configure_ray_output()
+    started_here = not ray.is_initialized()
+    if started_here and cfg.address:
+        ray.init(address=cfg.address)
+    elif started_here:  # a private Ray: never join a cluster someone else started by accident
+        ray.init(address="local", num_cpus=max(1, math.ceil(cfg.concurrency * cfg.cpus_per_trial)),
+                 include_dashboard=False)
+    try:
+        return _tuner(cfg, paths, space, data_cfg, target, results_path).fit()
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _configure_ray_output() -> None:
+    # Ray reads these when fit() starts. The old output engine is the one that shows CLIReporter's live
+    # trial table; per-epoch checkpoints otherwise warn about "excessive" experiment syncing.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
+
+
+def _tuner(cfg: SweepConfig, paths: RunPaths, space, data_cfg, target, results_path: str):
+    from ray import tune
+
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable_function(), setup=_trial_setup(cfg, data_cfg, target)),
+        {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
+    if cfg.resume:
+        if not tune.Tuner.can_restore(results_path):
+            raise CliError(f"--resume: no restorable Ray state in {results_path} (was the sweep started?)")
+        return tune.Tuner.restore(results_path, trainable=trainable, resume_errored=True)
+    storage, name = results_path.rsplit("/", 1)
+    return tune.Tuner(trainable, tune_config=_tune_config(cfg, paths, space), run_config=tune.RunConfig(
+        name=name, storage_path=storage, progress_reporter=_reporter(cfg, space), verbose=1,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT, checkpoint_score_attribute=cfg.objective,
+                                                checkpoint_score_order="max"),
+        failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+        callbacks=[TrialStatusCallback(target.uri, target.experiment_id, target.parent_run_id, cfg.max_epochs)]))
+
+
+def _trainable_function():
+    from tuner.trainable import train_trial
+
+    return train_trial
+
+
+def _trial_setup(cfg: SweepConfig, data_cfg, target):
+    from models import ModelConfig, TrainConfig
+    from tuner.trainable import TrialSetup
+
+    return TrialSetup(data=data_cfg, model=ModelConfig(), objective=cfg.objective, tracking=target,
+                      train=TrainConfig(epochs=cfg.max_epochs, seed=cfg.seed, device=cfg.device))
+
+
+def _tune_config(cfg: SweepConfig, paths: RunPaths, space):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from tuner.searcher import PruningAwareOptunaSearch
+    from tuner.space import define_by_run
+    from tuner.trainable import EPOCH
+
+    storage, points = _optuna_study(cfg, paths, space)
+    searcher = PruningAwareOptunaSearch(
+        space=define_by_run(space), metric=cfg.objective, mode="max", seed=cfg.seed, storage=storage,
+        study_name=cfg.experiment, points_to_evaluate=points, max_t=cfg.max_epochs, time_attr=EPOCH)
+    scheduler = (ASHAScheduler(time_attr=EPOCH, max_t=cfg.max_epochs, grace_period=cfg.grace_epochs,
+                               reduction_factor=cfg.reduction_factor) if cfg.use_asha else FIFOScheduler())
+    return tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.concurrency),
+                           scheduler=scheduler, num_samples=cfg.samples, metric=cfg.objective, mode="max")
+
+
+def _optuna_study(cfg: SweepConfig, paths: RunPaths, space):
+    """The persistent study (SQLite in the run dir: survives even a SIGKILL of the driver).
+
+    A new sweep of an existing experiment continues its study (TPE learns from the earlier sweeps), which
+    only makes sense for the same space: a different one is refused. points_to_evaluate are enqueued once.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live trial table says it better
+    storage = optuna.storages.RDBStorage(f"sqlite:///{paths.optuna_db}")
+    study = optuna.create_study(study_name=cfg.experiment, storage=storage, direction="maximize",
+                                load_if_exists=True)
+    digest = hashlib.sha256(repr((space.params, space.fixed, cfg.objective)).encode()).hexdigest()[:16]
+    if study.user_attrs.get("space_digest", digest) != digest:
+        raise CliError(f"--experiment {cfg.experiment}: its Optuna study in {paths.optuna_db} was built with a "
+                       f"different search space or objective; use a new --experiment for {space.source}")
+    study.set_user_attr("space_digest", digest)
+    return storage, (space.points_to_evaluate if not study.trials else None)
+
+
+def _reporter(cfg: SweepConfig, space):
+    from ray.tune import CLIReporter
+
+    from tuner.trainable import EPOCH
+
+    return CLIReporter(metric_columns=[cfg.objective, "val_loss", EPOCH], parameter_columns=space.param_names[:5],
+                       metric=cfg.objective, mode="max", sort_by_metric=True, max_report_frequency=15)
+
+
+# ---------------------------------------------------------------------------------------------
+# Final statuses and the summary
+# ---------------------------------------------------------------------------------------------
+
+def _status_class():
+    from ray.tune import Callback
+
+    return Callback
+
+
+class TrialStatusCallback(_status_class()):
+    """Driver side: when Ray knows how a trial ended, tag its child run completed/pruned/diverged/errored."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, max_epochs: int):
+        self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
+        self.max_epochs = max_epochs
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, trial_status(trial.last_result, None, self.max_epochs))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, "errored")
+
+    def _finish(self, trial, status: str) -> None:
+        from tuner import tracking
+        from tuner.trainable import RUN_ID
+
+        run_id = (trial.last_result or {}).get(RUN_ID) or tracking.find_child_run(
+            self.uri, self.experiment_id, self.parent_run_id, trial.trial_id)
+        if run_id is not None:  # a trial that failed before opening its run has nothing to tag
+            tracking.finish_child_run(self.uri, run_id, status)
+
+
+def trial_status(last_result: dict | None, error, max_epochs: int) -> str:
+    """completed | pruned | diverged | errored | unfinished, from a trial's last result."""
+    from tuner.searcher import DIVERGED
+    from tuner.trainable import EPOCH
+
+    if error is not None:
+        return "errored"
+    if not last_result or EPOCH not in last_result:
+        return "unfinished"
+    if last_result.get(DIVERGED):
+        return "diverged"
+    return "completed" if last_result[EPOCH] >= max_epochs else "pruned"
+
+
+def _summarise(cfg: SweepConfig, results, experiment_id: str, target, results_path: str) -> SweepResult:
+    from tuner.trainable import EPOCH, RUN_ID
+
+    rows = []
+    for result in results:
+        best = _best_row(result, cfg.objective)
+        status = trial_status(result.metrics, result.error, cfg.max_epochs)
+        if status == "unfinished" or (status != "errored" and results.num_terminated + results.num_errors < cfg.samples
+                                      and _is_live(result)):
+            status = "unfinished"
+        rows.append({"trial": result.metrics.get("trial_id", "?"), "backbone": result.config.get("backbone", ""),
+                     "objective": best.get(cfg.objective, float("nan")), "epochs": result.metrics.get(EPOCH, 0),
+                     "status": status, "config": result.config, "metrics": best})
+    rows.sort(key=lambda r: -r["objective"] if math.isfinite(r["objective"]) else math.inf)
+    statuses = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
+    finished = results.num_terminated + results.num_errors
+    top = rows[0] if rows else {"config": {}, "metrics": {}}
+    return SweepResult(
+        experiment=cfg.experiment, experiment_id=experiment_id, parent_run_id=target.parent_run_id,
+        tracking_uri=target.uri, results_path=results_path, interrupted=finished < cfg.samples,
+        best_config=top["config"], best_metrics=top["metrics"], best_run_id=top["metrics"].get(RUN_ID),
+        statuses=statuses, top_trials=[{k: v for k, v in r.items() if k not in ("config", "metrics")}
+                                       for r in rows[:TOP_TRIALS_SHOWN]])
+
+
+def _best_row(result, objective: str) -> dict:
+    """The trial's best epoch (by the objective) as a metrics dict; the last one if none is finite."""
+    frame = result.metrics_dataframe
+    if frame is None or objective not in frame or frame[objective].isna().all():
+        return dict(result.metrics or {})
+    return frame.loc[frame[objective].idxmax()].to_dict()
+
+
+def _is_live(result) -> bool:
+    """Did Ray stop this trial mid-flight (Ctrl-C)? Its metrics say done=False then."""
+    return not (result.metrics or {}).get("done", False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume bookkeeping and small helpers
+# ---------------------------------------------------------------------------------------------
+
+def _pointer_path(paths: RunPaths, experiment: str) -> Path:
+    """Where the latest sweep of an experiment is described (for --resume)."""
+    return paths.root / "sweeps" / f"{experiment}.json"
+
+
+def _resumed_config(cfg: SweepConfig, pointer: Path) -> SweepConfig:
+    """--resume runs the sweep as it was started (its space, data, budgets); only --address may change."""
+    if not pointer.is_file():
+        raise CliError(f"--resume: no sweep of experiment {cfg.experiment!r} was started in this run dir "
+                       f"({pointer} is missing)")
+    saved = json.loads(pointer.read_text())["config"]
+    saved["image_size"] = tuple(saved["image_size"])
+    return replace(SweepConfig(**saved), resume=True, address=cfg.address)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def _is_uri(storage: str | None) -> bool:
+    return bool(storage) and "://" in storage
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, timeout=5,
+                             capture_output=True, text=True)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+def main(args, paths: RunPaths) -> int:
+    cfg = sweep_config_from_args(args)
+    result = _run_with_clear_errors(cfg, paths)
+    print(format_summary(result, cfg, paths))
+    if result.interrupted:
+        print(f"\nsweep interrupted; continue it with:\n  lunartune --run-dir {paths.root} tune "
+              f"--experiment {cfg.experiment} --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _run_with_clear_errors(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
+    from data_pipeline import DataError
+    from models import ConfigError, WeightsError
+    from tuner.space import SpaceError
+    from tuner.tracking import TrackingError
+
+    try:
+        return run_sweep(cfg, paths)
+    except (SpaceError, DataError, ConfigError, WeightsError, TrackingError) as err:
+        raise CliError(str(err)) from None
+
+
+def format_summary(result: SweepResult, cfg: SweepConfig, paths: RunPaths) -> str:
+    lines = [f"\nsweep {result.experiment}: " + ", ".join(f"{n} {s}" for s, n in result.statuses.items()),
+             f"top trials by {cfg.objective}:"]
+    for row in result.top_trials:
+        lines.append(f"  {row['trial']:>14}  {row['backbone']:<26} {cfg.objective} {row['objective']:.4f}  "
+                     f"epochs {row['epochs']}  {row['status']}")
+    if result.best_config:
+        lines.append(f"best config: {json.dumps(result.best_config, sort_keys=True, default=str)}")
+    lines += [f"Ray results:   {result.results_path}",
+              f"Optuna study:  {cfg.experiment} in {paths.optuna_db}",
+              f"MLflow:        {result.tracking_uri} (experiment {result.experiment_id}, parent run {result.parent_run_id})",
+              f"browse it:     lunartune --run-dir {paths.root} ui --experiment {result.experiment}"
+              f"   then open http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs"]
+    return "\n".join(lines)

@@ -1,0 +1,211 @@
+"""MLflow: one experiment, one parent run per sweep, one child run per trial, and lookups for later commands.
+
+Everything goes through an `MlflowClient` built for an explicit tracking URI (no `mlflow.set_tracking_uri`
+global), so the driver and every Ray worker talk to the same store whatever their environment says.
+
+Layout of what a sweep records (the names below are the contract `promote`, `report` and `ui` read):
+
+    experiment <name>                       artifact location = <run-dir>/mlartifacts (embedded store)
+      parent run  <ray run name>            tag lunartune.role=sweep; params: space file, seed, scheduler...
+        child run <backbone>-t<NNN>         tag lunartune.role=trial, ray_trial_id, backbone, status,
+                                            best_checkpoint=checkpoint/best.pt; metrics per epoch (step=epoch);
+                                            artifacts checkpoint/best.pt, model_config.json
+"""
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+ROLE_TAG = "lunartune.role"  # "sweep" on parent runs, "trial" on child runs
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (the UI nests children under it)
+RUN_NAME_TAG = "mlflow.runName"
+TRIAL_ID_TAG = "ray_trial_id"
+BACKBONE_TAG = "backbone"
+STATUS_TAG = "status"  # children: completed | pruned | errored | diverged (| running); parent: running | finished | interrupted
+CHECKPOINT_TAG = "best_checkpoint"  # artifact path of the best checkpoint inside the child run
+CHECKPOINT_ARTIFACT = "checkpoint/best.pt"
+MODEL_CONFIG_ARTIFACT = "model_config.json"
+COMPLETED, PRUNED, ERRORED, DIVERGED, RUNNING = "completed", "pruned", "errored", "diverged", "running"
+# MLflow's run status for each final trial status (the tag is the precise one; this drives the UI icon)
+_RUN_STATUS = {COMPLETED: "FINISHED", PRUNED: "KILLED", DIVERGED: "FAILED", ERRORED: "FAILED"}
+_MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used: the message names the URI and what to do."""
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """Where a trial logs: passed to every trial explicitly (reaches workers on every node)."""
+
+    uri: str  # MLflow tracking URI (sqlite:///... or http://host:port)
+    experiment_id: str  # the sweep's experiment, created once on the driver
+    parent_run_id: str  # the sweep's parent run
+
+
+def client(uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri)
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side: reachability, experiment, parent run, final statuses
+# ---------------------------------------------------------------------------------------------
+
+def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
+    """Fail within `timeout_s` with a clear message if an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return  # sqlite/file stores are opened on first use; their errors already name the path
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except urllib.error.HTTPError as err:
+        problem = f"HTTP {err.code}"
+    except (urllib.error.URLError, OSError) as err:
+        problem = str(getattr(err, "reason", err))
+    raise TrackingError(f"MLflow tracking server {uri} is not reachable ({problem} from {url}); start it "
+                        f"(mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1) or omit "
+                        f"--tracking-uri to use the embedded SQLite store")
+
+
+def get_or_create_experiment(uri: str, name: str, artifact_location: str | None) -> str:
+    """Experiment id of `name`, created once (with an explicit artifact root) or restored if deleted."""
+    mlflow = client(uri)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        return mlflow.create_experiment(name, artifact_location=artifact_location)
+    if experiment.lifecycle_stage == "deleted":
+        mlflow.restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def start_parent_run(uri: str, experiment_id: str, run_name: str, params: dict, tags: dict) -> str:
+    run = client(uri).create_run(experiment_id, run_name=run_name,
+                                 tags={ROLE_TAG: "sweep", STATUS_TAG: RUNNING, **tags})
+    log_params(uri, run.info.run_id, params)
+    return run.info.run_id
+
+
+def reopen_run(uri: str, run_id: str) -> None:
+    """A resumed sweep continues its parent run (and an interrupted trial its child run)."""
+    mlflow = client(uri)
+    mlflow.update_run(run_id, status="RUNNING")
+    mlflow.set_tag(run_id, STATUS_TAG, RUNNING)
+
+
+def end_parent_run(uri: str, run_id: str, interrupted: bool, summary: dict) -> None:
+    mlflow = client(uri)
+    log_metrics(uri, run_id, {k: v for k, v in summary.items() if isinstance(v, (int, float))}, step=0)
+    mlflow.set_tag(run_id, STATUS_TAG, "interrupted" if interrupted else "finished")
+    mlflow.set_terminated(run_id, status="KILLED" if interrupted else "FINISHED")
+
+
+def finish_child_run(uri: str, run_id: str, status: str) -> None:
+    """Driver side, once Ray knows how the trial ended: tag the status and end the run."""
+    mlflow = client(uri)
+    mlflow.set_tag(run_id, STATUS_TAG, status)
+    mlflow.set_terminated(run_id, status=_RUN_STATUS[status])
+
+
+# ---------------------------------------------------------------------------------------------
+# Trial side: child run, per-epoch metrics, best checkpoint
+# ---------------------------------------------------------------------------------------------
+
+def open_child_run(target: TrackingTarget, trial_id: str, run_name: str, params: dict, tags: dict) -> str:
+    """The trial's child run: the existing one for `trial_id` (a retried or resumed trial), else a new one."""
+    existing = find_child_run(target.uri, target.experiment_id, target.parent_run_id, trial_id)
+    if existing is not None:
+        reopen_run(target.uri, existing)
+        return existing
+    run = client(target.uri).create_run(target.experiment_id, run_name=run_name, tags={
+        PARENT_TAG: target.parent_run_id, ROLE_TAG: "trial", TRIAL_ID_TAG: trial_id, STATUS_TAG: RUNNING,
+        CHECKPOINT_TAG: CHECKPOINT_ARTIFACT, **tags})
+    log_params(target.uri, run.info.run_id, params)
+    return run.info.run_id
+
+
+def find_child_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str) -> str | None:
+    runs = client(uri).search_runs([experiment_id], max_results=1, filter_string=(
+        f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.{TRIAL_ID_TAG} = '{trial_id}'"))
+    return runs[0].info.run_id if runs else None
+
+
+def log_params(uri: str, run_id: str, params: dict) -> None:
+    items = [Param(k, str(v)) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):  # MLflow caps params per batch at 100
+        client(uri).log_batch(run_id, params=items[i:i + 100])
+
+
+def log_metrics(uri: str, run_id: str, metrics: dict, step: int) -> None:
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())]
+    for i in range(0, len(items), _MAX_BATCH):
+        client(uri).log_batch(run_id, metrics=items[i:i + _MAX_BATCH])
+
+
+def log_best_checkpoint(uri: str, run_id: str, checkpoint_file: Path, model_config: dict) -> None:
+    """Upload the best weights as checkpoint/best.pt (replacing the previous best) and the model config."""
+    mlflow = client(uri)
+    artifact_dir = str(Path(CHECKPOINT_ARTIFACT).parent)
+    if checkpoint_file.name != Path(CHECKPOINT_ARTIFACT).name:
+        raise ValueError(f"{checkpoint_file}: the best checkpoint file must be named {Path(CHECKPOINT_ARTIFACT).name}")
+    mlflow.log_artifact(run_id, str(checkpoint_file), artifact_dir)
+    mlflow.log_dict(run_id, model_config, MODEL_CONFIG_ARTIFACT)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lookups for promote / report / ui
+# ---------------------------------------------------------------------------------------------
+
+def find_experiment(uri: str, name: str):
+    """The experiment called `name`; TrackingError listing the known names if there is none."""
+    mlflow = client(uri)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None or experiment.lifecycle_stage == "deleted":
+        known = sorted(e.name for e in mlflow.search_experiments())
+        raise TrackingError(f"no MLflow experiment {name!r} in {uri} (experiments there: {known or 'none'}); "
+                            f"run `lunartune tune --experiment {name}` first")
+    return experiment
+
+
+def latest_parent_run(uri: str, experiment_id: str):
+    """The most recently started sweep (parent run) of an experiment, or TrackingError."""
+    runs = client(uri).search_runs([experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'",
+                                   order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise TrackingError(f"experiment {experiment_id} in {uri} has no sweep (no run tagged {ROLE_TAG}=sweep)")
+    return runs[0]
+
+
+def child_runs(uri: str, experiment_id: str, parent_run_id: str, *, backbone: str | None = None,
+               order_by_metric: str | None = None, max_results: int = 1000) -> list:
+    """Trial runs of one sweep, optionally of one backbone, best first by `order_by_metric` (higher = better).
+
+    Runs without the metric (errored before the first epoch) come last.
+    """
+    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
+    if backbone is not None:
+        query += f" and tags.{BACKBONE_TAG} = '{backbone}'"
+    order = [f"metrics.{order_by_metric} DESC"] if order_by_metric else ["attributes.start_time ASC"]
+    return client(uri).search_runs([experiment_id], filter_string=query, order_by=order,
+                                   max_results=max_results)
+
+
+def download_checkpoint(uri: str, run_id: str, dst_dir: str | Path) -> Path:
+    """Fetch a trial run's best checkpoint file into `dst_dir`; TrackingError if the run has none."""
+    run = client(uri).get_run(run_id)
+    artifact = run.data.tags.get(CHECKPOINT_TAG, CHECKPOINT_ARTIFACT)
+    try:
+        local = client(uri).download_artifacts(run_id, artifact, str(dst_dir))
+    except Exception as err:  # MLflow raises several types (OSError, MlflowException) for "not there"
+        raise TrackingError(f"run {run_id} in {uri} has no checkpoint artifact {artifact!r} ({err})") from None
+    return Path(local)
