@@ -33,7 +33,7 @@ MIN_SIZE = 48  # smallest height or width, px: below it rocks and horizon no lon
 MANIFEST = "lunartune_synth.json"
 MANIFEST_VERSION = 1  # bump when the generator's output changes for the same parameters
 BOX_COLUMNS = ("Frame", "TopLeftCornerX", "TopLeftCornerY", "Length", "Height")
-PNG_COMPRESS_LEVEL = 2  # fast zlib level: encoding, not rendering, would otherwise dominate
+PNG_COMPRESS_LEVEL = 1  # fastest zlib level: encoding, not rendering, would otherwise dominate
 CHUNK_SIZE = 8  # scenes handed to a worker at a time
 
 

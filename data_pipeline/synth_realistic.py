@@ -138,7 +138,7 @@ def coarse_terms(rng: np.random.Generator, view: View):
     depth = view.depth(rows, cols)
     lateral = view.lateral(cols, depth)
     slope = np.zeros((2, small_h, small_w), dtype=np.float32)
-    roughness = rng.uniform(0.4, 1.3)
+    roughness = rng.uniform(0.3, 1.1)
     for tile_m, amplitude in ((0.8, 0.1), (3.0, 0.07), (14.0, 0.1), (60.0, 0.14)):
         texture = terrain_texture(rng)
         lookup = sample_bilinear(texture, *texel_coords(rng, lateral, depth, tile_m))
@@ -208,7 +208,7 @@ def finish(rng: np.random.Generator, radiance: np.ndarray, sky: np.ndarray, px_s
     ground = radiance[~sky]
     reference = float(np.percentile(ground[:: max(ground.size // 4000, 1)], 60)) if ground.size else 1.0
     image = radiance * (rng.uniform(0.35, 0.62) / max(reference, 1e-6))
-    image = np.clip(image, 0, 1) ** rng.uniform(0.8, 1.3)
+    image = soft_clip(image) ** rng.uniform(0.8, 1.3)
     image[sky] = rng.uniform(0.0, 0.03)
     image += rng.standard_normal(image.shape, dtype=np.float32) * rng.uniform(0.002, 0.025)
     tint = [float(t) * 255 for t in camera_tint(rng)]
@@ -219,8 +219,14 @@ def finish(rng: np.random.Generator, radiance: np.ndarray, sky: np.ndarray, px_s
     return np.asarray(Image.fromarray(rgb, "RGB").filter(ImageFilter.GaussianBlur(radius)))
 
 
+def soft_clip(image: np.ndarray, knee: float = 0.75) -> np.ndarray:
+    """Identity below the knee, then a smooth roll-off to 1: lit rocks keep some shading."""
+    over = np.maximum(image - knee, 0) / (1 - knee)
+    return np.clip(np.minimum(image, knee) + (1 - knee) * np.tanh(over), 0, 1)
+
+
 def camera_tint(rng: np.random.Generator) -> np.ndarray:
     """Grey like the Kaggle renders, or warm grey-brown like the Chang'e-3 photos."""
     if rng.random() < 0.5:
         return 1 + rng.normal(0, 0.01, 3)
-    return np.array([1.0, rng.uniform(0.92, 0.98), rng.uniform(0.78, 0.92)]) * rng.uniform(0.95, 1.1)
+    return np.array([1.0, rng.uniform(0.93, 0.985), rng.uniform(0.8, 0.94)]) * rng.uniform(0.95, 1.1)

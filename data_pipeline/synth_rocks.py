@@ -22,12 +22,14 @@ if TYPE_CHECKING:
 GROUND, SKY, SMALL_ROCK, LARGE_ROCK = 0, 1, 2, 3
 LABEL_MIN_RADIUS_PX = 5.0  # rocks smaller than this on screen (at 720 px width) stay unlabelled
 DRAW_MIN_RADIUS_PX = 0.7  # smaller ones are left to the regolith texture
-LARGE_ROCK_RADIUS_M = 0.35  # physical radius from which a rock counts as "large"
+LARGE_ROCK_RADIUS_M = 0.5  # physical radius from which a rock counts as "large"
 MIN_ROCK_RADIUS_M = 0.03  # smallest rock scattered
 MAX_ROCK_RADIUS_M = 3.0
 ROCK_FAR_M = 90.0  # no rocks are scattered beyond this depth
+BOULDER_FAR_M = 40.0  # boulders (large rocks) stay within this depth
+BOULDERS_PER_SCENE = 2.5  # median of the expected count (before culling the ones out of view)
 HARMONIC_ORDERS = np.array([2, 3, 5, 7])  # outline wobble: low orders give lumpy, high orders jagged
-HARMONIC_MAX = np.array([0.12, 0.09, 0.05, 0.03])
+HARMONIC_MAX = np.array([0.15, 0.1, 0.06, 0.04])
 PEBBLE_SHADOW_MAX = 1.5  # pebble shadows are capped at this many radii (their stamp stays small)
 
 
@@ -52,19 +54,35 @@ class Rocks:
 
 
 def scatter_rocks(rng: np.random.Generator, view: View) -> Rocks:
-    """Poisson-scattered rocks in view, big enough to draw, with their screen shapes."""
+    """A field of small rocks plus a few boulders, big enough to draw, with their screen shapes.
+
+    The Kaggle masks hold ~2 large rocks per frame but dozens of small ones: the field's power law
+    stops below the large-rock size, and boulders are a separate, sparse population.
+    """
     near = view.focal * view.cam_height / max(view.height - float(view.horizon.min()), 1.0)
     half_width = view.width / 2 / view.focal * 1.15  # lateral extent per metre of depth, with margin
-    density = np.exp(rng.normal(np.log(1.0), 0.6))  # rocks >= 3 cm per m^2; some fields are rockier
-    count = min(rng.poisson(density * half_width * max(ROCK_FAR_M ** 2 - near ** 2, 0)), 100_000)
-    z = np.sqrt(rng.uniform(near ** 2, ROCK_FAR_M ** 2, count))  # uniform over the ground area
-    x = rng.uniform(-1, 1, count) * half_width * z
+    density = np.exp(rng.normal(np.log(0.8), 0.6))  # field rocks >= 3 cm per m^2; some fields rockier
+    area = half_width * max(ROCK_FAR_M ** 2 - near ** 2, 0)
+    field_count = min(rng.poisson(density * area), 100_000)
     alpha = rng.uniform(1.6, 2.3)  # cumulative size distribution N(>r) ~ r^-alpha
-    radius = np.minimum(MIN_ROCK_RADIUS_M * rng.uniform(0, 1, count) ** (-1 / alpha), MAX_ROCK_RADIUS_M)
+    field = np.minimum(MIN_ROCK_RADIUS_M * rng.uniform(0, 1, field_count) ** (-1 / alpha),
+                       LARGE_ROCK_RADIUS_M * 0.999)
+    boulder_count = rng.poisson(np.exp(rng.normal(np.log(BOULDERS_PER_SCENE), 0.7)))
+    boulders = LARGE_ROCK_RADIUS_M * (MAX_ROCK_RADIUS_M / LARGE_ROCK_RADIUS_M) ** rng.uniform(
+        0, 1, boulder_count) ** 1.5  # log-uniform, skewed towards the small end
+    x, z = ground_positions(rng, near, ROCK_FAR_M, half_width, field_count)
+    bx, bz = ground_positions(rng, near, BOULDER_FAR_M, half_width, boulder_count)
+    x, z, radius = np.concatenate([x, bx]), np.concatenate([z, bz]), np.concatenate([field, boulders])
     radius_px = view.focal * radius / z
     keep = radius_px >= DRAW_MIN_RADIUS_PX * view.px_scale
     x, z, radius, radius_px = x[keep], z[keep], radius[keep], radius_px[keep]
     return cull_and_sort(view, shape_rocks(rng, view, x, z, radius, radius_px))
+
+
+def ground_positions(rng, near: float, far: float, half_width: float, count: int):
+    """Uniform positions over the ground area in view between depths near and far."""
+    z = np.sqrt(rng.uniform(near ** 2, max(far, near) ** 2, count))
+    return rng.uniform(-1, 1, count) * half_width * z, z
 
 
 def shape_rocks(rng, view: View, x, z, radius, radius_px) -> Rocks:
@@ -151,8 +169,11 @@ def rock_pixels(view: View, rocks: Rocks, i: int, facets: np.ndarray):
     u, w = (a[inside] for a in np.broadcast_arrays(u, w))
     rho2, edge = rho2[inside], edge[inside]  # shade only what the rock covers
     offset = float(rocks.x[i] + rocks.z[i]) * 37  # each rock shows another part of the facet texture
-    bump = sample_bilinear(facets, u * 4 + offset, w * 4 - offset) * 0.35
-    return window, inside, dome_shade(view, rocks, i, u, w, rho2, edge, bump)
+    fine = max(8.0, rx / 3)  # big, near rocks get facets and cracks down to a few pixels
+    bump = (sample_bilinear(facets, u * 3 + offset, w * 3 - offset) * 0.4
+            + sample_bilinear(facets, u * fine - offset, w * fine + offset) * 0.25)
+    mottle = 1 + 0.12 * bump[:, 0]  # albedo varies over the surface as well
+    return window, inside, dome_shade(view, rocks, i, u, w, rho2, edge, bump) * mottle
 
 
 def window_of(view: View, left, right, top, bottom) -> tuple[slice, slice] | None:
