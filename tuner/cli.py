@@ -166,7 +166,7 @@ def _model_consumers(sub) -> None:
     ui = sub.add_parser("ui", help="start the MLflow UI on this run directory's store (127.0.0.1)")
     ui.add_argument("--experiment", default="lunartune")
     ui.add_argument("--port", type=int, default=5000)
-    ui.add_argument("--host", default="127.0.0.1", help="bind address; anything but loopback needs auth in front")
+    ui.add_argument("--host", default="127.0.0.1", help="bind address: loopback only (127.0.0.1, localhost, ::1); from another machine use ssh -L")
     ui.add_argument("--optuna", action="store_true", help="also start optuna-dashboard on the sweep's study")
     ui.set_defaults(handler="tuner.ui:main")
 

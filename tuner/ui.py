@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -35,16 +36,16 @@ PORT_ATTEMPTS = 20  # a busy port moves to the next one, this many times at most
 OPTUNA_DASHBOARD_PORT = 8080  # optuna-dashboard's own default
 LOG_TAIL_LINES = 25  # of a server's log, shown when it fails to start or dies
 DASHBOARD_INSTALL_HINT = "pip install 'lunartune[dashboard]'"
-ROLE_TAG, PARENT_TAG = "lunartune.role", "mlflow.parentRunId"
 
 
 @dataclass(frozen=True)
 class UiServer:
-    """A running server: its base URL (no trailing slash), the port it got, and its group leader."""
+    """A running server: its base URL (no trailing slash), the port it got, its group leader, its log."""
 
     url: str
     port: int
     process: subprocess.Popen
+    log: Path
 
 
 # ----------------------------------------------------------------------------- ports and hosts
@@ -157,7 +158,7 @@ def _running_server(name: str, command: Sequence[str], host: str, port: int, hea
                                    env=env, cwd=log_path.parent, start_new_session=True)
     try:
         _wait_until_answering(name, url + health_path, process, log_path, timeout_s)
-        yield UiServer(url=url, port=port, process=process)
+        yield UiServer(url=url, port=port, process=process, log=log_path)
     finally:
         _stop_process_group(process)
 
@@ -180,8 +181,8 @@ def _mlflow_server_command(paths: RunPaths, host: str, port: int) -> list[str]:
 
 
 def _mlflow_server_env() -> dict[str, str]:
-    # MLflow 3's GenAI job runner (7 huey consumers, ~1 GB) serves LLM-judge jobs, not a sweep's
-    # runs table; switching it off also halves the start-up work.
+    # MLflow 3's GenAI job runner (a runner + 7 huey consumer processes, ~1 GB) serves LLM-judge
+    # jobs, not a sweep's runs table: without it the server is 2 processes (mlflow + uvicorn).
     return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
@@ -237,6 +238,8 @@ def _find_experiment(client, name: str):
 
 def _latest_parent_run(client, experiment_id: str):
     """The most recent run without a parent: the sweep's own run (its trials are its children)."""
+    from tuner.tracking import PARENT_TAG
+
     runs = client.search_runs([experiment_id], order_by=["attributes.start_time DESC"], max_results=1000)
     return next((run for run in runs if PARENT_TAG not in run.data.tags), None)
 
@@ -259,16 +262,32 @@ def sweep_links(base_url: str, experiment_name: str) -> list[str]:
     return lines
 
 
+def study_url(dashboard_url: str, study_name: str) -> str:
+    """The sweep's study page in optuna-dashboard (the sweep names its study after the experiment),
+    or the dashboard's study list when there is no such study."""
+    try:
+        with urllib.request.urlopen(f"{dashboard_url}/api/studies", timeout=10) as response:
+            studies = json.load(response)["study_summaries"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError):
+        studies = []
+    ids = [s["study_id"] for s in studies if s.get("study_name") == study_name]
+    return f"{dashboard_url}/dashboard/studies/{ids[0]}" if ids else f"{dashboard_url}/dashboard"
+
+
 # ----------------------------------------------------------------------------- the command
 
 @contextlib.contextmanager
 def _termination_as_exit() -> Iterator[None]:
-    """SIGTERM or SIGHUP (the ssh session dropped) unwind like Ctrl-C would, so the `finally` that
-    stops the servers runs; Python's default for them would exit at once and orphan the servers."""
+    """SIGTERM or SIGHUP (the ssh session dropped) unwind like Ctrl-C, so the `finally` that stops
+    the servers runs; Python's default for them exits at once and orphans the servers. A signal
+    the caller chose to ignore (nohup ignores SIGHUP) stays ignored."""
     def _exit(signum, _frame):
         raise SystemExit(128 + signum)
 
-    previous = {sig: signal.signal(sig, _exit) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    for sig, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(sig, _exit)
     try:
         yield
     finally:
@@ -282,10 +301,11 @@ def _serve_until_interrupted(servers: Sequence[tuple[str, UiServer]]) -> None:
         while True:
             for name, server in servers:
                 if server.process.poll() is not None:
-                    raise CliError(f"{name} stopped on its own (code {server.process.returncode})")
+                    raise CliError(f"{name} stopped on its own (code {server.process.returncode}); "
+                                   f"last lines of {server.log}:\n{_log_tail(server.log)}")
             time.sleep(POLL_S)
     except KeyboardInterrupt:
-        print("\nstopping ...", flush=True)
+        _say("\nstopping ...")
 
 
 def _say(text: str) -> None:
@@ -319,6 +339,7 @@ def _start_mlflow(stack: contextlib.ExitStack, paths: RunPaths, port: int, host:
     server = stack.enter_context(running_mlflow_ui(paths, port, host))
     if server.port != port:
         _say(f"port {port} is busy: using {server.port}")
+    _say(f"mlflow server log: {server.log}")
     return server
 
 
@@ -335,7 +356,7 @@ def main(args, paths: RunPaths) -> int:
         if args.optuna:
             dashboard = stack.enter_context(running_optuna_dashboard(paths, host=args.host))
             servers.append(("optuna-dashboard", dashboard))
-            _say(f"optuna-dashboard: {dashboard.url}/dashboard")
+            _say(f"optuna-dashboard: {study_url(dashboard.url, args.experiment)}")
         if not servers:
             return 0  # a remote server: the links are all there is to give
         _say("Ctrl-C stops " + " and ".join(name for name, _ in servers) + ".")

@@ -22,7 +22,8 @@ import pytest
 
 from tuner.cli import CliError, main as cli_main
 from tuner.settings import RunPaths
-from tuner.ui import PORT_ATTEMPTS, running_mlflow_ui, running_optuna_dashboard, sweep_links
+from tuner.tracking import PARENT_TAG, ROLE_TAG, STATUS_TAG
+from tuner.ui import PORT_ATTEMPTS, running_mlflow_ui, running_optuna_dashboard, study_url, sweep_links
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENT = "lunar-sweep"
@@ -40,7 +41,7 @@ def _log_trial(client, experiment_id: str, parent_id: str, name: str, status: st
     from mlflow.entities import Metric, Param
 
     run = client.create_run(experiment_id, start_time=start_ms, run_name=name,
-                            tags={"mlflow.parentRunId": parent_id, "status": status})
+                            tags={PARENT_TAG: parent_id, ROLE_TAG: "trial", STATUS_TAG: status})
     epochs = 1 if status == "pruned" else EPOCHS
     metrics = []
     for epoch in range(epochs):
@@ -77,14 +78,14 @@ def build_sweep_store(root: Path) -> dict:
 
     paths = RunPaths(root=root).ensure()
     client = MlflowClient(tracking_uri=paths.tracking_uri)
-    experiment_id = client.create_experiment(
-        EXPERIMENT, artifact_location=(paths.mlflow_artifacts / EXPERIMENT).as_uri())
-    client.create_experiment(OTHER_EXPERIMENT, artifact_location=(paths.mlflow_artifacts / OTHER_EXPERIMENT).as_uri())
+    # As tuner/sweep.py creates them on the embedded store: artifacts under <run-dir>/mlartifacts.
+    experiment_id = client.create_experiment(EXPERIMENT, artifact_location=paths.mlflow_artifacts.as_uri())
+    client.create_experiment(OTHER_EXPERIMENT, artifact_location=paths.mlflow_artifacts.as_uri())
     start_ms = int(time.time() * 1000) - 3_600_000
-    old = client.create_run(experiment_id, start_time=start_ms, run_name="sweep-old", tags={"lunartune.role": "sweep"})
+    old = client.create_run(experiment_id, start_time=start_ms, run_name="sweep-old", tags={ROLE_TAG: "sweep"})
     client.set_terminated(old.info.run_id, end_time=start_ms + 1000)
     parent = client.create_run(experiment_id, start_time=start_ms + 60_000, run_name="sweep-latest",
-                               tags={"lunartune.role": "sweep"})
+                               tags={ROLE_TAG: "sweep"})
     scratch = root / "scratch"
     scratch.mkdir()
     trial_ids = {name: _log_trial(client, experiment_id, parent.info.run_id, name, status, i,
@@ -287,30 +288,32 @@ def test_no_free_port_is_a_clear_error_and_starts_nothing(store):
     assert not list(store["paths"].root.glob(f"mlflow-ui-{first}*.log"))
 
 
-def test_ctrl_c_leaves_no_server_behind(store):
-    """Ctrl-C as a terminal sends it (SIGINT to the foreground process group): exit 0, and every
-    process of every server group the command started is gone."""
+@pytest.mark.parametrize(("signum", "exit_code"), [
+    (signal.SIGINT, 0), pytest.param(signal.SIGHUP, 128 + signal.SIGHUP, marks=pytest.mark.slow)],
+                         ids=["ctrl-c", "ssh-hangup"])
+def test_stopping_leaves_no_server_behind(store, signum, exit_code):
+    """Ctrl-C as a terminal sends it (SIGINT to the foreground process group) exits 0; a dropped ssh
+    session (SIGHUP) exits 129; either way every process of every server group is gone."""
     root = store["paths"].root
     optuna = ["--optuna"] if importlib.util.find_spec("optuna_dashboard") else []
     if optuna and not store["paths"].optuna_db.exists():
         build_optuna_study(store["paths"])
     command = [sys.executable, "-m", "tuner.cli", "--run-dir", str(root), "ui", "--experiment", EXPERIMENT,
                "--port", str(_ephemeral_port()), *optuna]
+    # SIGINT back to its default: pytest itself may run in the background, where shells ignore it.
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         out = _read_until(process, "Ctrl-C stops", timeout_s=120)
         groups = [os.getpgid(pid) for pid in _children(process.pid)]
         assert len(groups) == 1 + len(optuna), out
         assert all(len(_group_members(g)) >= 1 for g in groups)
-        os.killpg(process.pid, signal.SIGINT)
-        assert process.wait(timeout=60) == 0
+        os.killpg(process.pid, signum)
+        assert process.wait(timeout=60) == exit_code
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-    assert "stopping" in process.stdout.read().decode()
     assert [g for g in groups if _group_members(g)] == []
-
 
 # ----------------------------------------------------------------------------- --optuna
 
@@ -333,6 +336,19 @@ def test_optuna_dashboard_serves_the_sweep_study(tmp_path):
     build_optuna_study(paths)
     with running_optuna_dashboard(paths, _ephemeral_port()) as dashboard:
         studies = json.loads(_get(f"{dashboard.url}/api/studies"))["study_summaries"]
+        links = study_url(dashboard.url, STUDY), study_url(dashboard.url, "no-such-study")
         process = dashboard.process
     assert [s["study_name"] for s in studies] == [STUDY]
+    assert links == (f"{dashboard.url}/dashboard/studies/{studies[0]['study_id']}", f"{dashboard.url}/dashboard")
     assert process.poll() is not None and _group_members(process.pid) == []
+
+
+def test_a_server_that_cannot_start_fails_with_its_log_tail(tmp_path):
+    paths = RunPaths(root=tmp_path)
+    paths.mlflow_db.write_text("this is not an SQLite database\n" * 100)
+    with pytest.raises(CliError) as failure:
+        with running_mlflow_ui(paths, _ephemeral_port()):
+            pass
+    message = str(failure.value)
+    assert "mlflow server exited" in message and "last lines of" in message
+    assert "not a database" in message  # SQLite's own words, from the server's log
