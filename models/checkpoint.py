@@ -125,3 +125,17 @@ def restore_rng(ckpt: dict) -> None:
         torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def restore_training_state(ckpt: dict, optimizer=None, scheduler=None) -> int:
+    """Load optimizer/scheduler state and torch's RNG from `ckpt`; returns the epoch to continue after.
+
+    Build the scheduler BEFORE calling this: constructing a LambdaLR rewrites the optimizer's lr, so the
+    optimizer state must be loaded after it (then the scheduler's step count) to resume exactly.
+    """
+    if optimizer is not None and ckpt.get("optimizer") is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    restore_rng(ckpt)
+    return int(ckpt["epoch"])

@@ -11,6 +11,8 @@ needing torch.export to succeed on every decoder.
 """
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -23,6 +25,14 @@ INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 class ExportError(RuntimeError):
     """An export that failed or whose outputs differ from PyTorch's; the message names the file."""
+
+
+@contextmanager
+def _quiet_jit():
+    """torch 2.14 marks torch.jit deprecated; it is still the one format that loads without our Python code."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
+        yield
 
 
 def _verify_batch(example: torch.Tensor) -> torch.Tensor:
@@ -53,8 +63,9 @@ def export_torchscript(model: nn.Module, path, example: torch.Tensor, atol: floa
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
     try:
-        traced = torch.jit.trace(model, example.cpu(), check_trace=False)
-        traced.save(str(path))
+        with _quiet_jit():
+            traced = torch.jit.trace(model, example.cpu(), check_trace=False)
+            traced.save(str(path))
     except Exception as err:
         raise ExportError(f"{path}: TorchScript export failed: {type(err).__name__}: {err}") from None
     return verify_torchscript(model, path, example, atol)
@@ -64,7 +75,8 @@ def export_torchscript(model: nn.Module, path, example: torch.Tensor, atol: floa
 def verify_torchscript(model: nn.Module, path, example: torch.Tensor, atol: float = DEFAULT_ATOL) -> dict:
     path = Path(path)
     x = _verify_batch(example)
-    loaded = torch.jit.load(str(path), map_location="cpu")
+    with _quiet_jit():
+        loaded = torch.jit.load(str(path), map_location="cpu")
     diff = _compare(path, _reference(model, x), loaded(x), atol)
     return {"format": "torchscript", "path": str(path), "max_abs_diff": diff, "atol": atol,
             "verify_batch": x.shape[0], "runtime": "torch.jit"}

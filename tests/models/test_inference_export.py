@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import MEAN, STD, blob_scene
+from models import ModelConfig, build
+from models.export import ExportError, export_onnx, export_torchscript, verify_onnx, verify_torchscript
+from models.inference import predict_mask, predict_masks
+
+
+@pytest.fixture(scope="module")
+def scratch():
+    torch.manual_seed(0)
+    return build(ModelConfig(backbone="unet_scratch", scratch_width=4, scratch_depth=2)).eval()
+
+
+def test_predict_mask_at_model_size_is_argmax_of_the_logits(scratch):
+    image, _ = blob_scene(np.random.default_rng(0), 32)
+    x = (torch.from_numpy(image).permute(2, 0, 1).float() / 255 - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(
+        STD).view(3, 1, 1)
+    expected = scratch(x[None])[0].argmax(0).numpy()
+    mask = predict_mask(scratch, image, (32, 32), MEAN, STD, "cpu")
+    assert mask.dtype == np.uint8 and np.array_equal(mask, expected)
+
+
+def test_predictions_come_back_at_each_images_own_size(scratch):
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(50, 70), (96, 64), (32, 32)]]
+    masks = predict_masks(scratch, images, (32, 32), MEAN, STD, "cpu", batch_size=2)
+    assert [m.shape for m in masks] == [(50, 70), (96, 64), (32, 32)]
+    assert all(m.max() < 4 for m in masks)
+    assert np.array_equal(masks[1], predict_mask(scratch, images[1], (32, 32), MEAN, STD, "cpu"))
+
+
+def test_predict_rejects_non_uint8_rgb(scratch):
+    with pytest.raises(ValueError, match="image 0: expected an H x W x 3 uint8"):
+        predict_mask(scratch, np.zeros((8, 8), dtype=np.uint8), (32, 32), MEAN, STD)
+
+
+@pytest.mark.parametrize("backbone", ["unet_scratch", "vgg11"])
+def test_exports_match_pytorch_with_a_dynamic_batch(tmp_path, backbone):
+    model = build(ModelConfig(backbone=backbone)).eval()
+    example = torch.randn(1, 3, 64, 64)
+    ts = export_torchscript(model, tmp_path / "m.pt", example)
+    onnx_report = export_onnx(model, tmp_path / "m.onnx", example)
+    assert ts["verify_batch"] == 2 and ts["max_abs_diff"] <= 1e-4
+    assert onnx_report["runtime"].startswith("onnxruntime") and onnx_report["max_abs_diff"] <= 1e-4
+    assert onnx_report["verify_batch"] == 2  # the example had batch 1: the batch axis is dynamic
+
+
+def test_verification_catches_a_model_that_differs(tmp_path, scratch):
+    example = torch.randn(1, 3, 32, 32)
+    export_torchscript(scratch, tmp_path / "m.pt", example)
+    export_onnx(scratch, tmp_path / "m.onnx", example)
+    other = build(ModelConfig(backbone="unet_scratch", scratch_width=4, scratch_depth=2)).eval()
+    with pytest.raises(ExportError, match=r"m\.pt: outputs differ"):
+        verify_torchscript(other, tmp_path / "m.pt", example)
+    with pytest.raises(ExportError, match=r"m\.onnx: outputs differ"):
+        verify_onnx(other, tmp_path / "m.onnx", example)

@@ -1,0 +1,90 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models import ConfigError, TrainConfig
+from models.losses import WEIGHT_MAX, WEIGHT_MIN, DiceLoss, make_loss, median_frequency_weights
+from models.metrics import ConfusionMatrix, segmentation_metrics
+
+NAMES = ("ground", "sky", "small_rocks", "large_rocks")
+ROCKS = (2, 3)
+
+
+def _metrics(pred, target):
+    cm = ConfusionMatrix(4)
+    cm.update(torch.tensor(pred), torch.tensor(target))
+    return cm.matrix, segmentation_metrics(cm.matrix, NAMES, ROCKS)
+
+
+def test_hand_computed_case_with_a_class_absent_from_prediction_and_truth():
+    matrix, m = _metrics([0, 1, 1, 1, 2, 0], [0, 0, 1, 1, 2, 2])
+    assert matrix.tolist() == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
+    assert m["iou_ground"] == pytest.approx(1 / 3)  # TP 1, FP 1, FN 1
+    assert m["iou_sky"] == pytest.approx(2 / 3)  # TP 2, FP 1
+    assert m["iou_small_rocks"] == pytest.approx(1 / 2)  # TP 1, FN 1
+    assert math.isnan(m["iou_large_rocks"])  # absent everywhere: excluded, neither 0 nor 1
+    assert m["miou"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
+    assert m["rock_miou"] == pytest.approx(1 / 2)
+    assert m["pixel_acc"] == pytest.approx(4 / 6)
+    assert m["dice"] == pytest.approx((2 / 4 + 4 / 5 + 2 / 3) / 3)
+
+
+def test_rock_miou_is_nan_when_no_rock_anywhere():
+    _, m = _metrics([0, 1, 1], [0, 1, 0])
+    assert math.isnan(m["rock_miou"]) and m["miou"] == pytest.approx((1 / 2 + 1 / 2) / 2)
+
+
+def test_a_class_predicted_but_absent_from_truth_scores_zero():
+    _, m = _metrics([3, 0], [0, 0])
+    assert m["iou_large_rocks"] == 0.0 and m["iou_ground"] == 0.5
+
+
+def test_split_metric_is_exact_not_a_mean_of_batch_means():
+    pred = torch.tensor([[0, 0, 0, 0], [1, 1, 0, 0]])
+    target = torch.tensor([[0, 0, 0, 0], [1, 0, 0, 1]])
+    whole = ConfusionMatrix(4)
+    for p, t in zip(pred, target):
+        whole.update(p, t)
+    one_shot = ConfusionMatrix(4)
+    one_shot.update(pred, target)
+    assert torch.equal(whole.matrix, one_shot.matrix)
+    split = segmentation_metrics(whole.matrix, NAMES, ROCKS)["miou"]
+    batch_means = [_metrics(p.tolist(), t.tolist())[1]["miou"] for p, t in zip(pred, target)]
+    assert split == pytest.approx((5 / 7 + 1 / 3) / 2)
+    assert split != pytest.approx(np.mean(batch_means))
+
+
+def test_update_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="shape"):
+        ConfusionMatrix(4).update(torch.zeros(2, 3), torch.zeros(3, 2))
+
+
+def test_median_frequency_weights_are_clipped_and_favour_rare_classes():
+    w = median_frequency_weights([0.70, 0.20, 0.05, 0.05])  # median 0.125
+    assert w.tolist() == pytest.approx([0.125 / 0.7, 0.125 / 0.2, 2.5, 2.5])
+    w = median_frequency_weights([1000, 10, 1, 0])  # counts work too; an absent class gets the maximum
+    assert w[0] == pytest.approx(WEIGHT_MIN) and w[3] == WEIGHT_MAX and w[2] == WEIGHT_MAX
+    with pytest.raises(ConfigError, match="class_frequencies"):
+        median_frequency_weights([0, 0, 0, 0])
+
+
+def test_losses():
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 4, 8, 8), torch.randint(0, 4, (2, 8, 8))
+    ce = F.cross_entropy(logits, target)
+    assert make_loss(TrainConfig(loss="ce"))(logits, target) == pytest.approx(float(ce))
+    # focal with gamma 0 is plain cross-entropy; gamma > 0 down-weights easy pixels
+    assert make_loss(TrainConfig(loss="focal", focal_gamma=0.0))(logits, target) == pytest.approx(float(ce), rel=1e-5)
+    assert make_loss(TrainConfig(loss="focal"))(logits, target) < ce
+    weights = torch.tensor([1.0, 1.0, 1.0, 5.0])
+    weighted = make_loss(TrainConfig(loss="weighted_ce"), weights)(logits, target)
+    assert weighted == pytest.approx(float(F.cross_entropy(logits, target, weight=weights)))
+    perfect = F.one_hot(target, 4).permute(0, 3, 1, 2).float() * 50
+    assert DiceLoss()(perfect, target) < 1e-3 < DiceLoss()(logits, target)
+    both = make_loss(TrainConfig(loss="ce_dice"))(logits, target)
+    assert both == pytest.approx(float(ce + DiceLoss()(logits, target)), rel=1e-5)
+    with pytest.raises(ConfigError, match="class_weights"):
+        make_loss(TrainConfig(loss="weighted_ce"))

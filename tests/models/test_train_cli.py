@@ -1,0 +1,45 @@
+"""`lunartune train` end to end on generated scenes (64 x 64, 2 epochs), through tuner.cli.main."""
+import json
+
+import pytest
+
+from models.checkpoint import model_from_checkpoint
+from tuner.cli import main
+
+COMMON = ["--synthetic-count", "24", "--image-size", "64", "--batch-size", "4", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("run")
+
+
+def test_train_synthetic_saves_best_checkpoint_and_prints_metrics(run_dir, capsys):
+    code = main(["train", "--run-dir", str(run_dir), *COMMON, "--backbone", "unet_scratch", "--epochs", "2"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    summary = json.loads(out)
+    assert "epoch 1/2" in err and "epoch 2/2" in err
+    assert summary["status"] == "ok" and summary["best_epoch"] in (1, 2)
+    for split in ("val", "test"):
+        assert 0 <= summary[f"{split}_miou"] <= 1 and f"{split}_iou_large_rocks" in summary
+    model, info = model_from_checkpoint(summary["checkpoint"])
+    assert info["epoch"] == summary["best_epoch"] and info["classes"][1]["name"] == "sky"
+    assert info["metrics"]["val_miou"] == pytest.approx(summary["val_miou"])
+    assert json.loads((run_dir / "train" / "unet_scratch" / "metrics.json").read_text()) == summary
+
+
+def test_bad_config_is_one_clear_line(run_dir, capsys):
+    code = main(["train", "--run-dir", str(run_dir), *COMMON, "--backbone", "vgg12"])
+    assert code == 1
+    assert "ModelConfig.backbone" in capsys.readouterr().err
+    assert main(["train", "--run-dir", str(run_dir), *COMMON, "--backbone", "vgg11", "--image-size", "48"]) == 1
+    assert "image_size" in capsys.readouterr().err
+
+
+def test_divergence_is_a_clear_message_and_exit_code_1(run_dir, capsys):
+    code = main(["train", "--run-dir", str(run_dir), *COMMON, "--backbone", "unet_scratch", "--epochs", "3",
+                 "--optimizer", "sgd", "--lr", "1e30", "--out", str(run_dir / "diverged")])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "training diverged" in err and "status: diverged" in err and "Traceback" not in err

@@ -1,0 +1,84 @@
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from models import ModelConfig, WeightsError, build
+from models.weights import hub_source, imagenet_file, load_encoder_file
+
+CLOSED_ENDPOINT = "http://127.0.0.1:9"  # nothing listens on the discard port: the probe is refused at once
+
+
+def _encoders_equal(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_pth_encoder_file_loads_into_a_new_model(tmp_path):
+    source = build(ModelConfig(backbone="resnet18"))
+    path = tmp_path / "enc.pth"
+    torch.save(source.encoder.state_dict(), path)
+    loaded = build(ModelConfig(backbone="resnet18", encoder_weights=str(path)))
+    assert _encoders_equal(loaded.encoder, source.encoder)
+    assert not _encoders_equal(build(ModelConfig(backbone="resnet18")).encoder, source.encoder)
+
+
+def test_safetensors_file_of_a_timm_encoder_with_native_keys(tmp_path):
+    source = build(ModelConfig(backbone="tu-mobilenetv3_large_100"))
+    # timm's own key names (no "model." prefix), as a timm checkpoint would have them
+    native = {k[len("model."):]: v.contiguous() for k, v in source.encoder.state_dict().items()}
+    path = tmp_path / "enc.safetensors"
+    save_file(native, str(path))
+    loaded = build(ModelConfig(backbone="mobilenetv3-large", encoder_weights=str(path)))
+    assert _encoders_equal(loaded.encoder, source.encoder)
+
+
+def test_whole_model_state_dict_uses_its_encoder_part(tmp_path):
+    source = build(ModelConfig(backbone="resnet18"))
+    path = tmp_path / "model.pt"
+    torch.save({"state_dict": source.state_dict()}, path)
+    target = build(ModelConfig(backbone="resnet18"))
+    load_encoder_file(target.encoder, path)
+    assert _encoders_equal(target.encoder, source.encoder)
+
+
+def test_encoder_file_of_another_encoder_is_rejected_naming_the_file(tmp_path):
+    path = tmp_path / "resnet18.pth"
+    torch.save(build(ModelConfig(backbone="resnet18")).encoder.state_dict(), path)
+    with pytest.raises(WeightsError, match=r"resnet18\.pth.*missing keys"):
+        build(ModelConfig(backbone="resnet34", encoder_weights=str(path)))
+
+
+def test_wrong_shape_is_rejected_naming_key_and_file(tmp_path):
+    state = build(ModelConfig(backbone="resnet18")).encoder.state_dict()
+    state["conv1.weight"] = torch.zeros(8, 3, 7, 7)
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match=r"bad\.pth.*wrong shapes: conv1\.weight"):
+        build(ModelConfig(backbone="resnet18", encoder_weights=str(path)))
+
+
+def test_corrupt_weights_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "broken.pth"
+    path.write_bytes(b"not a torch file")
+    with pytest.raises(WeightsError, match=r"broken\.pth: cannot read"):
+        build(ModelConfig(backbone="resnet18", encoder_weights=str(path)))
+
+
+def test_imagenet_offline_without_cache_fails_with_instructions(tmp_path):
+    with pytest.raises(WeightsError) as err:
+        imagenet_file("vgg11", cache_dir=tmp_path, endpoint=CLOSED_ENDPOINT)
+    message = str(err.value)
+    assert "smp-hub/vgg11.imagenet" in message and "HF_HUB_CACHE" in message and "--encoder-weights" in message
+
+
+def test_imagenet_weights_come_from_a_prefilled_cache_without_network(tmp_path):
+    """A hub cache laid out as huggingface_hub writes it is used as is, with the hub unreachable."""
+    repo_id, revision, filenames = hub_source("resnet18")
+    snapshot = tmp_path / f"models--{repo_id.replace('/', '--')}" / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    source = build(ModelConfig(backbone="resnet18"))
+    save_file({k: v.contiguous() for k, v in source.encoder.state_dict().items()}, str(snapshot / filenames[0]))
+    path = imagenet_file("resnet18", cache_dir=tmp_path, endpoint=CLOSED_ENDPOINT)
+    target = build(ModelConfig(backbone="resnet18"))
+    load_encoder_file(target.encoder, path)
+    assert _encoders_equal(target.encoder, source.encoder)
