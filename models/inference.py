@@ -22,7 +22,8 @@ def _check_image(image: np.ndarray, index: int) -> None:
 
 def _to_input(image: np.ndarray, image_size, mean, std) -> torch.Tensor:
     """H x W x 3 uint8 -> 3 x h x w float32 at the model's size, normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255).unsqueeze(0)
+    # np.array copies: arrays from PIL are read-only and torch warns on those.
+    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255).unsqueeze(0)
     shrink = image_size[0] < image.shape[0] or image_size[1] < image.shape[1]
     x = F.interpolate(x, size=tuple(image_size), mode="bilinear", align_corners=False, antialias=shrink)
     mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)

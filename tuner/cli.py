@@ -148,6 +148,7 @@ def _model_consumers(sub) -> None:
     predict.add_argument("--model", required=True, help="as for export")
     predict.add_argument("inputs", nargs="+", help="image files or folders")
     predict.add_argument("--out", required=True)
+    predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     predict.set_defaults(handler="tuner.predict:main")
 
     evaluate = sub.add_parser("evaluate", help="score a model on a Kaggle-layout folder (renders and real photos)")
@@ -156,6 +157,9 @@ def _model_consumers(sub) -> None:
     evaluate.add_argument("--image-size", type=_size, default=None, help="override the checkpoint's input size")
     evaluate.add_argument("--json", default=None, help="write the metrics here")
     evaluate.add_argument("--out", default=None, help="confusion matrices and worst predictions (PNG)")
+    evaluate.add_argument("--metric-prefix", default="real_",
+                          help="prefix of the metrics logged to the model's MLflow run (real_renders_miou, ...)")
+    evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     evaluate.set_defaults(handler="tuner.evaluate:main")
 
     report = sub.add_parser("report", help="PNG figures and report.md for a sweep")

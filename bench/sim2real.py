@@ -1,0 +1,185 @@
+"""Sim-to-real: what the realism of our scene generator buys on the real data set.
+
+    python bench/sim2real.py                                  # the recipe below, ~20 min on 2 cores
+    python bench/sim2real.py --scenes 16 --epochs 1 --size 64x96 --out /tmp/s2r   # plumbing check
+
+One fixed recipe - smp U-Net VGG11, no pretrained weights, dropout 0.1, AdamW lr 1e-3, batch 8, cross-entropy,
+6 epochs, 400 scenes generated at the data set's 720x480 and resized to 128x192 (its 2:3 aspect) - is trained
+twice, side by side: on `synth.generate(style="realistic")` scenes and on the flat `style="simple"` baseline.
+Each model is then scored with `tuner.evaluate.evaluate_model` (the code of `lunartune evaluate`) on the
+real renders and real photos of ../shared/data/kaggle-eval-small and kaggle-fullsize-eval, and on its own
+generator's validation split (in-domain). Prints a per-class table (realistic | simple | gain), writes
+<out>/sim2real.json and <out>/sim2real_scenes.png (real renders beside generated scenes of both styles).
+The real data is only ever evaluated on, never trained on.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import data_pipeline as dp  # noqa: E402
+from data_pipeline.synth import generate, render_scene  # noqa: E402
+from models import ConfigError, ModelConfig, TrainConfig, build, validate_image_size  # noqa: E402
+from models.losses import make_loss  # noqa: E402
+from models.training import evaluate, make_optimizer, resolve_device, seed_everything, train_one_epoch  # noqa: E402
+from tuner.cli import _size  # noqa: E402  (the CLI's own N / HxW parser)
+from tuner.evaluate import evaluate_model, find_eval_sets, write_json_atomic  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+SHARED_DATA = REPO.parent / "shared" / "data"
+EVAL_FOLDERS = ("kaggle-eval-small", "kaggle-fullsize-eval")
+STYLES = ("realistic", "simple")
+SCENE_SIZE = (480, 720)  # (H, W) scenes are generated at: the real renders' own size
+SEED = 0  # scenes, split, initial weights and batch order: both styles get the same ones
+SHOWN = 4  # scenes per row of sim2real_scenes.png
+TABLE_METRICS = ("iou_ground", "iou_sky", "iou_small_rocks", "iou_large_rocks", "miou", "rock_miou", "pixel_acc")
+
+
+def recipe(epochs: int) -> tuple[ModelConfig, TrainConfig]:
+    model = ModelConfig(backbone="vgg11", arch="unet", encoder_weights="none", dropout=0.1)
+    train = TrainConfig(epochs=epochs, batch_size=8, lr=1e-3, optimizer="adamw", loss="ce", seed=SEED)
+    return model, train
+
+
+def train_on(style: str, scenes: int, epochs: int, size: tuple[int, int], workdir: Path, device) -> tuple:
+    """(model, metrics on the generator's own val split, seconds) for one generator style."""
+    root = generate(workdir / f"{style}-{scenes}", scenes, SEED, size=SCENE_SIZE, style=style, progress=False)
+    loaders = dp.make_loaders(dp.DataConfig(root=str(root), image_size=size, batch_size=8, seed=SEED,
+                                            progress=False))
+    model_cfg, train_cfg = recipe(epochs)
+    seed_everything(SEED)
+    model = build(model_cfg).to(device)
+    loss_fn, optimizer = make_loss(train_cfg), make_optimizer(model, train_cfg)
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        stats = train_one_epoch(model, loaders.train, optimizer, loss_fn, device, epoch=epoch)
+        print(f"  {style}: epoch {epoch}/{epochs} loss {stats['loss']:.4f} ({stats['seconds']:.0f} s)", file=sys.stderr)
+    seconds = time.perf_counter() - start
+    val = evaluate(model, loaders.val, device, loss_fn, dp.CLASS_NAMES, dp.ROCK_CLASS_IDS)
+    val = {"images": loaders.split_sizes["val"], **{k: v for k, v in val.items() if k != "loss"}}
+    return model, val, seconds
+
+
+def real_eval_sets(data: Path) -> dict:
+    """{"kaggle-eval-small/renders": EvalSet, ...} for every folder of EVAL_FOLDERS present."""
+    sets = {}
+    for folder in EVAL_FOLDERS:
+        groups, _ = find_eval_sets(data / folder)
+        sets.update({f"{folder}/{group}": samples for group, samples in groups.items()})
+    return sets
+
+
+def score(model, size: tuple[int, int], eval_sets: dict, device) -> dict:
+    info = {"classes": dp.class_table(), "image_size": list(size),
+            "normalization": {"mean": dp.IMAGENET_MEAN, "std": dp.IMAGENET_STD}}
+    scores = evaluate_model(model, info, eval_sets, device)
+    return {name: {"images": s.images, **s.metrics} for name, s in scores.items()}
+
+
+def clean(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def format_table(results: dict) -> str:
+    """One block per evaluation set: metric | realistic | simple | gain (realistic - simple)."""
+    lines = []
+    for name in results["realistic"]["scores"]:
+        lines.append(f"\n{name} ({results['realistic']['scores'][name]['images']} images)")
+        lines.append(f"  {'metric':<16}{'realistic':>11}{'simple':>11}{'gain':>9}")
+        for key in TABLE_METRICS:
+            a, b = (results[s]["scores"][name][key] for s in STYLES)
+            gain = a - b if a is not None and b is not None else None
+            lines.append(f"  {key:<16}" + "".join("         -" if v is None else f"{v:>11.4f}" for v in (a, b))
+                         + ("        -" if gain is None else f"{gain:>+9.4f}"))
+    return "\n".join(lines)
+
+
+def scene_grid(eval_sets: dict, size: tuple[int, int], path: Path) -> Path:
+    """Rows: real renders, generated realistic, generated simple (image above its mask), SHOWN columns."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    real = eval_sets.get("kaggle-eval-small/renders") or next(iter(eval_sets.values()))
+    picks = np.linspace(0, len(real) - 1, SHOWN).astype(int)
+    rows = {"real render": [(real[int(i)].image, real[int(i)].mask) for i in picks]}
+    for style in STYLES:
+        scenes = [render_scene(SEED, i + 1, SCENE_SIZE, style) for i in range(SHOWN)]
+        rows[f"generated {style}"] = [(s.image, s.mask) for s in scenes]
+    fig, axes = plt.subplots(2 * len(rows), SHOWN, figsize=(3 * SHOWN, 2.1 * 2 * len(rows)), squeeze=False)
+    for r, (label, pairs) in enumerate(rows.items()):
+        for c, (image, mask) in enumerate(pairs):
+            for k, picture in enumerate((dp.resize_image(image, size), dp.encode_mask(dp.resize_mask(mask, size)))):
+                ax = axes[2 * r + k, c]
+                ax.imshow(picture)
+                ax.set_xticks([])
+                ax.set_yticks([])
+            if c == 0:
+                axes[2 * r, 0].set_ylabel(label, fontsize=10)
+                axes[2 * r + 1, 0].set_ylabel("its mask", fontsize=9)
+    fig.suptitle(f"real renders vs generated scenes, as the model sees them ({size[0]}x{size[1]})", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def run(args) -> dict:
+    device = resolve_device(args.device)
+    eval_sets = real_eval_sets(Path(args.data))
+    results = {"recipe": {**recipe(args.epochs)[0].to_dict(), **recipe(args.epochs)[1].to_dict(),
+                          "scenes": args.scenes, "image_size": list(args.size), "scene_size": list(SCENE_SIZE)},
+               "machine": {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
+                           "threads": torch.get_num_threads()}}
+    with tempfile.TemporaryDirectory(prefix="sim2real-") as tmp:
+        workdir = Path(args.workdir) if args.workdir else Path(tmp)
+        for style in STYLES:
+            model, val, seconds = train_on(style, args.scenes, args.epochs, args.size, workdir, device)
+            scores = {"synthetic-val": val}
+            scores.update(score(model, args.size, eval_sets, device))
+            results[style] = {"train_seconds": round(seconds, 1),
+                              "scores": {n: {k: clean(v) for k, v in m.items()} for n, m in scores.items()}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "sim2real.json", results)
+    scene_grid(eval_sets, args.size, out / "sim2real_scenes.png")
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenes", type=int, default=400, help="generated scenes per style (split 70/15/15)")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--size", type=_size, default=(128, 192), help="training size HxW (multiples of 32)")
+    parser.add_argument("--out", default=str(RESULTS), help="folder for sim2real.json and sim2real_scenes.png")
+    parser.add_argument("--data", default=str(SHARED_DATA), help=f"folder holding {' and '.join(EVAL_FOLDERS)}")
+    parser.add_argument("--workdir", default=None, help="keep the generated scenes here (default: a temp folder)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    args = parser.parse_args(argv)
+    missing = [f for f in EVAL_FOLDERS if not (Path(args.data) / f).is_dir()]
+    if missing:
+        parser.error(f"{args.data}: lacks {', '.join(missing)} (the shared real data; see --data)")
+    try:
+        validate_image_size(recipe(args.epochs)[0], args.size)
+    except ConfigError as err:
+        parser.error(f"--size: {err}")
+    results = run(args)
+    print(format_table(results))
+    print(f"\nwrote {Path(args.out) / 'sim2real.json'} and {Path(args.out) / 'sim2real_scenes.png'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""`lunartune evaluate` and `evaluate_model`: exact metrics at each mask's own size, figures, MLflow, bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.tuner.test_model_spec import make_checkpoint
+from tuner.cli import main
+from tuner.evaluate import evaluate_model
+from tuner.settings import RunPaths
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+PALETTE = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)
+GRADED = np.array([[5, 3, 2], [226, 0, 0], [0, 200, 0], [0, 0, 180]], dtype=np.uint8)  # a raw "ground" label
+SIZE = (64, 96)  # the checkpoint's input size (H, W)
+
+
+def scene_classes(shape, seed) -> np.ndarray:
+    """Sky on top, ground below, a small and a large rock: H x W uint8 class indices."""
+    h, w = shape
+    rng = np.random.default_rng(seed)
+    classes = np.zeros(shape, dtype=np.uint8)
+    classes[: h // 3] = 1
+    classes[h // 2: h // 2 + 4, w // 4: w // 4 + 4] = 2
+    classes[2 * h // 3:, w // 2: w // 2 + w // 4] = 3
+    return np.where(rng.random(shape) < 0.02, 0, classes).astype(np.uint8)
+
+
+def save(path: Path, pixels: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def photo(shape, seed, channels=3) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (*shape, channels), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt", image_size=SIZE)
+
+
+@pytest.fixture
+def data(tmp_path):
+    """Kaggle layout: render 0001 (48x72) with a clean mask AND a contradicting ground mask (clean must win),
+    render 0002 (64x96) with a ground mask only, photo PCAM1 (80x100 RGBA) larger than its 60x75 mask
+    with anti-aliased colours. Returns (root, {name: truth classes})."""
+    root = tmp_path / "data"
+    truth = {"0001": scene_classes((48, 72), 1), "0002": scene_classes((64, 96), 2), "PCAM1": scene_classes((60, 75), 3)}
+    save(root / "images/render/render0001.png", photo((48, 72), 1))
+    save(root / "images/clean/clean0001.png", PALETTE[truth["0001"]])
+    save(root / "images/ground/ground0001.png", np.full((48, 72, 3), GRADED[1]))  # all sky: must be ignored
+    save(root / "images/render/render0002.png", photo((64, 96), 2))
+    save(root / "images/ground/ground0002.png", GRADED[truth["0002"]])
+    save(root / "real_moon_images/PCAM1.png", photo((80, 100), 3, channels=4))
+    soft = PALETTE[truth["PCAM1"]].astype(np.int16) + np.array([-5, 9, 7])  # off-palette, nearest is right
+    save(root / "real_moon_images/g_PCAM1.png", np.clip(soft, 0, 255).astype(np.uint8))
+    return root, truth
+
+
+def run_cli(tmp_path, *args) -> int:
+    return main(["--run-dir", str(tmp_path / "run"), "evaluate", *map(str, args)])
+
+
+def expected_metrics(checkpoint, root: Path, truth: dict, names) -> dict:
+    """The metrics recomputed independently: predict_mask per image, pixel counts with numpy."""
+    from data_pipeline import load_rgb, resize_image
+    from models.checkpoint import model_from_checkpoint
+    from models.inference import predict_mask
+
+    model, info = model_from_checkpoint(checkpoint)
+    files = {"0001": root / "images/render/render0001.png", "0002": root / "images/render/render0002.png",
+             "PCAM1": root / "real_moon_images/PCAM1.png"}
+    counts = np.zeros((4, 4), dtype=np.int64)
+    for name in names:
+        image = resize_image(load_rgb(files[name]), truth[name].shape)
+        pred = predict_mask(model, image, SIZE, info["normalization"]["mean"], info["normalization"]["std"])
+        np.add.at(counts, (truth[name].ravel(), pred.ravel()), 1)
+    tp = np.diag(counts)
+    union = counts.sum(0) + counts.sum(1) - tp
+    iou = [tp[c] / union[c] if union[c] else None for c in range(4)]
+    present = [v for v in iou if v is not None]
+    return {"pixels": int(counts.sum()), "pixel_acc": tp.sum() / counts.sum(), "miou": sum(present) / len(present),
+            "iou": iou}
+
+
+def test_metrics_are_exact_over_each_group_at_the_masks_own_size(checkpoint, data, tmp_path, capsys):
+    root, truth = data
+    assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--json", tmp_path / "m.json") == 0
+    printed = capsys.readouterr()
+    results = json.loads(printed.out)
+    assert results == json.loads((tmp_path / "m.json").read_text())
+    assert "iou_small_rocks" in printed.err and "renders" in printed.err  # the table
+    renders, photos = results["groups"]["renders"], results["groups"]["photos"]
+    assert renders["mask_sources"] == {"clean": 1, "ground": 1} and photos["mask_sources"] == {"real": 1}
+    assert renders["pixels"] == 48 * 72 + 64 * 96 and photos["pixels"] == 60 * 75
+    for group, names in ((renders, ["0001", "0002"]), (photos, ["PCAM1"])):
+        want = expected_metrics(checkpoint, root, truth, names)
+        assert group["pixels"] == want["pixels"] == np.array(group["confusion"]).sum()
+        assert group["metrics"]["pixel_acc"] == pytest.approx(want["pixel_acc"], abs=1e-12)
+        assert group["metrics"]["miou"] == pytest.approx(want["miou"], abs=1e-12)
+        for name, iou in zip(("ground", "sky", "small_rocks", "large_rocks"), want["iou"]):
+            assert group["metrics"][f"iou_{name}"] == (pytest.approx(iou, abs=1e-12) if iou is not None else None)
+    assert results["image_size"] == list(SIZE) and results["run_id"] is None
+
+
+def test_evaluate_model_scores_any_named_groups(checkpoint, data):
+    from data_pipeline import load_eval_set
+    from models.checkpoint import model_from_checkpoint
+
+    root, truth = data
+    model, info = model_from_checkpoint(checkpoint)
+    scores = evaluate_model(model, info, {"test": load_eval_set(root, "render", "ground", frames=["0002"])}, "cpu",
+                            keep_worst=1)
+    assert list(scores) == ["test"] and scores["test"].images == 1
+    assert scores["test"].matrix.sum(axis=1).tolist() == np.bincount(truth["0002"].ravel(), minlength=4).tolist()
+    assert scores["test"].worst[0].name == "0002" and scores["test"].worst[0].prediction.shape == (64, 96)
+
+
+def test_out_gets_a_confusion_matrix_and_worst_predictions_per_group(checkpoint, data, tmp_path):
+    root, _ = data
+    assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--out", tmp_path / "figs",
+                   "--image-size", "32x48") == 0
+    written = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert written == ["confusion_photos.png", "confusion_renders.png", "worst_photos.png", "worst_renders.png"]
+    for name in written:
+        with Image.open(tmp_path / "figs" / name) as im:
+            assert im.width > 300 and im.height > 300
+
+
+def test_image_size_override_is_used_and_validated(checkpoint, data, tmp_path, capsys):
+    root, _ = data
+    assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--image-size", "32x48") == 0
+    assert json.loads(capsys.readouterr().out)["image_size"] == [32, 48]
+    assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--image-size", "33") == 1
+    assert "--image-size: image_size=(33, 33): expected (H, W) both positive multiples of 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("unknown_colour", "clean0001.png: 1 pixels have colours outside the clean palette"),
+    ("not_an_image", "render0002.png: cannot decode image"),
+    ("empty_folder", "nothing to score"),
+    ("missing_model", "nope.pt: no such checkpoint file"),
+])
+def test_bad_input_is_a_clear_error_and_writes_nothing(checkpoint, data, tmp_path, capsys, damage, expected):
+    root, truth = data
+    model = checkpoint
+    if damage == "unknown_colour":
+        pixels = PALETTE[truth["0001"]].copy()
+        pixels[3, 5] = (10, 200, 30)
+        save(root / "images/clean/clean0001.png", pixels)
+    elif damage == "not_an_image":
+        (root / "images/render/render0002.png").write_text("no pixels here")
+    elif damage == "empty_folder":
+        root = tmp_path / "empty"
+        root.mkdir()
+    else:
+        model = tmp_path / "nope.pt"
+    out, report = tmp_path / "figs", tmp_path / "m.json"
+    assert run_cli(tmp_path, "--model", model, "--data", root, "--out", out, "--json", report) == 1
+    assert expected in capsys.readouterr().err
+    assert not out.exists() and not report.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".figs", ".m.json"))]
+
+
+def test_a_model_from_mlflow_gets_the_metrics_on_its_run(checkpoint, data, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    root, _ = data
+    paths = RunPaths(root=tmp_path / "run").ensure()
+    client = MlflowClient(paths.tracking_uri)
+    experiment = client.create_experiment("exp", artifact_location=paths.mlflow_artifacts.as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    client.log_artifact(run_id, str(checkpoint), "checkpoint")
+    assert run_cli(tmp_path, "--model", f"runs:/{run_id}", "--data", root) == 0
+    results = json.loads(capsys.readouterr().out)
+    logged = client.get_run(run_id).data.metrics
+    assert results["run_id"] == run_id
+    assert logged["real_renders_miou"] == pytest.approx(results["groups"]["renders"]["metrics"]["miou"])
+    assert logged["real_photos_iou_small_rocks"] == pytest.approx(
+        results["groups"]["photos"]["metrics"]["iou_small_rocks"])
+    assert {k for k in logged if k.startswith("real_")} >= {"real_photos_rock_miou", "real_renders_pixel_acc",
+                                                             "real_renders_dice"}
+
+
+@pytest.mark.parametrize("folder, counts", [
+    pytest.param("kaggle-eval-small", {"renders": (40, {"clean": 40}), "photos": (28, {"real": 28})},
+                 marks=pytest.mark.slow),  # 68 images: ~20 s on 2 busy cores
+    ("kaggle-fullsize-eval", {"renders": (9, {"clean": 3, "ground": 6}), "photos": (1, {"real": 1})}),
+])
+def test_the_shared_real_data_is_scored_at_its_own_resolution(checkpoint, tmp_path, capsys, folder, counts):
+    from data_pipeline import read_size
+
+    root = SHARED / folder
+    if not root.is_dir():
+        pytest.skip(f"{root} absent (the shared data sits beside the repo as ../shared)")
+    assert run_cli(tmp_path, "--model", checkpoint, "--data", root) == 0
+    groups = json.loads(capsys.readouterr().out)["groups"]
+    assert {g: (v["images"], v["mask_sources"]) for g, v in groups.items()} == counts
+    masks = [p for p in (root / "images").glob("*/*.png") if not p.parent.name == "render"]
+    real = list((root / "real_moon_images").glob("g_*.png"))
+    clean_frames = {p.name[len("clean"):] for p in (root / "images/clean").glob("*.png")}
+    scored = [p for p in masks if p.parent.name == "clean"
+              or p.name[len("ground"):] not in clean_frames]  # clean wins where both exist
+    assert groups["renders"]["pixels"] == sum(np.prod(read_size(p)) for p in scored)
+    assert groups["photos"]["pixels"] == sum(np.prod(read_size(p)) for p in real)
