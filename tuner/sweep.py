@@ -18,8 +18,25 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import optuna
+import ray
+from ray import tune
+from ray.tune import Callback, CLIReporter
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+
+import data_pipeline
+import search_spaces
+from data_pipeline import DataError
+from models import ConfigError, ModelConfig, TrainConfig, WeightsError, canonical_backbone
+from tuner import tracking
 from tuner.cli import EXIT_INTERRUPTED, CliError
+from tuner.searcher import DIVERGED, PruningAwareOptunaSearch
 from tuner.settings import RunPaths
+from tuner.space import SpaceError, check_against_models, define_by_run, load_space
+from tuner.trainable import EPOCH, RUN_ID, TrialSetup, train_trial
+from tuner.tracking import TrackingError
+from tuner.train import synthetic_root
 
 SYNTHETIC = "synthetic"
 MAX_FAILURES = 2  # a crashed trial is retried this often, from its last checkpoint
@@ -31,7 +48,6 @@ _EXPERIMENT_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 @dataclass(frozen=True)
 class SweepConfig:
     """One sweep, as `lunartune tune` flags describe it."""
-
     space: str = "default"  # search space: name in search_spaces/ or a YAML path
     data: str = SYNTHETIC  # Kaggle-layout folder, or "synthetic" to generate scenes into the run dir
     synthetic_count: int = 200  # scenes generated for data=synthetic
@@ -111,13 +127,10 @@ def check_sweep_config(cfg: SweepConfig) -> None:
 
 def run_sweep(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
     """Run (or with cfg.resume, continue) a sweep; returns where everything is and the best trial."""
-    from tuner import tracking
-    from tuner.space import check_against_models, load_space
-
     paths.ensure()
     pointer = _pointer_path(paths, cfg.experiment)
     cfg = _resumed_config(cfg, pointer) if cfg.resume else cfg
-    space = _load_space(cfg, load_space, check_against_models)
+    space = _load_space(cfg)
     tracking.check_reachable(paths.tracking_uri)  # before any data work: an unreachable server fails in <= 10 s
     _warn_about_storage(cfg)
     data_cfg, manifest = _prepare_data(cfg, paths)
@@ -145,9 +158,7 @@ def run_sweep(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
     return result
 
 
-def _load_space(cfg: SweepConfig, load_space, check_against_models):
-    import search_spaces
-
+def _load_space(cfg: SweepConfig):
     try:
         path = search_spaces.resolve(cfg.space)
     except FileNotFoundError as err:
@@ -168,8 +179,6 @@ def _warn_about_storage(cfg: SweepConfig) -> None:
 def _prepare_data(cfg: SweepConfig, paths: RunPaths):
     """Generate scenes if asked, then build the split manifest and every decode cache ONCE, here on the
     driver: trials only read them (no race between trials building the same cache)."""
-    import data_pipeline
-    from tuner.train import synthetic_root
 
     root = synthetic_root(paths, cfg.synthetic_count, cfg.seed) if cfg.data == SYNTHETIC else Path(cfg.data).expanduser()
     if cfg.data == SYNTHETIC:
@@ -184,8 +193,6 @@ def _prepare_data(cfg: SweepConfig, paths: RunPaths):
 
 def _new_sweep_state(cfg: SweepConfig, paths: RunPaths, space, manifest, experiment_id: str) -> dict:
     """A new Ray run name and MLflow parent run; what --resume needs later, written beside the run dir."""
-    from tuner import tracking
-
     run_name = f"{cfg.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = cfg.storage if _is_uri(cfg.storage) else str(Path(cfg.storage or paths.ray_results).resolve())
     results_path = f"{storage.rstrip('/')}/{run_name}"
@@ -202,8 +209,6 @@ def _new_sweep_state(cfg: SweepConfig, paths: RunPaths, space, manifest, experim
 
 def _fit(cfg: SweepConfig, paths: RunPaths, space, data_cfg, target, results_path: str):
     """Start (or join) Ray, build the Tuner (or restore it) and run it; Ray is shut down if we started it."""
-    import ray
-
     _configure_ray_output()
     started_here = not ray.is_initialized()
     if started_here and cfg.address:
@@ -226,10 +231,8 @@ def _configure_ray_output() -> None:
 
 
 def _tuner(cfg: SweepConfig, paths: RunPaths, space, data_cfg, target, results_path: str):
-    from ray import tune
-
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable_function(), setup=_trial_setup(cfg, data_cfg, target)),
+        tune.with_parameters(train_trial, setup=_trial_setup(cfg, data_cfg, target)),
         {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
     if cfg.resume:
         if not tune.Tuner.can_restore(results_path):
@@ -244,28 +247,12 @@ def _tuner(cfg: SweepConfig, paths: RunPaths, space, data_cfg, target, results_p
         callbacks=[TrialStatusCallback(target.uri, target.experiment_id, target.parent_run_id, cfg.max_epochs)]))
 
 
-def _trainable_function():
-    from tuner.trainable import train_trial
-
-    return train_trial
-
-
 def _trial_setup(cfg: SweepConfig, data_cfg, target):
-    from models import ModelConfig, TrainConfig
-    from tuner.trainable import TrialSetup
-
     return TrialSetup(data=data_cfg, model=ModelConfig(), objective=cfg.objective, tracking=target,
                       train=TrainConfig(epochs=cfg.max_epochs, seed=cfg.seed, device=cfg.device))
 
 
 def _tune_config(cfg: SweepConfig, paths: RunPaths, space):
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
-    from tuner.searcher import PruningAwareOptunaSearch
-    from tuner.space import define_by_run
-    from tuner.trainable import EPOCH
-
     storage, points = _optuna_study(cfg, paths, space)
     searcher = PruningAwareOptunaSearch(
         space=define_by_run(space), metric=cfg.objective, mode="max", seed=cfg.seed, storage=storage,
@@ -273,7 +260,20 @@ def _tune_config(cfg: SweepConfig, paths: RunPaths, space):
     scheduler = (ASHAScheduler(time_attr=EPOCH, max_t=cfg.max_epochs, grace_period=cfg.grace_epochs,
                                reduction_factor=cfg.reduction_factor) if cfg.use_asha else FIFOScheduler())
     return tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.concurrency),
-                           scheduler=scheduler, num_samples=cfg.samples, metric=cfg.objective, mode="max")
+                           scheduler=scheduler, num_samples=cfg.samples, metric=cfg.objective, mode="max",
+                           reuse_actors=True,  # a new trial skips the worker's ~3-10 s of torch/smp imports
+                           trial_name_creator=trial_name, trial_dirname_creator=trial_dirname)
+
+
+def trial_name(trial) -> str:
+    """'vgg11-t007': backbone + Ray's trial counter; the MLflow child run gets the same name."""
+    index = trial.experiment_tag.split("_", 1)[0]
+    backbone = canonical_backbone(trial.config.get("backbone", "vgg11"))
+    return f"{backbone}-t{int(index):03d}" if index.isdigit() else f"{backbone}-{trial.trial_id}"
+
+
+def trial_dirname(trial) -> str:
+    return f"{trial_name(trial)}_{trial.trial_id}"  # short: Ray's default spells out the whole config
 
 
 def _optuna_study(cfg: SweepConfig, paths: RunPaths, space):
@@ -282,7 +282,6 @@ def _optuna_study(cfg: SweepConfig, paths: RunPaths, space):
     A new sweep of an existing experiment continues its study (TPE learns from the earlier sweeps), which
     only makes sense for the same space: a different one is refused. points_to_evaluate are enqueued once.
     """
-    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live trial table says it better
     storage = optuna.storages.RDBStorage(f"sqlite:///{paths.optuna_db}")
@@ -297,27 +296,18 @@ def _optuna_study(cfg: SweepConfig, paths: RunPaths, space):
 
 
 def _reporter(cfg: SweepConfig, space):
-    from ray.tune import CLIReporter
-
-    from tuner.trainable import EPOCH
-
-    return CLIReporter(metric_columns=[cfg.objective, "val_loss", EPOCH], parameter_columns=space.param_names[:5],
-                       metric=cfg.objective, mode="max", sort_by_metric=True, max_report_frequency=15)
+    # conditional parameters are absent from some configs, and CLIReporter's "best trial" line then fails
+    always_there = [p.name for p in space.params if not p.when][:5]
+    return CLIReporter(metric_columns=[cfg.objective, "val_loss", EPOCH], parameter_columns=always_there,
+                       sort_by_metric=True, max_report_frequency=15)
 
 
 # ---------------------------------------------------------------------------------------------
 # Final statuses and the summary
 # ---------------------------------------------------------------------------------------------
 
-def _status_class():
-    from ray.tune import Callback
-
-    return Callback
-
-
-class TrialStatusCallback(_status_class()):
+class TrialStatusCallback(Callback):
     """Driver side: when Ray knows how a trial ended, tag its child run completed/pruned/diverged/errored."""
-
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, max_epochs: int):
         self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
         self.max_epochs = max_epochs
@@ -329,9 +319,7 @@ class TrialStatusCallback(_status_class()):
         self._finish(trial, "errored")
 
     def _finish(self, trial, status: str) -> None:
-        from tuner import tracking
-        from tuner.trainable import RUN_ID
-
+        
         run_id = (trial.last_result or {}).get(RUN_ID) or tracking.find_child_run(
             self.uri, self.experiment_id, self.parent_run_id, trial.trial_id)
         if run_id is not None:  # a trial that failed before opening its run has nothing to tag
@@ -340,9 +328,6 @@ class TrialStatusCallback(_status_class()):
 
 def trial_status(last_result: dict | None, error, max_epochs: int) -> str:
     """completed | pruned | diverged | errored | unfinished, from a trial's last result."""
-    from tuner.searcher import DIVERGED
-    from tuner.trainable import EPOCH
-
     if error is not None:
         return "errored"
     if not last_result or EPOCH not in last_result:
@@ -353,21 +338,19 @@ def trial_status(last_result: dict | None, error, max_epochs: int) -> str:
 
 
 def _summarise(cfg: SweepConfig, results, experiment_id: str, target, results_path: str) -> SweepResult:
-    from tuner.trainable import EPOCH, RUN_ID
-
+    finished = results.num_terminated + results.num_errors
     rows = []
     for result in results:
+        metrics, config = result.metrics or {}, result.config or {}  # None for a trial that never started
         best = _best_row(result, cfg.objective)
-        status = trial_status(result.metrics, result.error, cfg.max_epochs)
-        if status == "unfinished" or (status != "errored" and results.num_terminated + results.num_errors < cfg.samples
-                                      and _is_live(result)):
-            status = "unfinished"
-        rows.append({"trial": result.metrics.get("trial_id", "?"), "backbone": result.config.get("backbone", ""),
-                     "objective": best.get(cfg.objective, float("nan")), "epochs": result.metrics.get(EPOCH, 0),
-                     "status": status, "config": result.config, "metrics": best})
+        status = trial_status(metrics, result.error, cfg.max_epochs)
+        if finished < cfg.samples and status == "pruned" and _is_live(result):
+            status = "unfinished"  # Ctrl-C paused it mid-flight; --resume continues it
+        rows.append({"trial": metrics.get("trial_id") or Path(result.path or "?").name,
+                     "backbone": config.get("backbone", ""), "objective": best.get(cfg.objective, float("nan")),
+                     "epochs": metrics.get(EPOCH, 0), "status": status, "config": config, "metrics": best})
     rows.sort(key=lambda r: -r["objective"] if math.isfinite(r["objective"]) else math.inf)
     statuses = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
-    finished = results.num_terminated + results.num_errors
     top = rows[0] if rows else {"config": {}, "metrics": {}}
     return SweepResult(
         experiment=cfg.experiment, experiment_id=experiment_id, parent_run_id=target.parent_run_id,
@@ -445,11 +428,6 @@ def main(args, paths: RunPaths) -> int:
 
 
 def _run_with_clear_errors(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
-    from data_pipeline import DataError
-    from models import ConfigError, WeightsError
-    from tuner.space import SpaceError
-    from tuner.tracking import TrackingError
-
     try:
         return run_sweep(cfg, paths)
     except (SpaceError, DataError, ConfigError, WeightsError, TrackingError) as err:

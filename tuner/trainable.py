@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+import ray
 from ray import tune
 
 import data_pipeline
@@ -66,7 +67,7 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     optimizer = make_optimizer(model, train_cfg)
     scheduler = make_scheduler(optimizer, train_cfg, steps_per_epoch=len(loaders.train))
     epoch, best, run_id = _restore(tune.get_checkpoint(), model, optimizer, scheduler)
-    run_id = run_id or _open_child_run(config, model_cfg, train_cfg, setup)
+    run_id = run_id or _open_child_run(model_cfg, train_cfg, setup)
     names, extras = list(data_pipeline.CLASS_NAMES), dict(amp=train_cfg.amp, channels_last=train_cfg.channels_last)
     for epoch in range(epoch + 1, train_cfg.epochs + 1):
         loaders.train.sampler.set_epoch(epoch - 1)  # a resumed trial sees the batches it would have seen
@@ -117,15 +118,12 @@ def _restore(checkpoint, model, optimizer, scheduler) -> tuple[int, float | None
     return saved["epoch"], saved["extra"]["best"], saved["extra"]["run_id"]
 
 
-def _open_child_run(config: dict, model_cfg: ModelConfig, train_cfg: TrainConfig, setup: TrialSetup) -> str:
+def _open_child_run(model_cfg: ModelConfig, train_cfg: TrainConfig, setup: TrialSetup) -> str:
     context = tune.get_context()
-    trial_id = context.get_trial_id()
-    index = trial_id.rsplit("_", 1)[-1]
-    name = f"{model_cfg.backbone}-t{int(index):03d}" if index.isdigit() else f"{model_cfg.backbone}-{trial_id}"
     params = {**model_cfg.to_dict(), **train_cfg.to_dict(), "image_size": "x".join(map(str, setup.data.image_size))}
-    tags = {tracking.BACKBONE_TAG: model_cfg.backbone, "searched_params": ",".join(sorted(config)),
-            "ray_trial_name": context.get_trial_name()}
-    return tracking.open_child_run(setup.tracking, trial_id, name, params, tags)
+    tags = {tracking.BACKBONE_TAG: model_cfg.backbone, "ray_node_id": ray.get_runtime_context().get_node_id()}
+    # the run is named like the Ray trial (sweep.trial_name: "vgg11-t007"), so the two are easy to match
+    return tracking.open_child_run(setup.tracking, context.get_trial_id(), context.get_trial_name(), params, tags)
 
 
 def _save(path: Path, model, model_cfg, train_cfg, data_cfg, epoch, metrics, optimizer, scheduler, state) -> None:

@@ -80,13 +80,13 @@ def test_asha_stops_reach_optuna_as_pruned_in_a_real_ray_sweep(local_ray, tmp_pa
 
     searcher = _searcher(PruningAwareOptunaSearch, max_t=MAX_T)
     tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
-        search_alg=ConcurrencyLimiter(searcher, max_concurrent=2), num_samples=8,
+        search_alg=ConcurrencyLimiter(searcher, max_concurrent=2), num_samples=6,
         scheduler=ASHAScheduler(metric="score", mode="max", max_t=MAX_T, grace_period=1, reduction_factor=2)),
         run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0))
     results = tuner.fit()
     trials = searcher._ot_study.get_trials()
     stopped = [r for r in results if r.metrics["training_iteration"] < MAX_T]
-    assert len(trials) == 8 and stopped, "ASHA should stop some of 8 trials"
+    assert len(trials) == 6 and stopped, "ASHA should stop some of 6 trials"
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert len(pruned) == len(stopped)
     assert all(max(t.intermediate_values) < MAX_T for t in pruned)

@@ -1,0 +1,39 @@
+"""Processes a test starts in a session of its own, and stopping exactly those (never by name)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids in session `sid`: the `ray start` we launched with start_new_session and everything it spawned."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == sid:
+                    pids.append(int(entry.name))
+            except OSError:  # exited meanwhile
+                pass
+    return pids
+
+
+def terminate_session(sid: int) -> None:
+    for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        for pid in session_members(sid):
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + wait_s
+        while session_members(sid) and time.monotonic() < deadline:
+            time.sleep(0.2)

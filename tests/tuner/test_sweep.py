@@ -1,0 +1,126 @@
+"""Real sweeps on a real local Ray, a real SQLite MLflow store and a real Optuna study."""
+from __future__ import annotations
+
+import argparse
+import math
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from models.checkpoint import load_checkpoint
+from tuner import tracking
+from tuner.cli import CliError, build_parser
+from tuner.settings import RunPaths
+from tuner.sweep import SweepConfig, run_sweep, sweep_config_from_args
+
+
+def _cfg(space, scenes, **kw) -> SweepConfig:
+    base = dict(space=space, data=str(scenes), samples=6, max_epochs=2, grace_epochs=1, reduction_factor=2,
+                concurrency=2, cpus_per_trial=1.0, seed=0, experiment="test", device="cpu")
+    return SweepConfig(**{**base, **kw})
+
+
+def _children(paths: RunPaths, result) -> list:
+    return tracking.child_runs(paths.tracking_uri, result.experiment_id, result.parent_run_id)
+
+
+def _study(paths: RunPaths, name: str):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{paths.optuna_db}")
+
+
+# -- flags and early failures (no Ray) ---------------------------------------------------------------
+
+def _args(*flags) -> argparse.Namespace:
+    return build_parser().parse_args(["tune", *flags])
+
+
+def test_flags_become_a_sweep_config():
+    cfg = sweep_config_from_args(_args("--space", "smoke", "--samples", "3", "--no-asha", "--objective",
+                                       "val_rock_miou", "--image-size", "64x96", "--gpus-per-trial", "0.5"))
+    assert (cfg.space, cfg.samples, cfg.use_asha, cfg.objective, cfg.image_size, cfg.gpus_per_trial) == \
+        ("smoke", 3, False, "val_rock_miou", (64, 96), 0.5)
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--samples", "0"], "--samples=0: expected an integer >= 1"),
+    (["--grace-epochs", "5", "--max-epochs", "4"], "--grace-epochs=5"),
+    (["--reduction-factor", "1"], "--reduction-factor=1"),
+    (["--experiment", "a/b"], "--experiment='a/b'"),
+])
+def test_bad_flags_are_clear_errors(flags, says):
+    with pytest.raises(CliError, match=says):
+        sweep_config_from_args(_args(*flags))
+
+
+def test_unreachable_tracking_server_fails_before_any_trial(scenes, tmp_path):
+    paths = RunPaths(root=tmp_path / "run", tracking_uri_override="http://127.0.0.1:9")
+    with pytest.raises(tracking.TrackingError, match="127.0.0.1:9 is not reachable"):
+        run_sweep(_cfg("smoke", scenes), paths)
+    assert not list(paths.ray_results.iterdir())  # nothing started
+
+
+def test_a_bad_space_fails_before_anything_starts(scenes, tmp_path, run_paths):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("params:\n  lr: {low: 0.1, high: 0.01}\n")
+    with pytest.raises(ValueError, match=f"{bad}: params.lr: low"):
+        run_sweep(_cfg(str(bad), scenes), run_paths)
+    with pytest.raises(CliError, match="--space: search space 'nope'"):
+        run_sweep(_cfg("nope", scenes), run_paths)
+
+
+def test_resume_without_a_started_sweep_is_a_clear_error(scenes, run_paths):
+    with pytest.raises(CliError, match="--resume: no sweep of experiment 'test'"):
+        run_sweep(_cfg("smoke", scenes, resume=True), run_paths)
+
+
+# -- real sweeps --------------------------------------------------------------------------------------
+
+def test_diverged_trial_ends_as_diverged_not_as_a_crash(local_ray, scenes, tmp_path, run_paths):
+    space = tmp_path / "diverge.yaml"  # SGD at lr ~1e37 overflows float32 logits on the 2nd batch
+    space.write_text("params:\n  lr: {low: 1.0e+36, high: 1.0e+37, log: true}\n"
+                     "fixed: {backbone: unet_scratch, optimizer: sgd, scratch_width: 4, scratch_depth: 3}\n")
+    result = run_sweep(_cfg(str(space), scenes, samples=1, concurrency=1, experiment="nan"), run_paths)
+    assert result.statuses == {"diverged": 1} and not result.interrupted
+    (run,) = _children(run_paths, result)
+    assert run.data.tags[tracking.STATUS_TAG] == "diverged" and run.info.status == "FAILED"
+    (trial,) = _study(run_paths, "nan").trials
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["lunartune_status"] == "diverged"
+
+
+@pytest.mark.slow
+def test_smoke_sweep_end_to_end(local_ray, scenes, tmp_path, run_paths):
+    result = run_sweep(_cfg("smoke", scenes, experiment="e2e"), run_paths)
+    assert not result.interrupted and sum(result.statuses.values()) == 6
+    assert result.statuses.get("pruned", 0) >= 1, f"ASHA should stop some trials: {result.statuses}"
+
+    parent = tracking.client(run_paths.tracking_uri).get_run(result.parent_run_id)
+    assert parent.data.params["space_file"].endswith("smoke.yaml") and parent.data.params["seed"] == "0"
+    assert parent.data.params["manifest_hash"] and parent.data.tags[tracking.STATUS_TAG] == "finished"
+    children = _children(run_paths, result)
+    assert len(children) == 6
+    by_status = {}
+    for run in children:
+        history = tracking.client(run_paths.tracking_uri).get_metric_history(run.info.run_id, "val_miou")
+        epochs = 2 if run.data.tags[tracking.STATUS_TAG] == "completed" else 1
+        assert [m.step for m in history] == list(range(1, epochs + 1)), run.info.run_name
+        assert {"train_loss", "val_loss", "val_rock_miou", "val_iou_small_rocks", "lr", "epoch_seconds"} \
+            <= set(run.data.metrics)
+        assert run.info.run_name.startswith(run.data.tags[tracking.BACKBONE_TAG] + "-t")
+        ckpt = load_checkpoint(tracking.download_checkpoint(run_paths.tracking_uri, run.info.run_id, tmp_path / run.info.run_id))
+        assert ckpt["model_config"]["backbone"] == run.data.tags[tracking.BACKBONE_TAG]
+        assert ckpt["metrics"]["val_miou"] == pytest.approx(max(m.value for m in history))
+        by_status[run.data.tags[tracking.STATUS_TAG]] = by_status.get(run.data.tags[tracking.STATUS_TAG], 0) + 1
+    assert by_status == result.statuses
+
+    states = [t.state for t in _study(run_paths, "e2e").trials]
+    assert states.count(TrialState.PRUNED) == by_status["pruned"]
+    assert states.count(TrialState.COMPLETE) == by_status["completed"]
+
+    # the best trial is the same in Ray's results and in MLflow
+    best_in_mlflow = tracking.child_runs(run_paths.tracking_uri, result.experiment_id, result.parent_run_id,
+                                         order_by_metric="val_miou")[0]
+    assert best_in_mlflow.info.run_id == result.best_run_id
+    history = tracking.client(run_paths.tracking_uri).get_metric_history(result.best_run_id, "val_miou")
+    assert max(m.value for m in history) == pytest.approx(result.best_metrics["val_miou"])
+    assert math.isfinite(result.best_metrics["val_miou"]) and result.best_config["backbone"] in ("unet_scratch", "vgg11")

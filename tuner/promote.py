@@ -1,0 +1,475 @@
+"""`lunartune promote`: register the best trial of a backbone in the MLflow Model Registry; move aliases.
+
+What it does, in an order that fails before anything is written:
+
+1. finds the experiment and, over every sweep (parent run) in it, the trial (child run) of `--backbone`
+   with the best value of `--objective` in its metric history (errored and diverged trials excluded);
+2. downloads that trial's best checkpoint and rebuilds the model from it (a missing or corrupt file is a
+   clear error);
+3. re-scores it on the sweep's held-out TEST split (never val: val chose it), found from the parameters
+   the sweep logged on its parent run, and on real photos with g_* masks when `--real-data` is given;
+4. logs a "promotion" run in the same experiment: the model (`mlflow.pytorch.log_model`, pickled so any
+   input size works), the checkpoint file under `checkpoint/` (so `models:/NAME@ALIAS` resolves to it),
+   the test metrics; registers it as a new version tagged with the trial, its config and test metrics;
+5. points alias `challenger` at the version and moves `champion` only if the version's test score beats
+   the champion's on the same split (or with --force).
+
+Idempotent: a version registered from the same trial run and the same checkpoint bytes (sha256) is
+reused; nothing new is logged or registered, only the aliases are re-applied.
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import hashlib
+import json
+import math
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuner.cli import CliError
+from tuner.settings import RunPaths
+
+ROLE_PROMOTION = "promotion"  # lunartune.role of promotion runs (sweeps are "sweep", trials "trial")
+CHALLENGER, CHAMPION = "challenger", "champion"
+TEST_GROUP, REAL_GROUP = "test", "real"  # metric prefixes: test_miou, real_iou_sky, ...
+TEST_SCORE = {"val_miou": "test_miou", "val_rock_miou": "test_rock_miou"}  # what the champion is judged on
+EXCLUDED_STATUSES = ("errored", "diverged")  # their checkpoints are not trustworthy candidates
+MODEL_ARTIFACT = "model"  # name of the logged MLflow model inside the promotion run
+# version tags (also read back for idempotency and the champion comparison)
+TAG_TRIAL_RUN, TAG_SHA, TAG_MANIFEST = "trial_run_id", "checkpoint_sha256", "manifest_hash"
+
+
+@dataclass(frozen=True)
+class PromoteConfig:
+    experiment: str  # MLflow experiment holding the sweep(s)
+    backbone: str = "vgg11"  # registry name (or alias) of the backbone whose best trial is promoted
+    objective: str = "val_miou"  # val_miou | val_rock_miou: ranks the trials (higher is better)
+    model_name: str = "lunar-unet"  # registered model name
+    real_data: str | None = None  # Kaggle-layout folder with real_moon_images + g_* masks; None = skip
+    force: bool = False  # move `champion` even when the new version does not beat it
+    device: str = "auto"  # where the test split is scored
+
+
+@dataclass(frozen=True)
+class Trial:
+    run: object  # mlflow Run of the trial (child run)
+    parent: object  # mlflow Run of its sweep (parent run)
+    best_value: float  # best value of the objective in the trial's history
+    best_epoch: int  # the epoch (step) it was reached at
+
+    @property
+    def run_id(self) -> str:
+        return self.run.info.run_id
+
+    @property
+    def name(self) -> str:
+        return self.run.info.run_name or self.run_id
+
+
+@dataclass(frozen=True)
+class SweepData:
+    """The data set and split a sweep trained on, as it is on disk now."""
+    root: Path  # Kaggle-layout folder
+    mask_source: str  # clean | ground
+    allow_missing: bool
+    exclude_mismatches: bool
+    manifest: object  # data_pipeline.SplitManifest (current; .hash compared to the logged one)
+    logged_hash: str | None  # manifest hash the sweep logged (None in old sweeps)
+
+    def test_set(self):
+        from data_pipeline import load_eval_set
+        return load_eval_set(self.root, "render", self.mask_source, frames=self.manifest.splits["test"],
+                             allow_missing=self.allow_missing, exclude_mismatches=self.exclude_mismatches)
+
+
+@dataclass(frozen=True)
+class PromoteResult:
+    model_name: str
+    version: str  # registered version number
+    registered: bool  # False: an identical version existed (idempotent re-run)
+    trial: str  # trial run name
+    trial_run_id: str
+    promotion_run_id: str  # run that holds the logged model and checkpoint/
+    test_score: float  # TEST_SCORE[objective] of the version on the current test split
+    champion_moved: bool
+    champion_version: str | None  # after this call
+    reason: str  # one line: why champion moved or not
+    metrics: dict  # test_* / real_* metrics of the version
+
+
+# ----------------------------------------------------------------------------- MLflow store and lookups
+
+def open_client(paths: RunPaths):
+    """MlflowClient of the run dir's store; refuses to create an empty SQLite file as a side effect."""
+    from mlflow.tracking import MlflowClient
+
+    if paths.uses_embedded_store and not paths.mlflow_db.is_file():
+        raise CliError(f"no MLflow store at {paths.mlflow_db}; run `lunartune tune` first, or pass the "
+                       f"--run-dir / --tracking-uri of the sweep")
+    return MlflowClient(tracking_uri=paths.tracking_uri)
+
+
+def find_experiment(paths: RunPaths, name: str):
+    from tuner import tracking
+
+    open_client(paths)
+    try:
+        return tracking.find_experiment(paths.tracking_uri, name)
+    except tracking.TrackingError as err:
+        raise CliError(str(err)) from None
+
+
+def sweep_runs(paths: RunPaths, experiment_id: str) -> list:
+    """Every sweep (parent run) of the experiment, newest first."""
+    from tuner import tracking
+
+    return open_client(paths).search_runs([experiment_id], filter_string=f"tags.`{tracking.ROLE_TAG}` = 'sweep'",
+                                          order_by=["attributes.start_time DESC"], max_results=1000)
+
+
+def best_of_history(client, run_id: str, metric: str) -> tuple[float, int] | None:
+    """(best finite value, its step) of a metric's history; None if it has no finite value."""
+    points = [(m.value, m.step) for m in client.get_metric_history(run_id, metric) if math.isfinite(m.value)]
+    return max(points, key=lambda p: (p[0], -p[1])) if points else None
+
+
+def trials_of(paths: RunPaths, experiment_id: str, objective: str, backbone: str | None = None) -> list[Trial]:
+    """Scored trials of every sweep in the experiment (optionally one backbone), best first."""
+    from tuner import tracking
+
+    client = open_client(paths)
+    found = []
+    for parent in sweep_runs(paths, experiment_id):
+        for run in tracking.child_runs(paths.tracking_uri, experiment_id, parent.info.run_id, backbone=backbone):
+            best = best_of_history(client, run.info.run_id, objective)
+            if best is not None and run.data.tags.get(tracking.STATUS_TAG) not in EXCLUDED_STATUSES:
+                found.append(Trial(run, parent, best[0], best[1]))
+    # ties: the earlier trial wins, so a re-run of promote picks the same one
+    return sorted(found, key=lambda t: (-t.best_value, t.run.info.start_time))
+
+
+def best_trial(paths: RunPaths, experiment, backbone: str, objective: str) -> Trial:
+    from tuner import tracking
+
+    trials = trials_of(paths, experiment.experiment_id, objective, backbone)
+    if trials:
+        return trials[0]
+    others = sorted({t.run.data.tags.get(tracking.BACKBONE_TAG, "?")
+                     for t in trials_of(paths, experiment.experiment_id, objective)})
+    raise CliError(f"experiment {experiment.name!r} has no finished {backbone} trial with a {objective} "
+                   f"(backbones with trials there: {', '.join(others) or 'none'}); run a sweep whose space "
+                   f"includes {backbone}")
+
+
+# ----------------------------------------------------------------------------- the sweep's data and split
+
+def _flag(value: str | None) -> bool:
+    return str(value).lower() == "true"
+
+
+def sweep_data_root(paths: RunPaths, params: dict) -> Path:
+    """The data folder a sweep trained on: the logged data_root, else rebuilt from its `data` param."""
+    from tuner.sweep import SYNTHETIC
+    from tuner.train import synthetic_root
+
+    if params.get("data_root"):
+        return Path(params["data_root"])
+    if params.get("data") == SYNTHETIC:
+        return synthetic_root(paths, int(params["synthetic_count"]), int(params["seed"]))
+    if not params.get("data"):
+        raise CliError("the sweep's parent run logs no `data` parameter: cannot find its test split")
+    return Path(params["data"]).expanduser()
+
+
+def sweep_data(paths: RunPaths, parent) -> SweepData:
+    """The data set + split manifest of a sweep, read through the same code path the sweep used."""
+    import data_pipeline
+
+    params = parent.data.params
+    root = sweep_data_root(paths, params)
+    if not root.is_dir():
+        raise CliError(f"the data folder of sweep {parent.info.run_name} ({root}) no longer exists: "
+                       f"cannot score on its test split")
+    cfg = data_pipeline.DataConfig(
+        root=str(root.resolve()), image_size=tuple(ast.literal_eval(params.get("image_size", "(64, 64)"))),
+        mask_source=params.get("mask_source", "clean"), allow_missing=_flag(params.get("allow_missing")),
+        exclude_mismatches=_flag(params.get("exclude_mismatches")), progress=False)
+    try:
+        manifest = data_pipeline.prepare_dataset(cfg)
+    except data_pipeline.DataError as err:
+        raise CliError(f"the data of sweep {parent.info.run_name}: {err}") from None
+    if not manifest.splits["test"]:
+        raise CliError(f"the split of {root} ({manifest.path}) has an empty test split: nothing to score on")
+    logged = params.get("manifest_hash")
+    if logged and logged != manifest.hash:
+        # the split keeps its frames when only file contents changed; the score is then on today's files
+        print(f"lunartune: warning: the data of sweep {parent.info.run_name} changed since it ran (split "
+              f"manifest {logged} -> {manifest.hash}); scoring on {manifest.path} as it is now", file=sys.stderr)
+    return SweepData(Path(cfg.root), cfg.mask_source, cfg.allow_missing, cfg.exclude_mismatches, manifest, logged)
+
+
+def _real_set(real_data: str):
+    from data_pipeline import DataError, load_eval_set
+
+    root = Path(real_data).expanduser()
+    if not root.is_dir():
+        raise CliError(f"--real-data {root}: no such folder")
+    try:
+        photos = load_eval_set(root, "real")
+    except DataError as err:
+        raise CliError(f"--real-data {root}: {err}") from None
+    if not len(photos):
+        raise CliError(f"--real-data {root}: no real photos with g_* masks under real_moon_images/")
+    return photos
+
+
+# ----------------------------------------------------------------------------- checkpoint and scoring
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_checkpoint(paths: RunPaths, trial: Trial, folder: Path):
+    """(local checkpoint file, model, info) of a trial; CliError if missing or unreadable."""
+    from models.checkpoint import CheckpointError, model_from_checkpoint
+    from models.config import ConfigError
+    from tuner import tracking
+
+    try:
+        local = tracking.download_checkpoint(paths.tracking_uri, trial.run_id, folder)
+    except tracking.TrackingError as err:
+        raise CliError(f"trial {trial.name}: {err}") from None
+    try:
+        model, info = model_from_checkpoint(local)
+    except (CheckpointError, ConfigError) as err:
+        raise CliError(f"trial {trial.name} (run {trial.run_id}): {err}") from None
+    return local, model, info
+
+
+def score(model, info, eval_sets: dict, device) -> dict[str, float]:
+    """{test_miou, test_iou_sky, ..., real_miou, ...}: finite metrics of each group."""
+    from data_pipeline import DataError
+    from tuner.evaluate import evaluate_model, flat_metrics
+
+    try:
+        return flat_metrics(evaluate_model(model, info, eval_sets, device), prefix="")
+    except DataError as err:
+        raise CliError(f"scoring failed, nothing was registered: {err}") from None
+
+
+# ----------------------------------------------------------------------------- registry
+
+def existing_version(client, name: str, trial_run_id: str, sha: str):
+    """The version already registered from this trial run with these checkpoint bytes, or None."""
+    for version in client.search_model_versions(f"name = '{name}'"):
+        tags = version.tags or {}
+        if tags.get(TAG_TRIAL_RUN) == trial_run_id and tags.get(TAG_SHA) == sha:
+            return version
+    return None
+
+
+def version_by_alias(client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:  # no such model or alias
+        return None
+
+
+@contextlib.contextmanager
+def _fluent_run(uri: str, run_id: str):
+    """mlflow.pytorch.log_model only speaks the fluent API: point it at `uri` for this block, then restore
+    the process-wide URI (the rest of lunartune passes URIs explicitly)."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            yield mlflow
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def _signature(model, info):
+    """Batch and spatial axes are free (the pickled model takes any size), channels fixed."""
+    import numpy as np
+    import torch
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    height, width = info["image_size"]
+    example = np.random.default_rng(0).standard_normal((1, 3, height, width)).astype(np.float32)
+    with torch.no_grad():
+        classes = model(torch.from_numpy(example)).shape[1]
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),
+                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, classes, -1, -1))]))
+    return signature, example
+
+
+def _pip_requirements() -> list[str]:
+    # given explicitly: inferring them loads the model again and costs seconds per call
+    import numpy
+    import segmentation_models_pytorch
+    import torch
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={numpy.__version__}",
+            f"segmentation-models-pytorch=={segmentation_models_pytorch.__version__}"]
+
+
+def log_promotion_run(paths: RunPaths, experiment_id: str, trial: Trial, checkpoint: Path, model, info,
+                      metrics: dict, objective: str) -> tuple[str, object]:
+    """A run holding the model, checkpoint/best.pt and the test metrics; (run id, MLflow ModelInfo)."""
+    from tuner import tracking
+
+    client = open_client(paths)
+    run = client.create_run(experiment_id, run_name=f"promote-{trial.name}", tags={
+        tracking.ROLE_TAG: ROLE_PROMOTION, tracking.BACKBONE_TAG: info["model_config"].backbone,
+        "source_trial_run_id": trial.run_id, "source_sweep_run_id": trial.parent.info.run_id,
+        tracking.CHECKPOINT_TAG: tracking.CHECKPOINT_ARTIFACT})
+    run_id = run.info.run_id
+    try:
+        tracking.log_params(paths.tracking_uri, run_id, {**info["model_config"].to_dict(),
+                                                        **info["train_config"].to_dict()})
+        tracking.log_metrics(paths.tracking_uri, run_id, {**metrics, objective: trial.best_value}, step=0)
+        client.log_artifact(run_id, str(checkpoint), str(Path(tracking.CHECKPOINT_ARTIFACT).parent))
+        signature, example = _signature(model, info)
+        with _fluent_run(paths.tracking_uri, run_id) as mlflow:
+            model_info = mlflow.pytorch.log_model(
+                model, name=MODEL_ARTIFACT, signature=signature, input_example=example,
+                serialization_format="pickle", pip_requirements=_pip_requirements())
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id, model_info
+
+
+def version_tags(trial: Trial, sha: str, info, metrics: dict, data: SweepData, objective: str) -> dict:
+    from tuner import tracking
+
+    config = {"model_config": info["model_config"].to_dict(), "train_config": info["train_config"].to_dict(),
+              "image_size": list(info["image_size"])}
+    return {TAG_TRIAL_RUN: trial.run_id, "trial_name": trial.name, TAG_SHA: sha,
+            "sweep_run_id": trial.parent.info.run_id, "ray_trial_id": trial.run.data.tags.get(tracking.TRIAL_ID_TAG, ""),
+            tracking.BACKBONE_TAG: info["model_config"].backbone, "objective": objective,
+            objective: f"{trial.best_value:.6f}", "best_epoch": str(trial.best_epoch),
+            TAG_MANIFEST: data.manifest.hash, "test_images": str(len(data.manifest.splits["test"])),
+            "config": json.dumps(config, sort_keys=True), **{k: f"{v:.6f}" for k, v in metrics.items()}}
+
+
+def register(paths: RunPaths, name: str, run_id: str, model_info, tags: dict):
+    from mlflow.exceptions import MlflowException
+
+    client = open_client(paths)
+    try:
+        client.create_registered_model(name, description="lunartune: U-Net for lunar-surface segmentation")
+    except MlflowException as err:
+        if getattr(err, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+            raise
+    return client.create_model_version(name, source=model_info.model_uri, run_id=run_id, tags=tags,
+                                       model_id=model_info.model_id)
+
+
+# ----------------------------------------------------------------------------- the champion decision
+
+def score_on_split(paths: RunPaths, name: str, version, data: SweepData, metric: str, device) -> float:
+    """The version's `metric` on this split: from its tags when scored on the same manifest, else re-scored."""
+    tags = version.tags or {}
+    if tags.get(TAG_MANIFEST) == data.manifest.hash and metric in tags:
+        return float(tags[metric])
+    from tuner.model_spec import load_model
+
+    model, info, _ = load_model(f"models:/{name}/{version.version}", paths)
+    return score(model, info, {TEST_GROUP: data.test_set()}, device).get(metric, 0.0)
+
+
+def decide_champion(paths: RunPaths, cfg: PromoteConfig, version, data: SweepData, device) -> tuple[bool, str, float]:
+    """Point `challenger` at `version`; move `champion` if it wins. (moved, reason, version's score)."""
+    client = open_client(paths)
+    metric = TEST_SCORE[cfg.objective]
+    client.set_registered_model_alias(cfg.model_name, CHALLENGER, version.version)
+    mine = score_on_split(paths, cfg.model_name, version, data, metric, device)
+    champion = version_by_alias(client, cfg.model_name, CHAMPION)
+    if champion is not None and champion.version == version.version:
+        return False, f"version {version.version} is already the champion", mine
+    if champion is None:
+        moved, reason = True, "there was no champion"
+    else:
+        theirs = score_on_split(paths, cfg.model_name, champion, data, metric, device)
+        beats = mine > theirs
+        moved = beats or cfg.force
+        reason = (f"{metric} {mine:.4f} {'>' if beats else '<='} champion v{champion.version}'s {theirs:.4f} "
+                  f"on the same test split" + (" (--force)" if cfg.force and not beats else ""))
+    if moved:
+        client.set_registered_model_alias(cfg.model_name, CHAMPION, version.version)
+    return moved, reason, mine
+
+
+# ----------------------------------------------------------------------------- the command
+
+def promote(cfg: PromoteConfig, paths: RunPaths) -> PromoteResult:
+    from models import ConfigError, canonical_backbone
+    from models.training import resolve_device
+
+    try:
+        backbone = canonical_backbone(cfg.backbone)
+    except ConfigError as err:
+        raise CliError(f"--backbone: {err}") from None
+    if cfg.objective not in TEST_SCORE:
+        raise CliError(f"--objective {cfg.objective!r}: expected one of {', '.join(TEST_SCORE)}")
+    experiment = find_experiment(paths, cfg.experiment)
+    trial = best_trial(paths, experiment, backbone, cfg.objective)
+    device = resolve_device(cfg.device)
+    client = open_client(paths)
+    with tempfile.TemporaryDirectory(prefix="lunartune-promote-") as folder:
+        checkpoint, model, info = fetch_checkpoint(paths, trial, Path(folder))
+        sha = sha256_of(checkpoint)
+        data = sweep_data(paths, trial.parent)
+        version = existing_version(client, cfg.model_name, trial.run_id, sha)
+        registered = version is None
+        if registered:
+            eval_sets = {TEST_GROUP: data.test_set(), **({REAL_GROUP: _real_set(cfg.real_data)} if cfg.real_data else {})}
+            metrics = score(model, info, eval_sets, device)
+            run_id, model_info = log_promotion_run(paths, experiment.experiment_id, trial, checkpoint, model, info,
+                                                   metrics, cfg.objective)
+            version = register(paths, cfg.model_name, run_id, model_info,
+                               version_tags(trial, sha, info, metrics, data, cfg.objective))
+    moved, reason, mine = decide_champion(paths, cfg, version, data, device)
+    champion = version_by_alias(client, cfg.model_name, CHAMPION)
+    tags = version.tags or {}
+    return PromoteResult(cfg.model_name, str(version.version), registered, trial.name, trial.run_id, version.run_id,
+                         mine, moved, champion.version if champion else None, reason,
+                         {k: float(v) for k, v in tags.items() if k.startswith((TEST_GROUP + "_", REAL_GROUP + "_"))})
+
+
+def config_from_args(args) -> PromoteConfig:
+    return PromoteConfig(experiment=args.experiment, backbone=args.backbone, objective=args.objective,
+                         model_name=args.model_name, real_data=args.real_data, force=args.force)
+
+
+def format_result(result: PromoteResult) -> str:
+    what = "registered" if result.registered else "already registered (nothing new logged)"
+    lines = [f"{result.model_name} version {result.version}: {what}",
+             f"  from trial {result.trial} (run {result.trial_run_id}); promotion run {result.promotion_run_id}",
+             f"  test score {result.test_score:.4f}; alias {CHALLENGER} -> v{result.version}",
+             f"  {CHAMPION}: {'moved to v' + result.version if result.champion_moved else 'unchanged (v' + str(result.champion_version) + ')'}"
+             f" - {result.reason}"]
+    lines += [f"  {k:<24} {v:.4f}" for k, v in sorted(result.metrics.items())]
+    lines.append(f"  load it: models:/{result.model_name}@{CHAMPION}")
+    return "\n".join(lines)
+
+
+def main(args, paths: RunPaths) -> int:
+    result = promote(config_from_args(args), paths)
+    print(format_result(result))
+    return 0
+
