@@ -285,18 +285,35 @@ def version_by_alias(client, name: str, alias: str):
 
 
 @contextlib.contextmanager
-def _fluent_run(uri: str, run_id: str):
-    """mlflow.pytorch.log_model only speaks the fluent API: point it at `uri` for this block, then restore
-    the process-wide URI (the rest of lunartune passes URIs explicitly)."""
+def _fluent_uri(uri: str):
+    """mlflow.pytorch.log_model, and the registry's check of a models:/m-... source, only use the process-wide
+    tracking URI: point it at `uri` for this block, then restore it (the rest of lunartune passes URIs
+    explicitly; without this the registry would look in ./mlflow.db)."""
     import mlflow
+    from mlflow.tracking import is_tracking_uri_set
 
-    previous = mlflow.get_tracking_uri()
+    # None restores "unset"; get_tracking_uri() would give the default ./mlflow.db, which a later fluent
+    # call in this process would then create in the current directory
+    previous = mlflow.get_tracking_uri() if is_tracking_uri_set() else None
     mlflow.set_tracking_uri(uri)
     try:
-        with mlflow.start_run(run_id=run_id):
-            yield mlflow
+        yield mlflow
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+@contextlib.contextmanager
+def _quiet_pickle_warning():
+    """Pickle is chosen on purpose (pt2 would fix the input size); MLflow's warning about it is noise here."""
+    import logging
+
+    logger = logging.getLogger("mlflow.pytorch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _signature(model, info):
@@ -325,9 +342,10 @@ def _pip_requirements() -> list[str]:
             f"segmentation-models-pytorch=={segmentation_models_pytorch.__version__}"]
 
 
-def log_promotion_run(paths: RunPaths, experiment_id: str, trial: Trial, checkpoint: Path, model, info,
-                      metrics: dict, objective: str) -> tuple[str, object]:
-    """A run holding the model, checkpoint/best.pt and the test metrics; (run id, MLflow ModelInfo)."""
+def publish(paths: RunPaths, cfg: PromoteConfig, experiment_id: str, trial: Trial, checkpoint: Path, model,
+            info, metrics: dict, tags: dict):
+    """A "promotion" run holding the model, checkpoint/best.pt and the test metrics, registered as a new
+    version. The run ends FAILED if anything fails (no version is registered then)."""
     from tuner import tracking
 
     client = open_client(paths)
@@ -339,18 +357,18 @@ def log_promotion_run(paths: RunPaths, experiment_id: str, trial: Trial, checkpo
     try:
         tracking.log_params(paths.tracking_uri, run_id, {**info["model_config"].to_dict(),
                                                         **info["train_config"].to_dict()})
-        tracking.log_metrics(paths.tracking_uri, run_id, {**metrics, objective: trial.best_value}, step=0)
+        tracking.log_metrics(paths.tracking_uri, run_id, {**metrics, cfg.objective: trial.best_value}, step=0)
         client.log_artifact(run_id, str(checkpoint), str(Path(tracking.CHECKPOINT_ARTIFACT).parent))
         signature, example = _signature(model, info)
-        with _fluent_run(paths.tracking_uri, run_id) as mlflow:
+        with _fluent_uri(paths.tracking_uri) as mlflow, mlflow.start_run(run_id=run_id), _quiet_pickle_warning():
             model_info = mlflow.pytorch.log_model(
                 model, name=MODEL_ARTIFACT, signature=signature, input_example=example,
                 serialization_format="pickle", pip_requirements=_pip_requirements())
+            version = register(client, cfg.model_name, run_id, model_info, tags)
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
-    client.set_terminated(run_id, status="FINISHED")
-    return run_id, model_info
+    return version
 
 
 def version_tags(trial: Trial, sha: str, info, metrics: dict, data: SweepData, objective: str) -> dict:
@@ -362,14 +380,13 @@ def version_tags(trial: Trial, sha: str, info, metrics: dict, data: SweepData, o
             "sweep_run_id": trial.parent.info.run_id, "ray_trial_id": trial.run.data.tags.get(tracking.TRIAL_ID_TAG, ""),
             tracking.BACKBONE_TAG: info["model_config"].backbone, "objective": objective,
             objective: f"{trial.best_value:.6f}", "best_epoch": str(trial.best_epoch),
-            TAG_MANIFEST: data.manifest.hash, "test_images": str(len(data.manifest.splits["test"])),
+            TAG_MANIFEST: data.manifest.hash, "split_test_images": str(len(data.manifest.splits["test"])),
             "config": json.dumps(config, sort_keys=True), **{k: f"{v:.6f}" for k, v in metrics.items()}}
 
 
-def register(paths: RunPaths, name: str, run_id: str, model_info, tags: dict):
+def register(client, name: str, run_id: str, model_info, tags: dict):
     from mlflow.exceptions import MlflowException
 
-    client = open_client(paths)
     try:
         client.create_registered_model(name, description="lunartune: U-Net for lunar-surface segmentation")
     except MlflowException as err:
@@ -399,7 +416,7 @@ def decide_champion(paths: RunPaths, cfg: PromoteConfig, version, data: SweepDat
     client.set_registered_model_alias(cfg.model_name, CHALLENGER, version.version)
     mine = score_on_split(paths, cfg.model_name, version, data, metric, device)
     champion = version_by_alias(client, cfg.model_name, CHAMPION)
-    if champion is not None and champion.version == version.version:
+    if champion is not None and str(champion.version) == str(version.version):
         return False, f"version {version.version} is already the champion", mine
     if champion is None:
         moved, reason = True, "there was no champion"
@@ -439,15 +456,13 @@ def promote(cfg: PromoteConfig, paths: RunPaths) -> PromoteResult:
         if registered:
             eval_sets = {TEST_GROUP: data.test_set(), **({REAL_GROUP: _real_set(cfg.real_data)} if cfg.real_data else {})}
             metrics = score(model, info, eval_sets, device)
-            run_id, model_info = log_promotion_run(paths, experiment.experiment_id, trial, checkpoint, model, info,
-                                                   metrics, cfg.objective)
-            version = register(paths, cfg.model_name, run_id, model_info,
-                               version_tags(trial, sha, info, metrics, data, cfg.objective))
+            tags = version_tags(trial, sha, info, metrics, data, cfg.objective)
+            version = publish(paths, cfg, experiment.experiment_id, trial, checkpoint, model, info, metrics, tags)
     moved, reason, mine = decide_champion(paths, cfg, version, data, device)
     champion = version_by_alias(client, cfg.model_name, CHAMPION)
     tags = version.tags or {}
     return PromoteResult(cfg.model_name, str(version.version), registered, trial.name, trial.run_id, version.run_id,
-                         mine, moved, champion.version if champion else None, reason,
+                         mine, moved, str(champion.version) if champion else None, reason,
                          {k: float(v) for k, v in tags.items() if k.startswith((TEST_GROUP + "_", REAL_GROUP + "_"))})
 
 

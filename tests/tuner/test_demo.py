@@ -1,0 +1,45 @@
+"""`lunartune demo` end to end on a tiny DemoConfig, twice on the same run dir (slow: ~3-5 min on 2 cores)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tuner.demo import DemoConfig, run_demo, where_to_look
+from tuner.export import CARD, FORMATS
+from tuner.report import FIGURES
+from tuner.settings import RunPaths
+
+pytestmark = pytest.mark.slow
+
+TINY = DemoConfig(experiment="demo-test", samples=2, scenes=24, scene_size=(64, 64), image_size=(64, 64),
+                  max_epochs=1, grace_epochs=1, device="cpu")
+
+
+def _artifacts_exist(result, paths: RunPaths) -> None:
+    for name in [*FIGURES, "report.md"]:
+        assert (paths.root / "report" / TINY.experiment / name).is_file(), name
+    for name in [*FORMATS.values(), CARD]:
+        assert (paths.root / "export" / TINY.experiment / name).is_file(), name
+    card = json.loads((paths.root / "export" / TINY.experiment / CARD).read_text())
+    assert card["config"]["model"]["backbone"] == "vgg11" and card["source"]["spec"] == "models:/lunar-unet@champion"
+    client = MlflowClient(tracking_uri=paths.tracking_uri)
+    assert str(client.get_registered_model("lunar-unet").aliases["champion"]) == result.promotion.champion_version
+    assert any(a.path == "report/report.md" for a in client.list_artifacts(result.sweep.parent_run_id, "report"))
+
+
+def test_demo_runs_end_to_end_and_again_on_the_same_run_dir(local_ray, tmp_path):
+    paths = RunPaths(root=tmp_path / "run")
+    first = run_demo(TINY, paths)
+    assert first is not None and first.promotion.registered
+    _artifacts_exist(first, paths)
+    text = where_to_look(first, paths)
+    assert str(paths.root / "report" / TINY.experiment / "report.md") in text and "ui --experiment demo-test" in text
+
+    second = run_demo(TINY, paths)  # a new sweep in the same experiment and Optuna study; never a crash
+    assert second is not None and second.sweep.parent_run_id != first.sweep.parent_run_id
+    _artifacts_exist(second, paths)
+    sweeps = MlflowClient(tracking_uri=paths.tracking_uri).search_runs(
+        [first.sweep.experiment_id], filter_string="tags.`lunartune.role` = 'sweep'")
+    assert len(sweeps) == 2

@@ -1,0 +1,120 @@
+"""`lunartune export` of a registered model from a real sweep: files verified, model card, clean failures."""
+# Tests marked slow share one real sweep per session (~1 min, sweep_fixture.py); each then takes < 15 s.
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sweep_fixture import finished_sweep
+from tuner.cli import CliError
+from tuner.cli import main as cli_main
+from tuner.export import CARD, FORMATS, ExportConfig, export, parse_formats
+from tuner.promote import PromoteConfig, promote
+
+CHAMPION = "models:/lunar-unet@champion"
+
+
+@pytest.fixture(scope="module")
+def promoted(tmp_path_factory, scenes, local_ray):
+    # the hand-built U-Net: the same code path as VGG11, exported in a second instead of ~20 s
+    sweep = finished_sweep(tmp_path_factory, scenes, "export")
+    result = promote(PromoteConfig(experiment=sweep.experiment, backbone="unet_scratch", device="cpu"), sweep.paths)
+    return sweep, result
+
+
+def _pytorch(sweep, spec: str):
+    from tuner.model_spec import load_model
+
+    model, info, _ = load_model(spec, sweep.paths)
+    return model, info
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_exports_both_formats_verified_with_a_model_card(promoted, tmp_path):
+    import onnx
+    import onnxruntime
+
+    from data_pipeline import IMAGENET_MEAN, IMAGENET_STD, class_table
+
+    sweep, promotion = promoted
+    result = export(ExportConfig(CHAMPION, ("torchscript", "onnx"), tmp_path / "out"), sweep.paths)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([*FORMATS.values(), CARD])
+    card = json.loads((tmp_path / "out" / CARD).read_text())
+    assert [(c["name"], c["color_rgb"]) for c in card["classes"]] == [(c["name"], list(c["color"])) for c in class_table()]
+    assert card["input"]["shape"] == ["batch", 3, 64, 64] and card["input"]["channels"] == "RGB"
+    assert card["normalization"] == {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    assert card["config"]["model"]["backbone"] == "unet_scratch"
+    assert card["source"]["spec"] == CHAMPION and card["source"]["run_id"] == promotion.promotion_run_id
+    assert card["metrics"]["source_run"]["test_miou"] == pytest.approx(promotion.metrics["test_miou"])
+    for name in ("torchscript", "onnx"):
+        report = card["exports"][name]
+        assert 0 <= report["max_abs_diff"] <= report["atol"] and report["atol"] >= report["rtol"] > 0
+    # independently of models.export: batch 3 through both files equals PyTorch within the stated atol
+    model, _ = _pytorch(sweep, CHAMPION)
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(x).numpy()
+        scripted = torch.jit.load(str(result.files["torchscript"]))(x).numpy()
+    session = onnxruntime.InferenceSession(str(result.files["onnx"]), providers=["CPUExecutionProvider"])
+    from_onnx = session.run(None, {"images": x.numpy()})[0]
+    for got, name in ((scripted, "torchscript"), (from_onnx, "onnx")):
+        assert np.abs(got - expected).max() <= card["exports"][name]["atol"]
+    batch_axis = onnx.load(str(result.files["onnx"])).graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_axis.dim_param and not batch_axis.dim_value  # symbolic: any batch size
+
+
+@pytest.mark.slow
+def test_a_trial_run_id_or_checkpoint_file_exports_too(promoted, tmp_path):
+    sweep, promotion = promoted
+    export(ExportConfig(promotion.trial_run_id, ("onnx",), tmp_path / "by-run"), sweep.paths)
+    card = json.loads((tmp_path / "by-run" / CARD).read_text())
+    assert card["source"]["run_id"] == promotion.trial_run_id and list(card["exports"]) == ["onnx"]
+    checkpoint = next((sweep.paths.root / "downloads" / promotion.trial_run_id).rglob("*.pt"))
+    export(ExportConfig(str(checkpoint), ("torchscript",), tmp_path / "by-file"), sweep.paths)
+    card = json.loads((tmp_path / "by-file" / CARD).read_text())
+    assert card["source"]["run_id"] is None and card["metrics"]["source_run"] == {}
+    assert sorted(p.name for p in (tmp_path / "by-file").iterdir()) == sorted([CARD, FORMATS["torchscript"]])
+
+
+@pytest.mark.parametrize("text, says", [("torchscript,tflite", "unknown format tflite"), (" , ", "(none given)")])
+def test_unknown_format_is_a_clear_error(text, says):
+    with pytest.raises(CliError, match=f"--format .*{says}.*expected a comma list of torchscript, onnx"):
+        parse_formats(text)
+
+
+def test_format_list_is_normalised():
+    assert parse_formats(" ONNX, torchscript,onnx") == ("onnx", "torchscript")
+
+
+@pytest.mark.slow
+def test_cli_unknown_format_exits_1_and_writes_nothing(promoted, tmp_path, capsys):
+    sweep, _ = promoted
+    out = tmp_path / "out"
+    code = cli_main(["--run-dir", str(sweep.paths.root), "export", "--model", CHAMPION, "--format", "tflite",
+                     "--out", str(out)])
+    assert code == 1 and "unknown format tflite" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.slow
+def test_a_failed_verification_leaves_out_as_it_was(promoted, tmp_path):
+    sweep, _ = promoted
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / CARD).write_text("old card")
+    # a negative tolerance no export can meet: the first verification fails
+    with pytest.raises(CliError, match="outputs differ from PyTorch.*nothing was written"):
+        export(ExportConfig(CHAMPION, ("torchscript", "onnx"), out, rtol=-1.0), sweep.paths)
+    assert [p.name for p in out.iterdir()] == [CARD] and (out / CARD).read_text() == "old card"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial")]
+
+
+@pytest.mark.slow
+def test_unknown_model_is_a_clear_error(promoted, tmp_path):
+    sweep, _ = promoted
+    with pytest.raises(CliError, match="no alias 'nope'"):
+        export(ExportConfig("models:/lunar-unet@nope", ("onnx",), tmp_path / "out"), sweep.paths)
+    assert not (tmp_path / "out").exists()

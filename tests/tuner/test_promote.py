@@ -1,0 +1,232 @@
+"""`lunartune promote` against a real finished sweep: real SQLite MLflow store, real Model Registry,
+real checkpoints (see sweep_fixture.py)."""
+# Tests marked slow share one real sweep per session (~1 min, sweep_fixture.py); each then takes < 15 s.
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweep_fixture import finished_sweep
+from tuner import tracking
+from tuner.cli import CliError
+from tuner.cli import main as cli_main
+from tuner.promote import (CHALLENGER, CHAMPION, ROLE_PROMOTION, PromoteConfig, promote, sha256_of,
+                           version_by_alias)
+
+MODEL = "lunar-unet"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, scenes, local_ray):
+    return finished_sweep(tmp_path_factory, scenes, "promote")
+
+
+@pytest.fixture
+def fresh(sweep, tmp_path):
+    """A private copy of the sweep's stores for a test that changes the registry or adds runs."""
+    from dataclasses import replace
+
+    from tuner.settings import RunPaths
+
+    root = tmp_path / "run"
+    root.mkdir()
+    for name in ("mlflow.db", "optuna.db"):
+        shutil.copy2(sweep.paths.root / name, root / name)
+    return replace(sweep, paths=RunPaths(root=root))
+
+
+def _client(s) -> MlflowClient:
+    return MlflowClient(tracking_uri=s.paths.tracking_uri)
+
+
+def _best_by_history(s, backbone: str, metric: str = "val_miou") -> tuple[str, float]:
+    """The expected winner, computed independently of tuner.promote."""
+    client = _client(s)
+    runs = client.search_runs([s.experiment_id], filter_string=f"tags.backbone = '{backbone}'")
+    scored = [(max(m.value for m in client.get_metric_history(r.info.run_id, metric)), r.info.run_id)
+              for r in runs if r.data.tags.get("lunartune.role") == "trial"]
+    value, run_id = max(scored)
+    return run_id, value
+
+
+def _promotion_runs(s) -> list:
+    return _client(s).search_runs([s.experiment_id], filter_string=f"tags.`lunartune.role` = '{ROLE_PROMOTION}'")
+
+
+def _test_frames(s) -> list[str]:
+    import json
+
+    return json.loads((s.scenes / "lunartune_split.json").read_text())["splits"]["test"]
+
+
+@pytest.mark.slow
+def test_promotes_the_best_vgg11_trial_and_sets_both_aliases(fresh, tmp_path, monkeypatch):
+    from mlflow.tracking import is_tracking_uri_set
+
+    monkeypatch.chdir(tmp_path)
+    result = promote(PromoteConfig(experiment=fresh.experiment, device="cpu"), fresh.paths)
+    # log_model needs MLflow's process-wide URI: it is restored to unset, no ./mlflow.db appears
+    assert not is_tracking_uri_set() and not (tmp_path / "mlflow.db").exists()
+    client = _client(fresh)
+    trial_run, best = _best_by_history(fresh, "vgg11")
+    version = client.get_model_version(MODEL, result.version)
+    assert (result.registered, result.trial_run_id, version.tags["trial_run_id"]) == (True, trial_run, trial_run)
+    assert float(version.tags["val_miou"]) == pytest.approx(best, abs=1e-6)
+    assert version.tags["backbone"] == "vgg11" and '"backbone": "vgg11"' in version.tags["config"]
+    assert 0 <= float(version.tags["test_miou"]) <= 1 and "test_iou_large_rocks" in version.tags
+    assert {a for a, v in client.get_registered_model(MODEL).aliases.items() if str(v) == result.version} == {CHALLENGER, CHAMPION}
+    # the promotion run holds the checkpoint the trial logged (byte for byte) and the MLflow model
+    run = client.get_run(version.run_id)
+    assert run.data.tags["lunartune.role"] == ROLE_PROMOTION and run.info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(version.run_id, "checkpoint")] == ["checkpoint/best.pt"]
+    mine = client.download_artifacts(version.run_id, "checkpoint/best.pt", str(fresh.paths.root / "a"))
+    trials = client.download_artifacts(trial_run, "checkpoint/best.pt", str(fresh.paths.root / "b"))
+    assert sha256_of(mine) == sha256_of(trials) == version.tags["checkpoint_sha256"]
+
+
+@pytest.mark.slow
+def test_the_registered_model_resolves_and_loads_at_any_input_size(fresh):
+    import mlflow.pytorch
+    import torch
+
+    from tuner.model_spec import load_model
+
+    result = promote(PromoteConfig(experiment=fresh.experiment, device="cpu"), fresh.paths)
+    _, info, resolved = load_model(f"models:/{MODEL}@{CHAMPION}", fresh.paths)
+    assert resolved.run_id == result.promotion_run_id and info["model_config"].backbone == "vgg11"
+    from tuner.promote import _fluent_uri
+
+    with _fluent_uri(fresh.paths.tracking_uri):
+        logged = mlflow.pytorch.load_model(f"models:/{MODEL}/{result.version}")
+    with torch.no_grad():  # pickled, not torch.export'ed: another size than the 64x64 it was trained at
+        assert tuple(logged.eval()(torch.zeros(2, 3, 32, 96)).shape) == (2, 4, 32, 96)
+
+
+@pytest.mark.slow
+def test_scores_are_the_test_split_of_the_sweep_not_val(fresh):
+    from data_pipeline import load_eval_set
+    from models.checkpoint import model_from_checkpoint
+    from tuner.evaluate import evaluate_model
+
+    result = promote(PromoteConfig(experiment=fresh.experiment, device="cpu"), fresh.paths)
+    version = _client(fresh).get_model_version(MODEL, result.version)
+    path = _client(fresh).download_artifacts(version.run_id, "checkpoint/best.pt", str(fresh.paths.root / "c"))
+    model, info = model_from_checkpoint(path)
+    frames = _test_frames(fresh)
+    expected = evaluate_model(model, info, {"t": load_eval_set(fresh.scenes, frames=frames)}, "cpu")["t"].metrics
+    assert float(version.tags["test_miou"]) == pytest.approx(expected["miou"], abs=1e-6)
+    assert version.tags["split_test_images"] == str(len(frames))
+    assert result.metrics["test_miou"] == pytest.approx(expected["miou"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_running_it_twice_registers_nothing_new(fresh):
+    first = promote(PromoteConfig(experiment=fresh.experiment, device="cpu"), fresh.paths)
+    second = promote(PromoteConfig(experiment=fresh.experiment, device="cpu"), fresh.paths)
+    assert (second.registered, second.version, second.promotion_run_id) == (False, first.version, first.promotion_run_id)
+    assert len(_client(fresh).search_model_versions(f"name = '{MODEL}'")) == 1
+    assert len(_promotion_runs(fresh)) == 1
+
+
+@pytest.mark.slow
+def test_champion_moves_only_when_beaten_or_forced(fresh):
+    client = _client(fresh)
+    first = promote(PromoteConfig(experiment=fresh.experiment, device="cpu"), fresh.paths)
+    client.set_model_version_tag(MODEL, first.version, "test_miou", "1.0")  # an unbeatable champion
+    other = promote(PromoteConfig(experiment=fresh.experiment, backbone="unet_scratch", device="cpu"), fresh.paths)
+    assert other.registered and other.version != first.version and not other.champion_moved
+    assert "<=" in other.reason
+    assert str(version_by_alias(client, MODEL, CHAMPION).version) == first.version
+    assert str(version_by_alias(client, MODEL, CHALLENGER).version) == other.version
+    forced = promote(PromoteConfig(experiment=fresh.experiment, backbone="unet_scratch", force=True, device="cpu"),
+                     fresh.paths)
+    assert (forced.registered, forced.champion_moved) == (False, True)
+    assert str(version_by_alias(client, MODEL, CHAMPION).version) == other.version
+    client.set_model_version_tag(MODEL, other.version, "test_miou", "-1.0")  # now the champion is beaten
+    again = promote(PromoteConfig(experiment=fresh.experiment, device="cpu"), fresh.paths)
+    assert again.champion_moved and str(version_by_alias(client, MODEL, CHAMPION).version) == first.version
+
+
+@pytest.mark.slow
+def test_a_champion_scored_on_another_split_is_rescored_on_this_one(fresh):
+    client = _client(fresh)
+    first = promote(PromoteConfig(experiment=fresh.experiment, device="cpu"), fresh.paths)
+    client.set_model_version_tag(MODEL, first.version, "test_miou", "1.0")
+    client.set_model_version_tag(MODEL, first.version, "manifest_hash", "another-split")  # so 1.0 is not used
+    other = promote(PromoteConfig(experiment=fresh.experiment, backbone="unet_scratch", device="cpu"), fresh.paths)
+    true_first = first.metrics["test_miou"]
+    assert other.champion_moved == (other.test_score > true_first)
+    assert f"{true_first:.4f}" in other.reason
+
+
+@pytest.mark.slow
+def test_real_photos_are_scored_when_given(fresh, tmp_path):
+    real = tmp_path / "real" / "real_moon_images"
+    real.mkdir(parents=True)
+    for i, frame in enumerate(_test_frames(fresh)[:2], 1):  # renders + exact masks stand in for photos
+        shutil.copy(fresh.scenes / "images" / "render" / f"render{frame}.png", real / f"PCAM{i}.png")
+        shutil.copy(fresh.scenes / "images" / "clean" / f"clean{frame}.png", real / f"g_PCAM{i}.png")
+    result = promote(PromoteConfig(experiment=fresh.experiment, real_data=str(real.parent), device="cpu"), fresh.paths)
+    version = _client(fresh).get_model_version(MODEL, result.version)
+    assert math.isfinite(float(version.tags["real_miou"]))
+    assert "real_miou" in _client(fresh).get_run(version.run_id).data.metrics
+
+
+# -- bad input: a clear error, exit 1, nothing registered -------------------------------------------------
+
+def _nothing_registered(s) -> bool:
+    return not _client(s).search_registered_models() and not _promotion_runs(s)
+
+
+@pytest.mark.slow
+def test_unknown_experiment_is_a_clear_error(fresh, capsys):
+    code = cli_main(["--run-dir", str(fresh.paths.root), "promote", "--experiment", "nope"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "no MLflow experiment 'nope'" in err and fresh.experiment in err
+    assert _nothing_registered(fresh)
+
+
+@pytest.mark.slow
+def test_no_trial_of_the_backbone_is_a_clear_error(fresh):
+    with pytest.raises(CliError, match=r"no finished resnet18 trial.*backbones with trials there: unet_scratch, vgg11"):
+        promote(PromoteConfig(experiment=fresh.experiment, backbone="resnet18"), fresh.paths)
+    with pytest.raises(CliError, match="--backbone"):
+        promote(PromoteConfig(experiment=fresh.experiment, backbone="vgg12"), fresh.paths)
+    assert _nothing_registered(fresh)
+
+
+def test_missing_store_is_a_clear_error(tmp_path):
+    from tuner.settings import RunPaths
+
+    with pytest.raises(CliError, match="no MLflow store"):
+        promote(PromoteConfig(experiment="x"), RunPaths(root=tmp_path / "empty"))
+    assert not (tmp_path / "empty" / "mlflow.db").exists()
+
+
+def _best_fake_trial(s, content: bytes | None) -> str:
+    """A vgg11 trial that beats every real one, whose checkpoint is `content` (None: no file at all)."""
+    client = _client(s)
+    run = client.create_run(s.experiment_id, run_name="vgg11-t999", tags={
+        tracking.PARENT_TAG: s.parent_run_id, tracking.ROLE_TAG: "trial", tracking.BACKBONE_TAG: "vgg11",
+        tracking.STATUS_TAG: "completed", tracking.CHECKPOINT_TAG: tracking.CHECKPOINT_ARTIFACT})
+    client.log_metric(run.info.run_id, "val_miou", 0.99, step=1)
+    if content is not None:
+        bad = s.paths.root / "best.pt"
+        bad.write_bytes(content)
+        client.log_artifact(run.info.run_id, str(bad), "checkpoint")
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+@pytest.mark.parametrize("content, says", [(None, "has no checkpoint artifact"),
+                                           (b"not a torch file", "not a readable checkpoint")])
+@pytest.mark.slow
+def test_missing_or_corrupt_checkpoint_is_a_clear_error(fresh, content, says):
+    run_id = _best_fake_trial(fresh, content)
+    with pytest.raises(CliError, match=f"vgg11-t999.*{says}|{run_id}.*{says}"):
+        promote(PromoteConfig(experiment=fresh.experiment), fresh.paths)
+    assert _nothing_registered(fresh)

@@ -1,0 +1,124 @@
+"""`lunartune report` on a real finished sweep: every figure written, report.md, logged to the parent run."""
+# Tests marked slow share one real sweep per session (~1 min, sweep_fixture.py); each then takes < 15 s.
+from __future__ import annotations
+
+import json
+import shutil
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from sweep_fixture import finished_sweep
+from tuner.cli import CliError
+from tuner.promote import PromoteConfig, promote
+from tuner.report import FIGURES, MIN_COMPLETE_FOR_IMPORTANCE, ReportConfig, importances, report
+from tuner.settings import RunPaths
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, scenes, local_ray):
+    return finished_sweep(tmp_path_factory, scenes, "report")
+
+
+@pytest.fixture(scope="module")
+def reported(sweep, tmp_path_factory):
+    """One promotion (with stand-in real photos) and one report of the shared sweep."""
+    real = tmp_path_factory.mktemp("real") / "real_moon_images"
+    real.mkdir()
+    test_frames = json.loads((sweep.scenes / "lunartune_split.json").read_text())["splits"]["test"]
+    for i, frame in enumerate(test_frames[:2], 1):
+        shutil.copy(sweep.scenes / "images" / "render" / f"render{frame}.png", real / f"PCAM{i}.png")
+        shutil.copy(sweep.scenes / "images" / "clean" / f"clean{frame}.png", real / f"g_PCAM{i}.png")
+    promote(PromoteConfig(experiment=sweep.experiment, backbone="unet_scratch", real_data=str(real.parent),
+                          device="cpu"), sweep.paths)
+    out = tmp_path_factory.mktemp("report") / "out"
+    return report(ReportConfig(experiment=sweep.experiment, out=out, device="cpu"), sweep.paths)
+
+
+@pytest.mark.slow
+def test_every_figure_and_the_markdown_are_written(reported):
+    assert sorted(reported.files) == sorted([*FIGURES, "report.md", "report.json"])
+    for name in FIGURES:
+        with Image.open(reported.out / name) as image:
+            assert image.format == "PNG" and min(image.size) >= 250
+    markdown = (reported.out / "report.md").read_text()
+    for name in FIGURES:
+        assert f"]({name})" in markdown
+
+
+@pytest.mark.slow
+def test_markdown_table_lists_every_trial_best_first(sweep, reported):
+    client = MlflowClient(tracking_uri=sweep.paths.tracking_uri)
+    trials = client.search_runs([sweep.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{sweep.parent_run_id}'")
+    best = {r.info.run_name: max(m.value for m in client.get_metric_history(r.info.run_id, "val_miou")) for r in trials}
+    rows = [line for line in (reported.out / "report.md").read_text().splitlines() if line.startswith("| ") and
+            line.split(" | ")[1] in best]
+    assert [row.split(" | ")[1] for row in rows] == sorted(best, key=lambda n: -best[n])
+    assert json.loads((reported.out / "report.json").read_text())["parent_run_id"] == sweep.parent_run_id
+
+
+@pytest.mark.slow
+def test_report_is_logged_to_the_sweeps_parent_run(sweep, reported):
+    client = MlflowClient(tracking_uri=sweep.paths.tracking_uri)
+    logged = sorted(a.path for a in client.list_artifacts(sweep.parent_run_id, "report"))
+    assert logged == sorted(f"report/{name}" for name in reported.files)
+
+
+def _study(paths: RunPaths, name: str = "s"):
+    return optuna.create_study(study_name=name, storage=f"sqlite:///{paths.optuna_db}", direction="maximize")
+
+
+def _objective(trial, prune_after: int | None = None) -> float:
+    lr, dropout = trial.suggest_float("lr", 1e-3, 1e-1, log=True), trial.suggest_float("dropout", 0, 0.2)
+    for epoch in (1, 2):  # like the sweep: a value per epoch, some trials stopped after the first
+        trial.report(lr * epoch + 0.01 * dropout, epoch)
+        if prune_after == epoch:
+            raise optuna.TrialPruned()
+    return 2 * lr + 0.01 * dropout
+
+
+def test_importances_from_complete_trials(tmp_path):
+    paths = RunPaths(root=tmp_path)
+    _study(paths).optimize(_objective, n_trials=MIN_COMPLETE_FOR_IMPORTANCE + 4)
+    result = importances(paths, "s")
+    assert result.reason is None and set(result.values) == {"lr", "dropout"}
+    assert sum(result.values.values()) == pytest.approx(1) and "COMPLETE" in result.basis
+
+
+def test_with_few_complete_trials_every_trial_is_compared_at_the_first_epoch(tmp_path):
+    paths = RunPaths(root=tmp_path)
+    study = _study(paths)
+    study.optimize(_objective, n_trials=2)
+    study.optimize(lambda t: _objective(t, prune_after=1), n_trials=MIN_COMPLETE_FOR_IMPORTANCE)
+    result = importances(paths, "s")
+    assert result.reason is None and result.trials == MIN_COMPLETE_FOR_IMPORTANCE + 2
+    assert "at epoch 1 of all 6 trials (only 2 ran to the end" in result.basis
+
+
+def test_too_few_trials_or_no_study_gives_a_reason_not_a_crash(tmp_path):
+    paths = RunPaths(root=tmp_path)
+    assert "no Optuna study store" in importances(paths, "s").reason
+    _study(paths).optimize(_objective, n_trials=MIN_COMPLETE_FOR_IMPORTANCE - 1)
+    result = importances(paths, "s")
+    assert result.values == {} and "only 3 COMPLETE trial(s) and 3 with a first-epoch value" in result.reason
+    assert "no Optuna study 'other'" in importances(paths, "other").reason
+
+
+@pytest.mark.slow
+def test_without_a_promotion_or_study_the_report_says_so(sweep, tmp_path):
+    paths = RunPaths(root=tmp_path / "run")  # a copy without promotions and without the Optuna study
+    paths.root.mkdir()
+    shutil.copy2(sweep.template / "mlflow.db", paths.mlflow_db)
+    result = report(ReportConfig(experiment=sweep.experiment, out=tmp_path / "out", device="cpu"), paths)
+    assert "test_vs_real.png" not in result.files and "importance.png" in result.files
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "No promotion yet" in markdown and "no Optuna study store" in markdown
+
+
+@pytest.mark.slow
+def test_unknown_experiment_is_a_clear_error(sweep, tmp_path):
+    with pytest.raises(CliError, match="no MLflow experiment 'nope'"):
+        report(ReportConfig(experiment="nope", out=tmp_path / "out"), sweep.paths)
+    assert not (tmp_path / "out").exists()
