@@ -8,18 +8,23 @@ experiment + parent run, then Ray.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import ray
+from optuna.trial import TrialState
 from ray import tune
 from ray.tune import Callback, CLIReporter
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -34,7 +39,7 @@ from tuner.cli import EXIT_INTERRUPTED, CliError
 from tuner.searcher import DIVERGED, PruningAwareOptunaSearch
 from tuner.settings import RunPaths
 from tuner.space import SpaceError, check_against_models, define_by_run, load_space
-from tuner.trainable import EPOCH, RUN_ID, TrialSetup, train_trial
+from tuner.trainable import EPOCH, RUN_ID, TrialSetup, is_epoch_metric, train_trial
 from tuner.tracking import TrackingError
 from tuner.train import synthetic_root
 
@@ -86,6 +91,7 @@ class SweepResult:
     best_run_id: str | None  # MLflow child run of the best trial
     statuses: dict[str, int]  # trials per final status (completed / pruned / diverged / errored / unfinished)
     top_trials: list[dict] = field(default_factory=list)  # best first: trial, backbone, objective, epochs, status
+    mlflow_incomplete: list[str] = field(default_factory=list)  # what MLflow still lacks (it was away); --resume fills it
 
 
 def sweep_config_from_args(args) -> SweepConfig:
@@ -126,8 +132,16 @@ def check_sweep_config(cfg: SweepConfig) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def run_sweep(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
-    """Run (or with cfg.resume, continue) a sweep; returns where everything is and the best trial."""
+    """Run (or with cfg.resume, continue) a sweep; returns where everything is and the best trial.
+
+    One sweep per (run dir, experiment) at a time: a second one is refused (CliError naming the lock)."""
     paths.ensure()
+    with sweep_lock(paths, cfg.experiment):
+        return _run_locked(cfg, paths)
+
+
+def _run_locked(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
+    tracking.bound_http_retries()  # the driver's MLflow calls too (callback, parent run) give up in ~10 s
     pointer = _pointer_path(paths, cfg.experiment)
     cfg = _resumed_config(cfg, pointer) if cfg.resume else cfg
     space = _load_space(cfg)
@@ -144,18 +158,49 @@ def run_sweep(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
         state = _new_sweep_state(cfg, paths, space, manifest, experiment_id)
         _write_json(pointer, state)
     target = tracking.TrackingTarget(paths.tracking_uri, experiment_id, state["parent_run_id"])
-    interrupted = True  # until Ray says otherwise: an exception also leaves the parent "interrupted"
+    interrupted, incomplete = True, []  # until Ray says otherwise: an exception also leaves the parent "interrupted"
     try:
         results = _fit(cfg, paths, space, data_cfg, target, state["results_path"])
         result = _summarise(cfg, results, experiment_id, target, state["results_path"])
         interrupted = result.interrupted
+        incomplete = sync_to_mlflow(results, target, cfg.max_epochs, interrupted)
+        if not interrupted:
+            _fail_orphaned_study_trials(paths, cfg.experiment)
     finally:
         summary = {"trials": cfg.samples}
         if not interrupted:
             summary.update(best_objective=result.best_metrics.get(cfg.objective, float("nan")),
                            **{f"trials_{k}": v for k, v in result.statuses.items()})
-        tracking.end_parent_run(paths.tracking_uri, target.parent_run_id, interrupted, summary)
-    return result
+        try:
+            tracking.end_parent_run(paths.tracking_uri, target.parent_run_id, interrupted, summary)
+        except Exception as err:  # MLflow away: the results are safe in Ray's folder; --resume ends the run later
+            incomplete.append(f"parent run {target.parent_run_id} ({type(err).__name__})")
+    _write_json(pointer, {**state, "mlflow_incomplete": incomplete})
+    return replace(result, mlflow_incomplete=incomplete)
+
+
+@contextmanager
+def sweep_lock(paths: RunPaths, experiment: str):
+    """Hold `<run-dir>/sweeps/<experiment>.lock` (an flock, holder's pid and host written inside).
+
+    The OS releases an flock when its holder dies, even by SIGKILL, so a stale lock file never blocks a
+    later sweep or --resume. flock is reliable on local disks; on NFS it depends on the mount (lockd)."""
+    path = _pointer_path(paths, experiment).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes (Ray's)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = path.read_text().strip() or "unknown"
+            raise CliError(f"another sweep of experiment {experiment!r} is running in {paths.root}: the lock "
+                           f"{path} is held by {holder}; wait for it or stop it, or use another --experiment "
+                           f"or --run-dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        yield path
+    finally:
+        os.close(fd)
 
 
 def _load_space(cfg: SweepConfig):
@@ -319,11 +364,14 @@ class TrialStatusCallback(Callback):
         self._finish(trial, "errored")
 
     def _finish(self, trial, status: str) -> None:
-        
-        run_id = (trial.last_result or {}).get(RUN_ID) or tracking.find_child_run(
-            self.uri, self.experiment_id, self.parent_run_id, trial.trial_id)
-        if run_id is not None:  # a trial that failed before opening its run has nothing to tag
-            tracking.finish_child_run(self.uri, run_id, status)
+        try:
+            run_id = (trial.last_result or {}).get(RUN_ID) or tracking.find_child_run(
+                self.uri, self.experiment_id, self.parent_run_id, trial.trial_id)
+            if run_id:  # a trial that failed before opening its run has nothing to tag
+                tracking.finish_child_run(self.uri, run_id, status)
+        except Exception as err:  # MLflow away: never stop the sweep for it; sync_to_mlflow tags it later
+            print(f"lunartune tune: warning: MLflow: trial {trial.trial_id} not tagged {status} "
+                  f"({type(err).__name__}); it will be after the sweep or on --resume", file=sys.stderr)
 
 
 def trial_status(last_result: dict | None, error, max_epochs: int) -> str:
@@ -335,6 +383,54 @@ def trial_status(last_result: dict | None, error, max_epochs: int) -> str:
     if last_result.get(DIVERGED):
         return "diverged"
     return "completed" if last_result[EPOCH] >= max_epochs else "pruned"
+
+
+def sync_to_mlflow(results, target, max_epochs: int, interrupted: bool) -> list[str]:
+    """Fill each trial's child run in from Ray's results (every reported epoch is there): the epochs MLflow
+    missed while it was away, the run itself if the trial never reached MLflow, the final status tag.
+    Idempotent (steps already in MLflow are skipped); returns the trials MLflow still lacks."""
+    incomplete = []
+    for result in results:
+        try:
+            _sync_trial(result, target, max_epochs, interrupted)
+        except Exception as err:  # MLflow still away (or refuses): say which, keep going
+            incomplete.append(f"{Path(result.path or '?').name} ({type(err).__name__}: {str(err)[:120]})")
+    if incomplete:
+        print(f"lunartune tune: warning: MLflow {target.uri} is missing data for {len(incomplete)} trial(s):\n  "
+              + "\n  ".join(incomplete) + "\nevery epoch and checkpoint is in Ray's results; once MLflow is "
+              "back, `lunartune tune --experiment <name> --resume` fills it in", file=sys.stderr)
+    return incomplete
+
+
+def _sync_trial(result, target, max_epochs: int, interrupted: bool) -> None:
+    frame, last = result.metrics_dataframe, result.metrics or {}
+    if frame is None or EPOCH not in frame or not last.get("trial_id"):
+        return  # never reported an epoch: nothing to log
+    trial_id = last["trial_id"]
+    run_id = last.get(RUN_ID) or tracking.find_child_run(target.uri, target.experiment_id, target.parent_run_id, trial_id)
+    if not run_id:  # the trial ran while MLflow was away the whole time
+        name = Path(result.path).name.rsplit("_", 1)[0]
+        run_id = tracking.open_child_run(target, trial_id, name, result.config or {}, {})
+    epochs = frame[frame[DIVERGED].fillna(False).astype(bool) == False] if DIVERGED in frame else frame  # noqa: E712
+    have = tracking.logged_steps(target.uri, run_id, EPOCH)
+    for _, row in epochs.drop_duplicates(EPOCH, keep="last").iterrows():
+        if pd.notna(row[EPOCH]) and int(row[EPOCH]) not in have:
+            tracking.log_metrics(target.uri, run_id, {k: v for k, v in row.items()
+                                                      if is_epoch_metric(k) and pd.notna(v)}, step=int(row[EPOCH]))
+    status = trial_status(last, result.error, max_epochs)
+    if interrupted and status == "pruned" and _is_live(result):
+        return  # paused by Ctrl-C: --resume continues it
+    if tracking.client(target.uri).get_run(run_id).data.tags.get(tracking.STATUS_TAG) == tracking.RUNNING:
+        tracking.finish_child_run(target.uri, run_id, status)
+
+
+def _fail_orphaned_study_trials(paths: RunPaths, experiment: str) -> None:
+    """Optuna trials still RUNNING once every trial of the sweep has ended were asked for by a driver that was
+    killed (SIGKILL) before Ray saved them; Ray will never tell them. FAIL them so TPE stops counting them as
+    running (we hold the experiment's lock: no other sweep of this study is running)."""
+    study = optuna.load_study(study_name=experiment, storage=f"sqlite:///{paths.optuna_db}")
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(trial.number, state=TrialState.FAIL)
 
 
 def _summarise(cfg: SweepConfig, results, experiment_id: str, target, results_path: str) -> SweepResult:
@@ -420,6 +516,10 @@ def main(args, paths: RunPaths) -> int:
     cfg = sweep_config_from_args(args)
     result = _run_with_clear_errors(cfg, paths)
     print(format_summary(result, cfg, paths))
+    if result.mlflow_incomplete:
+        print(f"\nMLflow is incomplete for {len(result.mlflow_incomplete)} run(s) (listed above); once "
+              f"{result.tracking_uri} is back, fill it in with:\n  lunartune --run-dir {paths.root} tune "
+              f"--experiment {cfg.experiment} --resume", file=sys.stderr)
     if result.interrupted:
         print(f"\nsweep interrupted; continue it with:\n  lunartune --run-dir {paths.root} tune "
               f"--experiment {cfg.experiment} --resume", file=sys.stderr)

@@ -13,6 +13,7 @@ Layout of what a sweep records (the names below are the contract `promote`, `rep
 """
 from __future__ import annotations
 
+import os
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +36,12 @@ COMPLETED, PRUNED, ERRORED, DIVERGED, RUNNING = "completed", "pruned", "errored"
 # MLflow's run status for each final trial status (the tag is the precise one; this drives the UI icon)
 _RUN_STATUS = {COMPLETED: "FINISHED", PRUNED: "KILLED", DIVERGED: "FAILED", ERRORED: "FAILED"}
 _MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
+# MLflow's HTTP defaults (7 retries, backoff factor 2, 120 s timeout) let one call to an absent server
+# block for minutes. Trials and the driver give up after ~10 s instead: what was not logged stays in Ray's
+# results and `lunartune tune --resume` fills it in (tuner.sweep.sync_to_mlflow). Set these variables
+# yourself to override.
+HTTP_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
 
 class TrackingError(RuntimeError):
@@ -52,6 +59,12 @@ class TrackingTarget:
 
 def client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
+
+
+def bound_http_retries() -> None:
+    """Bounded MLflow HTTP retries for this process (read by MLflow at each request)."""
+    for name, value in HTTP_RETRY_ENV.items():
+        os.environ.setdefault(name, value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,6 +163,11 @@ def log_metrics(uri: str, run_id: str, metrics: dict, step: int) -> None:
     items = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())]
     for i in range(0, len(items), _MAX_BATCH):
         client(uri).log_batch(run_id, metrics=items[i:i + _MAX_BATCH])
+
+
+def logged_steps(uri: str, run_id: str, key: str) -> set[int]:
+    """Steps of metric `key` already in the run (to log each epoch once, however often a trial restarts)."""
+    return {m.step for m in client(uri).get_metric_history(run_id, key)}
 
 
 def log_best_checkpoint(uri: str, run_id: str, checkpoint_file: Path, model_config: dict) -> None:

@@ -10,17 +10,19 @@ only known on the driver: `tuner.sweep.TrialStatusCallback` sets them.
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+import pyarrow.fs
 import ray
 from ray import tune
 
 import data_pipeline
 from data_pipeline import DataConfig
 from models import ModelConfig, TrainConfig, build, validate, validate_train
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.losses import make_loss, median_frequency_weights
 from models.training import (DivergedError, evaluate, make_optimizer, make_scheduler, prepare_model,
                              resolve_device, seed_everything, train_one_epoch)
@@ -31,6 +33,7 @@ EPOCH = "epoch"  # reported every epoch; ASHA's time attribute (survives restore
 RUN_ID = "mlflow_run_id"  # reported so the driver's callback finds the child run without a search
 STATE_FILE = "trial.pt"  # inside each Ray checkpoint: weights + optimizer/scheduler + trial state
 BEST_FILE = "best.pt"  # uploaded to MLflow as checkpoint/best.pt: weights only (no optimizer: 1/3 the size)
+_EPOCH_METRICS = frozenset({"train_loss", "lr", "epoch_seconds", EPOCH})  # + every "val_*" (epoch_metrics)
 _MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig))
 _TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
 
@@ -66,8 +69,10 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     loss_fn = make_loss(train_cfg, weights).to(device)
     optimizer = make_optimizer(model, train_cfg)
     scheduler = make_scheduler(optimizer, train_cfg, steps_per_epoch=len(loaders.train))
+    tracking.bound_http_retries()
     epoch, best, run_id = _restore(tune.get_checkpoint(), model, optimizer, scheduler)
-    run_id = run_id or _open_child_run(model_cfg, train_cfg, setup)
+    run = ChildRun(setup, run_id, lambda: _open_child_run(model_cfg, train_cfg, setup))
+    run.attempt("child run", lambda: run.log_epoch({}, 0))  # opened now if MLflow is there, else later
     names, extras = list(data_pipeline.CLASS_NAMES), dict(amp=train_cfg.amp, channels_last=train_cfg.channels_last)
     for epoch in range(epoch + 1, train_cfg.epochs + 1):
         loaders.train.sampler.set_epoch(epoch - 1)  # a resumed trial sees the batches it would have seen
@@ -75,21 +80,23 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
             train = train_one_epoch(model, loaders.train, optimizer, loss_fn, device, scheduler, epoch=epoch, **extras)
         except DivergedError:
             # the worst score, flagged: the searcher tells Optuna PRUNED, the callback tags "diverged"
-            tune.report({setup.objective: 0.0, DIVERGED: True, EPOCH: epoch, RUN_ID: run_id})
+            run.log({}, epoch)  # opens the run if MLflow was away until now
+            tune.report({setup.objective: 0.0, DIVERGED: True, EPOCH: epoch, RUN_ID: run.run_id or ""})
             return
         val = evaluate(model, loaders.val, device, loss_fn, names, data_pipeline.ROCK_CLASS_IDS, **extras)
         metrics = epoch_metrics(train, val, epoch)
-        tracking.log_metrics(setup.tracking.uri, run_id, metrics, step=epoch)
+        run.log(metrics, epoch)  # before the report: a kill in between retrains the epoch, never logs it twice
         score = _objective(metrics, setup.objective)
         improved = best is None or score > best
         best = score if improved else best
         with tempfile.TemporaryDirectory() as folder:
-            state = dict(run_id=run_id, best=best, manifest_hash=loaders.manifest_hash)
+            state = dict(run_id=run.run_id, best=best, manifest_hash=loaders.manifest_hash)
             _save(Path(folder) / STATE_FILE, model, model_cfg, train_cfg, data_cfg, epoch, metrics,
                   optimizer, scheduler, state)
-            if improved:
-                _upload_best(Path(folder), model, model_cfg, train_cfg, data_cfg, epoch, metrics, state, setup)
-            tune.report({**metrics, setup.objective: score, RUN_ID: run_id, DIVERGED: False},
+            if improved and run.run_id is not None:
+                run.attempt("best checkpoint upload", lambda: _upload_best(
+                    Path(folder), model, model_cfg, train_cfg, data_cfg, epoch, metrics, state, setup))
+            tune.report({**metrics, setup.objective: score, RUN_ID: run.run_id or "", DIVERGED: False},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
 
@@ -97,6 +104,45 @@ def epoch_metrics(train: dict, val: dict, epoch: int) -> dict:
     """The per-epoch metric names MLflow and Ray both see."""
     return {"train_loss": train["loss"], "lr": train["lr"], "epoch_seconds": train["seconds"], EPOCH: epoch,
             **{f"val_{k}": v for k, v in val.items()}}
+
+
+def is_epoch_metric(name: str) -> bool:
+    """Is `name` one of epoch_metrics' keys (what the child run logs per epoch)?"""
+    return name in _EPOCH_METRICS or name.startswith("val_")
+
+
+class ChildRun:
+    """The trial's MLflow child run, written so that MLflow being away never stops training.
+
+    Each epoch is logged once: the steps already in MLflow are read once per process (a retried trial
+    may retrain an epoch it had logged). A failed call (after MLflow's bounded HTTP retries) is a warning;
+    the epoch stays in Ray's results, from which the driver fills MLflow in (tuner.sweep.sync_to_mlflow).
+    """
+
+    def __init__(self, setup: TrialSetup, run_id: str | None, open_run):
+        self.setup, self.run_id, self._open_run, self._logged = setup, run_id, open_run, None
+
+    def log(self, metrics: dict, epoch: int) -> bool:
+        return self.attempt(f"epoch {epoch} metrics", lambda: self.log_epoch(metrics, epoch))
+
+    def log_epoch(self, metrics: dict, epoch: int) -> None:
+        if self.run_id is None:
+            self.run_id = self._open_run()
+        if self._logged is None:
+            self._logged = tracking.logged_steps(self.setup.tracking.uri, self.run_id, EPOCH)
+        if metrics and epoch not in self._logged:
+            tracking.log_metrics(self.setup.tracking.uri, self.run_id, metrics, step=epoch)
+            self._logged.add(epoch)
+
+    def attempt(self, what: str, action) -> bool:
+        try:
+            action()
+            return True
+        except Exception as err:  # MlflowException, requests' ConnectionError, sqlite's OperationalError, ...
+            print(f"lunartune trial: warning: MLflow {self.setup.tracking.uri}: {what} not logged "
+                  f"({type(err).__name__}: {str(err)[:200]}); training goes on, the driver logs it later "
+                  f"from Ray's results", file=sys.stderr)
+            return False
 
 
 def _objective(metrics: dict, name: str) -> float:
@@ -107,15 +153,40 @@ def _objective(metrics: dict, name: str) -> float:
 
 def _restore(checkpoint, model, optimizer, scheduler) -> tuple[int, float | None, str | None]:
     """(last finished epoch, best objective so far, child run id) from Ray's checkpoint, or a fresh start."""
-    if checkpoint is None:
+    saved = _newest_readable(checkpoint) if checkpoint is not None else None
+    if saved is None:
         return 0, None, None
-    with checkpoint.as_directory() as folder:
-        saved = load_checkpoint(Path(folder) / STATE_FILE)
     model.load_state_dict(saved["state_dict"])
     optimizer.load_state_dict(saved["optimizer"])
     if scheduler is not None and saved["scheduler"] is not None:
         scheduler.load_state_dict(saved["scheduler"])
     return saved["epoch"], saved["extra"]["best"], saved["extra"]["run_id"]
+
+
+def _newest_readable(checkpoint) -> dict | None:
+    """Ray's latest checkpoint, or if its file is corrupt the newest older one Ray kept (warning naming
+    the file); None (the trial restarts from epoch 1) if none can be read."""
+    for candidate in _kept_checkpoints(checkpoint):
+        try:
+            with candidate.as_directory() as folder:
+                return load_checkpoint(Path(folder) / STATE_FILE)
+        except (CheckpointError, OSError) as err:
+            print(f"lunartune trial: warning: cannot resume from {candidate.path}: {err}; "
+                  f"falling back to an older checkpoint", file=sys.stderr)
+    print("lunartune trial: warning: no readable checkpoint left: the trial restarts from epoch 1", file=sys.stderr)
+    return None
+
+
+def _kept_checkpoints(checkpoint) -> list:
+    """`checkpoint`, then the older checkpoint_* folders beside it in the trial's folder, newest first."""
+    trial_dir = checkpoint.path.rstrip("/").rsplit("/", 1)[0]
+    try:
+        infos = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(trial_dir))
+    except OSError:
+        return [checkpoint]
+    older = sorted((i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
+                    and i.base_name.startswith("checkpoint_") and i.path < checkpoint.path), reverse=True)
+    return [checkpoint, *(tune.Checkpoint(p, filesystem=checkpoint.filesystem) for p in older)]
 
 
 def _open_child_run(model_cfg: ModelConfig, train_cfg: TrainConfig, setup: TrialSetup) -> str:
@@ -139,6 +210,8 @@ def _upload_best(folder: Path, model, model_cfg, train_cfg, data_cfg, epoch, met
     described = {"model_config": model_cfg.to_dict(), "train_config": train_cfg.to_dict(),
                  "image_size": list(data_cfg.image_size), "epoch": epoch, "classes": data_pipeline.class_table(),
                  setup.objective: _objective(metrics, setup.objective), "manifest_hash": state["manifest_hash"]}
-    tracking.log_best_checkpoint(setup.tracking.uri, state["run_id"], best_dir / BEST_FILE, described)
-    (best_dir / BEST_FILE).unlink()
-    best_dir.rmdir()
+    try:
+        tracking.log_best_checkpoint(setup.tracking.uri, state["run_id"], best_dir / BEST_FILE, described)
+    finally:  # uploaded or not, it is no part of Ray's checkpoint
+        (best_dir / BEST_FILE).unlink()
+        best_dir.rmdir()
