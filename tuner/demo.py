@@ -92,12 +92,12 @@ def run_demo(cfg: DemoConfig, paths: RunPaths) -> DemoResult | None:
     from tuner.export import ExportConfig, export
     from tuner.promote import PromoteConfig, format_result, promote
     from tuner.report import ReportConfig, report
-    from tuner.sweep import _run_with_clear_errors
+    from tuner.sweep import run_sweep_cli_errors
 
     paths.ensure()
     data = generate_scenes(cfg, paths)
     print(f"[2/5] sweep: {cfg.samples} trials, experiment {cfg.experiment}", file=sys.stderr)
-    swept = _run_with_clear_errors(sweep_config(cfg, data, demo_space(paths)), paths)
+    swept = run_sweep_cli_errors(sweep_config(cfg, data, demo_space(paths)), paths)
     if swept.interrupted:
         return None
     print(f"[3/5] promote the best {cfg.backbone} trial", file=sys.stderr)

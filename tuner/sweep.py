@@ -155,7 +155,7 @@ def _run_locked(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
         state = json.loads(pointer.read_text())
         tracking.reopen_run(paths.tracking_uri, state["parent_run_id"])
     else:
-        state = _new_sweep_state(cfg, paths, space, manifest, experiment_id)
+        state = _new_sweep_state(cfg, paths, space, manifest, experiment_id, data_cfg.root)
         _write_json(pointer, state)
     target = tracking.TrackingTarget(paths.tracking_uri, experiment_id, state["parent_run_id"])
     interrupted, incomplete = True, []  # until Ray says otherwise: an exception also leaves the parent "interrupted"
@@ -236,13 +236,16 @@ def _prepare_data(cfg: SweepConfig, paths: RunPaths):
     return replace(data_cfg, progress=False), manifest
 
 
-def _new_sweep_state(cfg: SweepConfig, paths: RunPaths, space, manifest, experiment_id: str) -> dict:
+def _new_sweep_state(cfg: SweepConfig, paths: RunPaths, space, manifest, experiment_id: str,
+                     data_root: str) -> dict:
     """A new Ray run name and MLflow parent run; what --resume needs later, written beside the run dir."""
     run_name = f"{cfg.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = cfg.storage if _is_uri(cfg.storage) else str(Path(cfg.storage or paths.ray_results).resolve())
     results_path = f"{storage.rstrip('/')}/{run_name}"
     params = {**{k: v for k, v in asdict(cfg).items() if k not in ("resume", "address", "storage")},
               "space_file": space.source, "manifest_hash": manifest.hash, "split_sizes": manifest.sizes,
+              # promote re-scores the chosen trial on this data set's held-out test split
+              "data_root": data_root, "split_manifest": str(manifest.path),
               "scheduler": "asha" if cfg.use_asha else "fifo", "searcher": "optuna-tpe",
               "optuna_study": f"{cfg.experiment} @ {paths.optuna_db}", "results_path": results_path}
     tags = {"ray_run_name": run_name, "git_commit": _git_commit() or "unknown", "space": Path(space.source).name}
@@ -514,7 +517,7 @@ def _git_commit() -> str | None:
 
 def main(args, paths: RunPaths) -> int:
     cfg = sweep_config_from_args(args)
-    result = _run_with_clear_errors(cfg, paths)
+    result = run_sweep_cli_errors(cfg, paths)
     print(format_summary(result, cfg, paths))
     if result.mlflow_incomplete:
         print(f"\nMLflow is incomplete for {len(result.mlflow_incomplete)} run(s) (listed above); once "
@@ -527,7 +530,8 @@ def main(args, paths: RunPaths) -> int:
     return 0
 
 
-def _run_with_clear_errors(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
+def run_sweep_cli_errors(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
+    """run_sweep with expected bad-input errors turned into one-line CLI errors (used by main and demo)."""
     try:
         return run_sweep(cfg, paths)
     except (SpaceError, DataError, ConfigError, WeightsError, TrackingError) as err:
