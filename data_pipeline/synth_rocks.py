@@ -20,14 +20,14 @@ if TYPE_CHECKING:
     from data_pipeline.synth_realistic import View
 
 GROUND, SKY, SMALL_ROCK, LARGE_ROCK = 0, 1, 2, 3
-LABEL_MIN_RADIUS_PX = 5.0  # rocks smaller than this on screen (at 720 px width) stay unlabelled
+LABEL_MIN_RADIUS_PX = 14.0  # rocks smaller than this on screen (at 720 px width) stay unlabelled
 DRAW_MIN_RADIUS_PX = 0.7  # smaller ones are left to the regolith texture
 LARGE_ROCK_RADIUS_M = 0.5  # physical radius from which a rock counts as "large"
 MIN_ROCK_RADIUS_M = 0.03  # smallest rock scattered
-MAX_ROCK_RADIUS_M = 3.0
+MAX_ROCK_RADIUS_M = 1.8
 ROCK_FAR_M = 90.0  # no rocks are scattered beyond this depth
 BOULDER_FAR_M = 40.0  # boulders (large rocks) stay within this depth
-BOULDERS_PER_SCENE = 2.5  # median of the expected count (before culling the ones out of view)
+BOULDERS_PER_SCENE = 4.0  # median of the expected count (before culling the ones out of view)
 HARMONIC_ORDERS = np.array([2, 3, 5, 7])  # outline wobble: low orders give lumpy, high orders jagged
 HARMONIC_MAX = np.array([0.15, 0.1, 0.06, 0.04])
 PEBBLE_SHADOW_MAX = 1.5  # pebble shadows are capped at this many radii (their stamp stays small)
@@ -61,10 +61,10 @@ def scatter_rocks(rng: np.random.Generator, view: View) -> Rocks:
     """
     near = view.focal * view.cam_height / max(view.height - float(view.horizon.min()), 1.0)
     half_width = view.width / 2 / view.focal * 1.15  # lateral extent per metre of depth, with margin
-    density = np.exp(rng.normal(np.log(0.8), 0.6))  # field rocks >= 3 cm per m^2; some fields rockier
+    density = np.exp(rng.normal(np.log(2.5), 0.6))  # field rocks >= 3 cm per m^2; some fields rockier
     area = half_width * max(ROCK_FAR_M ** 2 - near ** 2, 0)
     field_count = min(rng.poisson(density * area), 100_000)
-    alpha = rng.uniform(1.6, 2.3)  # cumulative size distribution N(>r) ~ r^-alpha
+    alpha = rng.uniform(1.9, 2.5)  # cumulative size distribution N(>r) ~ r^-alpha
     field = np.minimum(MIN_ROCK_RADIUS_M * rng.uniform(0, 1, field_count) ** (-1 / alpha),
                        LARGE_ROCK_RADIUS_M * 0.999)
     boulder_count = rng.poisson(np.exp(rng.normal(np.log(BOULDERS_PER_SCENE), 0.7)))
@@ -89,7 +89,7 @@ def shape_rocks(rng, view: View, x, z, radius, radius_px) -> Rocks:
     n = len(z)
     col, row = view.project(x, z)
     rx = radius_px * rng.uniform(0.8, 1.35, n)
-    ry_top = radius_px * rng.uniform(0.35, 1.0, n)
+    ry_top = radius_px * rng.uniform(0.5, 1.0, n)
     ry_bottom = np.maximum(rx * view.cam_height / z * rng.uniform(0.7, 1.1, n), 0.6)
     wobble = rng.uniform(0, 1, (n, 4)) * HARMONIC_MAX
     phase = rng.uniform(0, 2 * np.pi, (n, 4))
