@@ -23,7 +23,7 @@ TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
 sys.path.insert(0, str(TESTS / "tuner"))  # _procs, test_cluster, test_mlflow_server, test_resume helpers
 
-from _procs import free_port, session_members, terminate_session  # noqa: E402,F401
+from _procs import MARK, free_port, marked_pids, session_members, terminate_session  # noqa: E402,F401
 
 _spec = importlib.util.spec_from_file_location("tuner_conftest", TESTS / "tuner" / "conftest.py")
 _tuner_conftest = importlib.util.module_from_spec(_spec)
@@ -31,7 +31,6 @@ _spec.loader.exec_module(_tuner_conftest)
 local_ray, scenes, tiny_space, run_paths = (_tuner_conftest.local_ray, _tuner_conftest.scenes,
                                             _tuner_conftest.tiny_space, _tuner_conftest.run_paths)
 
-MARK = "LUNARTUNE_FAULT_MARK"
 # The hand-built U-Net, wide enough that an epoch takes a second or more on 2 busy cores: a kill after an
 # epoch's report lands in the middle of the next epoch.
 SLOW_SPACE = """
@@ -47,20 +46,6 @@ def slow_space(tmp_path):
     path = tmp_path / "slow.yaml"
     path.write_text(SLOW_SPACE)
     return str(path)
-
-
-def marked_pids(mark: str) -> list[int]:
-    """Pids whose environment carries MARK=mark (the CLI we started and every Ray process under it)."""
-    needle = f"{MARK}={mark}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
 
 
 def kill_marked(mark: str) -> int:

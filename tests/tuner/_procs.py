@@ -7,6 +7,10 @@ import socket
 import time
 from pathlib import Path
 
+# In the environment of every process a test starts; Ray's gcs_server, raylet, workers and agents inherit
+# it from the driver, so it finds exactly the processes a test's sweep started, whatever their session.
+MARK = "LUNARTUNE_FAULT_MARK"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -37,3 +41,17 @@ def terminate_session(sid: int) -> None:
         deadline = time.monotonic() + wait_s
         while session_members(sid) and time.monotonic() < deadline:
             time.sleep(0.2)
+
+
+def marked_pids(mark: str) -> list[int]:
+    """Pids whose environment carries MARK=mark (the CLI we started and every Ray process under it)."""
+    needle = f"{MARK}={mark}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids

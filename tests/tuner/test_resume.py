@@ -1,4 +1,5 @@
-"""Interrupt a real `lunartune tune` with SIGINT, resume it: finished trials are not rerun."""
+"""Interrupt a real `lunartune tune` with SIGINT, resume it: finished trials are not rerun, and the interrupted
+sweep left no Ray processes behind."""
 from __future__ import annotations
 
 import os
@@ -7,17 +8,20 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from _procs import MARK, marked_pids
 from tuner import tracking
 from tuner.sweep import SweepConfig, run_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = 4
+RAY_EXIT_S = 30  # after the CLI exits, its Ray (gcs_server, raylet, workers, agents) must be gone by then
 
 
 def _finished_in_study(db: Path) -> int:
@@ -30,13 +34,42 @@ def _finished_in_study(db: Path) -> int:
         return 0
 
 
-def _interrupt_after(proc: subprocess.Popen, db: Path, finished: int, timeout_s: float) -> None:
+def _interrupt_after(proc: subprocess.Popen, db: Path, finished: int, timeout_s: float, mark: str = "") -> list[int]:
+    """SIGINT `proc` once `finished` trials are done; returns the pids carrying `mark` just before."""
     deadline = time.monotonic() + timeout_s
     while _finished_in_study(db) < finished:
         assert proc.poll() is None, f"the sweep ended early:\n{proc.communicate()[1][-3000:]}"
         assert time.monotonic() < deadline, "no trial finished in time"
         time.sleep(0.5)
+    running = marked_pids(mark) if mark else []
     proc.send_signal(signal.SIGINT)
+    return running
+
+
+def _wait_gone(mark: str, timeout_s: float) -> list[int]:
+    """Pids still carrying `mark` once they are all gone or `timeout_s` has passed (polling)."""
+    deadline = time.monotonic() + timeout_s
+    while (left := marked_pids(mark)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def _describe(pids: list[int]) -> str:
+    out = []
+    for pid in pids:
+        try:
+            out.append(f"{pid}: {Path(f'/proc/{pid}/cmdline').read_bytes().replace(bytes(1), b' ').decode().strip()[:150]}")
+        except OSError:
+            out.append(f"{pid}: (gone)")
+    return "\n".join(out)
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:  # only processes carrying this test's mark: never `ray stop`, never by name
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _histories(uri: str, runs) -> dict:
@@ -49,16 +82,23 @@ def test_sigint_then_resume_does_not_rerun_finished_trials(local_ray, scenes, ti
     command = [sys.executable, "-m", "tuner.cli", "--run-dir", str(run_paths.root), "tune", "--space", tiny_space,
                "--data", str(scenes), "--samples", str(SAMPLES), "--max-epochs", "2", "--concurrency", "1",
                "--device", "cpu", "--experiment", "resume"]
+    mark = uuid.uuid4().hex  # inherited by the Ray processes the CLI starts: finds exactly those
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", MARK: mark})
     try:
-        _interrupt_after(proc, run_paths.optuna_db, finished=2, timeout_s=240)
+        running = _interrupt_after(proc, run_paths.optuna_db, finished=2, timeout_s=240, mark=mark)
         _, stderr = proc.communicate(timeout=120)
+        left = _wait_gone(mark, RAY_EXIT_S)
+        described = _describe(left)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, stderr[-3000:]
+            proc.wait()
+        _kill(marked_pids(mark))  # whatever a failure left: not into the resume below or other tests
+    assert proc.returncode == 130, f"{stderr[-3000:]}\nmarked processes left after {RAY_EXIT_S} s:\n{described}"
     assert "--experiment resume --resume" in stderr
+    assert len(running) > 2, f"the mark must reach Ray's processes (else the check below proves nothing): {running}"
+    assert not left, f"{len(left)} Ray process(es) still alive {RAY_EXIT_S} s after the interrupted CLI exited:\n{described}"
 
     uri = run_paths.tracking_uri
     experiment = tracking.find_experiment(uri, "resume")
