@@ -168,13 +168,13 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default=None, help="keep the generated scenes here (default: a temp folder)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
-    missing = [f for f in EVAL_FOLDERS if not (Path(args.data) / f).is_dir()]
-    if missing:
-        parser.error(f"{args.data}: lacks {', '.join(missing)} (the shared real data; see --data)")
-    try:
+    try:  # arguments first, then the data: a bad flag is reported wherever the data is
         validate_image_size(recipe(args.epochs)[0], args.size)
     except ConfigError as err:
         parser.error(f"--size: {err}")
+    missing = [f for f in EVAL_FOLDERS if not (Path(args.data) / f).is_dir()]
+    if missing:
+        parser.error(f"{args.data}: lacks {', '.join(missing)} (the shared real data; see --data)")
     results = run(args)
     print(format_table(results))
     print(f"\nwrote {Path(args.out) / 'sim2real.json'} and {Path(args.out) / 'sim2real_scenes.png'}", file=sys.stderr)
