@@ -6,7 +6,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import child_statuses, trial_rows
+from fault_helpers import child_statuses, trial_rows
 from tuner.sweep import SweepConfig, run_sweep
 
 SPACE = """params:

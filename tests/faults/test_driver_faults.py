@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import REPO, epoch_histories, kill_marked, marked_pids, trial_rows, tune_args, wait_exit, wait_for
+from fault_helpers import REPO, epoch_histories, kill_marked, marked_pids, trial_rows, tune_args, wait_exit, wait_for
 from test_resume import _finished_in_study
 from tuner.cli import CliError
 from tuner.settings import RunPaths

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from _procs import free_port, terminate_session
-from conftest import child_statuses, epoch_histories, trial_rows, tune_args, wait_exit, wait_for
+from fault_helpers import child_statuses, epoch_histories, trial_rows, tune_args, wait_exit, wait_for
 from test_mlflow_server import MLFLOW, _wait_healthy
 from tuner import tracking
 

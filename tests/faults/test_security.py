@@ -52,7 +52,7 @@ SECRETS = {"MLFLOW_TRACKING_TOKEN": "tok-5ecret-0001", "AWS_SECRET_ACCESS_KEY": 
 
 @pytest.mark.slow
 def test_secrets_in_the_environment_never_reach_mlflow(scenes, tiny_space, tmp_path):
-    from conftest import Sweeps, tune_args
+    from fault_helpers import Sweeps, tune_args
 
     sweeps = Sweeps(env=SECRETS)
     try:

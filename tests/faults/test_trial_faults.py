@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from conftest import child_statuses, epoch_histories, running_trial, trial_rows, tune_args, wait_exit, wait_for
+from fault_helpers import child_statuses, epoch_histories, running_trial, trial_rows, tune_args, wait_exit, wait_for
 
 EPOCHS = 4
 

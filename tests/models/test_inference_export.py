@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import MEAN, STD, blob_scene
+from blobs import MEAN, STD, blob_scene
 from models import ModelConfig, build
 from models.export import ExportError, export_onnx, export_torchscript, verify_onnx, verify_torchscript
 from models.inference import predict_mask, predict_masks

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from conftest import CLASS_NAMES, MEAN, ROCK_IDS, STD, blob_batches
+from blobs import CLASS_NAMES, MEAN, ROCK_IDS, STD, blob_batches
 from models import ModelConfig, TrainConfig, build
 from models.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, restore_training_state,
                                save_checkpoint)
