@@ -1,7 +1,7 @@
 """Helpers (and fixtures re-exported by conftest.py) for the fault tests.
 
 Fault tests: real processes (a `lunartune tune` CLI, Ray workers and raylets, an `mlflow server`) killed
-for real with os.kill. Shared helpers; the session fixtures of tests/tuner/conftest.py are reused as is.
+for real with os.kill. Shared helpers; the session fixtures (local_ray, scenes, ...) come from tests/conftest.py.
 
 Every process a test starts carries LUNARTUNE_FAULT_MARK=<unique> in its environment (Ray's raylet and
 workers inherit it from the driver), so teardown stops exactly those, by pid, whatever session Ray put
@@ -9,7 +9,6 @@ them in; never `ray stop` (it would stop other people's clusters on a shared mac
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -27,11 +26,6 @@ sys.path.insert(0, str(TESTS / "tuner"))  # _procs, test_cluster, test_mlflow_se
 
 from _procs import MARK, free_port, marked_pids, session_members, terminate_session  # noqa: E402,F401
 
-_spec = importlib.util.spec_from_file_location("tuner_conftest", TESTS / "tuner" / "conftest.py")
-_tuner_conftest = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_tuner_conftest)
-local_ray, scenes, tiny_space, run_paths = (_tuner_conftest.local_ray, _tuner_conftest.scenes,
-                                            _tuner_conftest.tiny_space, _tuner_conftest.run_paths)
 
 # The hand-built U-Net, wide enough that an epoch takes a second or more on 2 busy cores: a kill after an
 # epoch's report lands in the middle of the next epoch.

@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Ray per test session (never a cluster someone else started)."""
+"""Fixtures shared by every test folder: one local Ray per test session (never a cluster someone else
+started), generated scenes, a tiny search space, a run directory."""
 from __future__ import annotations
 
 import pytest
