@@ -20,7 +20,7 @@ from tuner import tracking
 from tuner.sweep import SweepConfig, run_sweep
 
 REPO = Path(__file__).resolve().parents[2]
-SAMPLES = 4
+SAMPLES = 8  # enough that the sweep cannot finish between "2 trials done" and the SIGINT landing
 RAY_EXIT_S = 30  # after the CLI exits, its Ray (gcs_server, raylet, workers, agents) must be gone by then
 
 
