@@ -9,7 +9,8 @@ twice, side by side: on `synth.generate(style="realistic")` scenes and on the fl
 Each model is then scored with `tuner.evaluate.evaluate_model` (the code of `lunartune evaluate`) on the
 real renders and real photos of ../shared/data/kaggle-eval-small and kaggle-fullsize-eval, and on its own
 generator's validation split (in-domain). Prints a per-class table (realistic | simple | gain), writes
-<out>/sim2real.json and <out>/sim2real_scenes.png (real renders beside generated scenes of both styles).
+<out>/sim2real.json, <out>/sim2real_scenes.png (real renders beside generated scenes of both styles) and,
+per style, <out>/<style>/confusion_*.png and worst_*.png (the worst predictions on each real set).
 The real data is only ever evaluated on, never trained on.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ from models import ConfigError, ModelConfig, TrainConfig, build, validate_image_
 from models.losses import make_loss  # noqa: E402
 from models.training import evaluate, make_optimizer, resolve_device, seed_everything, train_one_epoch  # noqa: E402
 from tuner.cli import _size  # noqa: E402  (the CLI's own N / HxW parser)
-from tuner.evaluate import evaluate_model, find_eval_sets, write_json_atomic  # noqa: E402
+from tuner.evaluate import KEEP_WORST, evaluate_model, find_eval_sets, write_figures, write_json_atomic  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -80,11 +81,15 @@ def real_eval_sets(data: Path) -> dict:
     return sets
 
 
-def score(model, size: tuple[int, int], eval_sets: dict, device) -> dict:
+def score(model, size: tuple[int, int], eval_sets: dict, device, figures: Path, label: str) -> dict:
+    """Metrics per evaluation set; confusion matrices and worst predictions go to `figures` (look at them)."""
     info = {"classes": dp.class_table(), "image_size": list(size),
             "normalization": {"mean": dp.IMAGENET_MEAN, "std": dp.IMAGENET_STD}}
-    scores = evaluate_model(model, info, eval_sets, device)
-    return {name: {"images": s.images, **s.metrics} for name, s in scores.items()}
+    scores = evaluate_model(model, info, eval_sets, device, keep_worst=KEEP_WORST)
+    figures.mkdir(parents=True, exist_ok=True)
+    write_figures({name.replace("/", "-"): s for name, s in scores.items()}, figures, label)
+    return {name: {"images": s.images, **s.metrics, "worst": [item.name for item in s.worst]}
+            for name, s in scores.items()}
 
 
 def clean(value):
@@ -94,11 +99,13 @@ def clean(value):
 def format_table(results: dict) -> str:
     """One block per evaluation set: metric | realistic | simple | gain (realistic - simple)."""
     lines = []
-    for name in results["realistic"]["scores"]:
-        lines.append(f"\n{name} ({results['realistic']['scores'][name]['images']} images)")
+    styles = [s for s in STYLES if s in results]
+    first = results[styles[0]]["scores"]
+    for name in first:
+        lines.append(f"\n{name} ({first[name]['images']} images)")
         lines.append(f"  {'metric':<16}{'realistic':>11}{'simple':>11}{'gain':>9}")
         for key in TABLE_METRICS:
-            a, b = (results[s]["scores"][name][key] for s in STYLES)
+            a, b = (results[s]["scores"][name][key] if s in results else None for s in STYLES)
             gain = a - b if a is not None and b is not None else None
             lines.append(f"  {key:<16}" + "".join("         -" if v is None else f"{v:>11.4f}" for v in (a, b))
                          + ("        -" if gain is None else f"{gain:>+9.4f}"))
@@ -145,10 +152,11 @@ def run(args) -> dict:
                            "threads": torch.get_num_threads()}}
     with tempfile.TemporaryDirectory(prefix="sim2real-") as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
-        for style in STYLES:
+        for style in args.styles:
             model, val, seconds = train_on(style, args.scenes, args.epochs, args.size, workdir, device)
             scores = {"synthetic-val": val}
-            scores.update(score(model, args.size, eval_sets, device))
+            scores.update(score(model, args.size, eval_sets, device, Path(args.out) / style,
+                                f"trained on {args.scenes} {style} scenes"))
             results[style] = {"train_seconds": round(seconds, 1),
                               "scores": {n: {k: clean(v) for k, v in m.items()} for n, m in scores.items()}}
     out = Path(args.out)
@@ -166,12 +174,17 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(RESULTS), help="folder for sim2real.json and sim2real_scenes.png")
     parser.add_argument("--data", default=str(SHARED_DATA), help=f"folder holding {' and '.join(EVAL_FOLDERS)}")
     parser.add_argument("--workdir", default=None, help="keep the generated scenes here (default: a temp folder)")
+    parser.add_argument("--styles", type=lambda v: v.split(","), default=list(STYLES),
+                        help="comma-separated generator styles to train (default: realistic,simple side by side)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
     try:  # arguments first, then the data: a bad flag is reported wherever the data is
         validate_image_size(recipe(args.epochs)[0], args.size)
     except ConfigError as err:
         parser.error(f"--size: {err}")
+    unknown = [s for s in args.styles if s not in STYLES]
+    if unknown:
+        parser.error(f"--styles: unknown {', '.join(unknown)}; expected some of {', '.join(STYLES)}")
     missing = [f for f in EVAL_FOLDERS if not (Path(args.data) / f).is_dir()]
     if missing:
         parser.error(f"{args.data}: lacks {', '.join(missing)} (the shared real data; see --data)")

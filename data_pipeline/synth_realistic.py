@@ -7,10 +7,10 @@ roll or slope); rows above it are sky, and it may lie above the frame (looking d
 Every ground pixel is therefore mapped back to a ground coordinate, and textures are sampled there, so
 regolith detail, craters and rocks shrink and crowd with distance as in a real perspective view.
 
-Lighting: one low sun (4-40 degrees elevation) with no atmosphere, so unlit faces and cast shadows are
+Lighting: one low sun (6-46 degrees elevation) with no atmosphere, so unlit faces and cast shadows are
 nearly black. Labels follow the Kaggle convention observed in its masks: a rock is "large" by its
 physical size (so distant large rocks near the horizon are blue although small on screen), and rocks
-smaller than a few pixels on screen stay unlabelled (ground), like the pebbles in the real renders.
+smaller than a few pixels on screen are left to the regolith texture (synth_rocks.py says why).
 """
 from __future__ import annotations
 
@@ -83,10 +83,10 @@ def sample_view(rng: np.random.Generator, height: int, width: int) -> View:
 
 def sample_horizon(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Per-column horizon row: base level, tilt, a large hill and fractal skyline roughness."""
-    if rng.random() < 0.12:  # camera pitched down a slope: the horizon lies above the frame
+    if rng.random() < 0.25:  # camera pitched down (most Chang'e-3 photos) or down a slope: the horizon lies above the frame
         base = -rng.uniform(0.05, 0.8) * height
     else:
-        base = rng.beta(2.0, 6.0) * height  # ~19 % sky on average, as in the Kaggle masks
+        base = rng.beta(1.8, 7.0) * height  # ~19 % sky on average, as in the Kaggle masks
     x = np.linspace(-0.5, 0.5, width, dtype=np.float32)
     tilt = rng.normal(0, 0.12) * height * x
     hill_centre, hill_width = rng.uniform(-0.6, 0.6), rng.uniform(0.2, 1.2)
@@ -138,7 +138,7 @@ def coarse_terms(rng: np.random.Generator, view: View):
     depth = view.depth(rows, cols)
     lateral = view.lateral(cols, depth)
     slope = np.zeros((2, small_h, small_w), dtype=np.float32)
-    roughness = rng.uniform(0.3, 1.1)
+    roughness = rng.uniform(0.05, 0.4)
     for tile_m, amplitude in ((0.8, 0.1), (3.0, 0.07), (14.0, 0.1), (60.0, 0.14)):
         texture = terrain_texture(rng)
         lookup = sample_bilinear(texture, *texel_coords(rng, lateral, depth, tile_m))
@@ -155,7 +155,7 @@ def regolith_albedo(rng: np.random.Generator, lateral: np.ndarray, depth: np.nda
     """Patchy albedo: darker and brighter regolith at two scales."""
     texture = fractal_texture(rng, TEXTURE_SIZE, 3.0)
     albedo = np.ones_like(depth)
-    for tile_m, contrast in ((8.0, rng.uniform(0.03, 0.12)), (50.0, rng.uniform(0.03, 0.15))):
+    for tile_m, contrast in ((8.0, rng.uniform(0.02, 0.08)), (50.0, rng.uniform(0.02, 0.1))):
         albedo += contrast * sample_bilinear(texture, *texel_coords(rng, lateral, depth, tile_m))
     return np.clip(albedo, 0.5, 1.5)
 
@@ -195,7 +195,7 @@ def fine_terms(rng: np.random.Generator, view: View, depth, lateral) -> np.ndarr
     texture = slopes(fractal_texture(rng, TEXTURE_SIZE, 2.0))
     texture = texture / texture.std()
     grain = np.zeros(depth.shape + (2,), dtype=np.float32)
-    for tile_m, amplitude in ((0.15, 0.3),):
+    for tile_m, amplitude in ((0.15, 0.15),):
         weight = np.maximum(mip_weight(tile_m / TEXTURE_SIZE, depth, view), 0.3) * amplitude
         grain += sample_nearest(texture, *texel_coords(rng, lateral, depth, tile_m)) * weight[..., None]
     return grain
@@ -207,7 +207,7 @@ def finish(rng: np.random.Generator, radiance: np.ndarray, sky: np.ndarray, px_s
     """Exposure, gamma, sky, sensor noise, colour tint and lens blur -> HxWx3 uint8."""
     ground = radiance[~sky]
     reference = float(np.percentile(ground[:: max(ground.size // 4000, 1)], 60)) if ground.size else 1.0
-    image = radiance * (rng.uniform(0.35, 0.62) / max(reference, 1e-6))
+    image = radiance * (rng.uniform(0.45, 0.7) / max(reference, 1e-6))
     image = soft_clip(image) ** rng.uniform(0.8, 1.3)
     image[sky] = rng.uniform(0.0, 0.03)
     image += rng.standard_normal(image.shape, dtype=np.float32) * rng.uniform(0.002, 0.025)

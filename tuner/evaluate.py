@@ -179,7 +179,9 @@ def plot_worst(score, title: str, path: Path) -> None:
 
     from data_pipeline import class_table, encode_mask
 
-    rows = max(len(score.worst), 1)
+    if not score.worst:  # a blank figure would look like "nothing went wrong"
+        raise ValueError(f"{path.name}: no predictions kept to show; score with evaluate_model(..., keep_worst=N)")
+    rows = len(score.worst)
     fig, axes = plt.subplots(rows, 3, figsize=(10, 2.6 * rows + 0.8), squeeze=False)
     for row, item in enumerate(score.worst):
         for col, (label, picture) in enumerate((("image", item.image), ("truth", encode_mask(item.mask)),
@@ -204,7 +206,7 @@ def write_figures(scores: dict, out: Path, label: str) -> list[Path]:
 
     written = []
     for group, score in scores.items():
-        title = f"{label}: {group} ({score.images} images, mIoU {score.metrics['miou']:.3f})"
+        title = f"{label}\n{group} ({score.images} images, mIoU {score.metrics['miou']:.3f})"
         plot_confusion(score, CLASS_NAMES, title, out / f"confusion_{group}.png")
         plot_worst(score, f"worst {group} predictions - {label}", out / f"worst_{group}.png")
         written += [out / f"confusion_{group}.png", out / f"worst_{group}.png"]

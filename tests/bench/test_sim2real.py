@@ -33,12 +33,25 @@ def test_tiny_sim2real_writes_the_table_json_and_grid(tmp_path, capsys):
         assert set(scores) == expected
         assert scores["kaggle-eval-small/renders"]["images"] == 40 and scores["kaggle-eval-small/photos"]["images"] == 28
         assert 0 <= scores["kaggle-eval-small/renders"]["pixel_acc"] <= 1
+        assert len(scores["kaggle-eval-small/renders"]["worst"]) == 4, "the worst figures show real predictions"
     assert results["recipe"]["backbone"] == "vgg11" and results["recipe"]["dropout"] == 0.1
     assert results["recipe"]["image_size"] == [64, 96] and results["recipe"]["scenes"] == 16
     table = capsys.readouterr().out
     assert "kaggle-fullsize-eval/photos (1 images)" in table and "iou_small_rocks" in table and "gain" in table
     with Image.open(tmp_path / "sim2real_scenes.png") as grid:
         assert grid.width > 400 and grid.height > 600
+    for style in ("realistic", "simple"):  # what each model got wrong on the real data, to look at
+        for kind in ("confusion", "worst"):
+            with Image.open(tmp_path / style / f"{kind}_kaggle-eval-small-photos.png") as figure:
+                assert figure.width > 300
+
+
+def test_an_unknown_style_is_refused_before_any_work(tmp_path, capsys):
+    bench = load_bench()
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--styles", "realistic,photoreal", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "--styles: unknown photoreal" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_size_the_encoder_cannot_take_is_refused_before_any_work(tmp_path, capsys):

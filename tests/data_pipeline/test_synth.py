@@ -104,10 +104,12 @@ def class_shares(style: str, scenes: int = 30) -> np.ndarray:
 
 @pytest.mark.parametrize("style", STYLES)
 def test_class_balance_is_close_to_the_real_set(style: str):
+    """Real masks: sky 19 %, small rocks 2.8 %, large 2.3 %. Rocks may be up to ~4x as common (more rock
+    pixels for a short training run to learn from), never a rarity nor the majority."""
     ground, sky, small, large = class_shares(style)
     assert 0.08 <= sky <= 0.35, f"sky {sky:.3f}"
-    assert 0.005 <= small <= 0.08, f"small rocks {small:.3f}"
-    assert 0.005 <= large <= 0.08, f"large rocks {large:.3f}"
+    assert 0.005 <= small <= 0.11, f"small rocks {small:.3f}"
+    assert 0.005 <= large <= 0.09, f"large rocks {large:.3f}"
     assert ground > 0.5, f"ground {ground:.3f}"
 
 

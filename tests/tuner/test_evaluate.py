@@ -10,7 +10,7 @@ from PIL import Image
 
 from tests.tuner.test_model_spec import make_checkpoint
 from tuner.cli import main
-from tuner.evaluate import evaluate_model
+from tuner.evaluate import evaluate_model, write_figures
 from tuner.settings import RunPaths
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -120,6 +120,18 @@ def test_evaluate_model_scores_any_named_groups(checkpoint, data):
     assert list(scores) == ["test"] and scores["test"].images == 1
     assert scores["test"].matrix.sum(axis=1).tolist() == np.bincount(truth["0002"].ravel(), minlength=4).tolist()
     assert scores["test"].worst[0].name == "0002" and scores["test"].worst[0].prediction.shape == (64, 96)
+
+
+def test_figures_of_a_score_without_kept_predictions_are_refused(checkpoint, data, tmp_path):
+    """A worst-predictions figure with nothing in it would read as "nothing went wrong"."""
+    from data_pipeline import load_eval_set
+    from models.checkpoint import model_from_checkpoint
+
+    root, _ = data
+    model, info = model_from_checkpoint(checkpoint)
+    scores = evaluate_model(model, info, {"test": load_eval_set(root, "render", "ground", frames=["0002"])}, "cpu")
+    with pytest.raises(ValueError, match="worst_test.png: no predictions kept"):
+        write_figures(scores, tmp_path, "label")
 
 
 def test_out_gets_a_confusion_matrix_and_worst_predictions_per_group(checkpoint, data, tmp_path):

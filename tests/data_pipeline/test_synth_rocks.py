@@ -1,0 +1,89 @@
+"""The realistic generator's rocks: polyhedral geometry, and label statistics matched to the real masks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from data_pipeline.classes import decode_mask
+from data_pipeline.synth import render_scene
+from data_pipeline.synth_rocks import BOX, polyhedron_hit, random_polyhedra
+
+REAL_CLEAN = Path(__file__).resolve().parents[2].parent / "shared/data/kaggle-eval-small/images/clean"
+BOX_ONLY = np.concatenate([np.concatenate([np.eye(3), -np.eye(3)]), np.ones((6, 1))], -1).astype(np.float32)
+
+
+def grid(n: int = 101):
+    u, w = np.meshgrid(np.linspace(-1.5, 1.5, n), np.linspace(-1.5, 1.5, n))
+    return u.astype(np.float32), w.astype(np.float32)
+
+
+def test_a_cube_seen_head_on_is_a_square_showing_its_front_face():
+    u, w = grid()
+    inside, normal = polyhedron_hit(BOX_ONLY, u, w, depression=0.0)
+    assert inside.mean() == pytest.approx((2 / 3) ** 2, abs=0.02)  # [-1, 1]^2 of [-1.5, 1.5]^2
+    assert np.allclose(normal[inside], [0, 0, -1])  # the face towards the camera (camera looks along +z)
+
+
+def test_a_cube_seen_from_above_shows_its_top_face_in_the_upper_part():
+    u, w = grid()
+    inside, normal = polyhedron_hit(BOX_ONLY, u, w, depression=np.radians(40))
+    top = inside & np.all(np.isclose(normal, [0, 1, 0]), axis=-1)
+    front = inside & np.all(np.isclose(normal, [0, 0, -1]), axis=-1)
+    assert top.any() and front.any()
+    assert w[top].mean() > w[front].mean()  # the top face lies above the front face on screen
+    assert (top | front).sum() == inside.sum()  # no other face of a cube is visible from there
+
+
+def test_random_rocks_are_bounded_angular_and_lit_by_unit_normals():
+    planes = random_polyhedra(np.random.default_rng(0), 20)
+    u, w = grid(81)
+    for rock in planes:
+        inside, normal = polyhedron_hit(rock, u, w, depression=np.radians(20))
+        assert inside.mean() > 0.02, "every rock is visible"
+        assert np.abs(u[inside]).max() <= BOX, "no rock reaches beyond its bounding box"
+        assert not inside[:, 0].any() and not inside[0].any(), "the window's edge stays outside"
+        assert np.allclose(np.linalg.norm(normal, axis=-1), 1, atol=1e-5)
+        faces = {tuple(np.round(n, 4)) for n in normal[inside]}
+        assert len(faces) >= 3, "a polyhedral rock shows several flat faces"
+
+
+def components(mask: np.ndarray, cls: int) -> tuple[np.ndarray, np.ndarray]:
+    """(areas as a fraction of the frame, rows below the horizon as a fraction of the height)."""
+    labels, n = ndimage.label(mask == cls)
+    if n == 0:
+        return np.zeros(0), np.zeros(0)
+    index = np.arange(1, n + 1)
+    areas = ndimage.sum_labels(np.ones_like(labels), labels, index) / mask.size
+    rows, cols = np.array(ndimage.center_of_mass(np.ones_like(labels), labels, index)).T
+    sky = mask == 1
+    horizon = np.array([np.argmax(~sky[:, int(c)]) for c in cols])
+    return areas, (rows - horizon) / mask.shape[0]
+
+
+def label_stats(masks) -> dict:
+    small = [components(m, 2) for m in masks]
+    areas = np.concatenate([a for a, _ in small])
+    near_horizon = np.concatenate([d for _, d in small]) < 0.1
+    large = np.concatenate([components(m, 3)[0] for m in masks])
+    return {"small_per_frame": len(areas) / len(masks), "small_median_area": float(np.median(areas)),
+            "small_near_horizon": float(near_horizon.mean()), "large_median_area": float(np.median(large))}
+
+
+@pytest.mark.skipif(not REAL_CLEAN.is_dir(), reason=f"the real masks are not here ({REAL_CLEAN}; ../shared absent)")
+def test_rock_labels_look_like_the_real_masks():
+    """Generated rock labels: as big, and as rare near the horizon, as in the 40 real clean masks."""
+    real_paths = sorted(REAL_CLEAN.glob("clean*.png"))
+    real = [decode_mask(np.asarray(Image.open(p).convert("RGB")), "clean", name=str(p)) for p in real_paths]
+    height, width = real[0].shape
+    generated = [render_scene(0, i, (height, width)).mask for i in range(1, 41)]
+    ours, theirs = label_stats(generated), label_stats(real)
+    for key in ("small_median_area", "large_median_area"):
+        assert theirs[key] / 1.6 < ours[key] < theirs[key] * 1.6, f"{key}: ours {ours[key]:.5f}, real {theirs[key]:.5f}"
+    # denser than the real set on purpose (more rock pixels to learn from), but the same order
+    assert theirs["small_per_frame"] / 2 < ours["small_per_frame"] < theirs["small_per_frame"] * 3, (ours, theirs)
+    # small rocks are labelled only near the camera: few lie just below the horizon
+    assert ours["small_near_horizon"] < 0.1, (ours, theirs)
