@@ -46,17 +46,13 @@ def test_tiny_sim2real_writes_the_table_json_and_grid(tmp_path, capsys):
                 assert figure.width > 300
 
 
-def test_an_unknown_style_is_refused_before_any_work(tmp_path, capsys):
+@pytest.mark.parametrize("args, message", [
+    (["--styles", "realistic,photoreal"], "--styles: unknown photoreal"),
+    (["--size", "60x90"], "multiples of 32"),  # a size the encoder cannot take
+])
+def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys, args, message):
     bench = load_bench()
     with pytest.raises(SystemExit) as exit_info:
-        bench.main(["--styles", "realistic,photoreal", "--out", str(tmp_path)])
-    assert exit_info.value.code == 2 and "--styles: unknown photoreal" in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())
-
-
-def test_a_size_the_encoder_cannot_take_is_refused_before_any_work(tmp_path, capsys):
-    bench = load_bench()
-    with pytest.raises(SystemExit) as exit_info:
-        bench.main(["--size", "60x90", "--out", str(tmp_path)])
-    assert exit_info.value.code == 2 and "multiples of 32" in capsys.readouterr().err
+        bench.main([*args, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
