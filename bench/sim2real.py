@@ -1,7 +1,8 @@
 """Sim-to-real: what the realism of our scene generator buys on the real data set.
 
-    python bench/sim2real.py                                  # the recipe below, ~20 min on 2 cores
+    python bench/sim2real.py                                  # the recipe below, ~15 min on 2 cores
     python bench/sim2real.py --scenes 16 --epochs 1 --size 64x96 --out /tmp/s2r   # plumbing check
+    python bench/sim2real.py --styles realistic --seed 1 --out /tmp/s2r-1      # one style, another seed
 
 One fixed recipe - smp U-Net VGG11, no pretrained weights, dropout 0.1, AdamW lr 1e-3, batch 8, cross-entropy,
 6 epochs, 400 scenes generated at the data set's 720x480 and resized to 128x192 (its 2:3 aspect) - is trained
@@ -42,24 +43,25 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 EVAL_FOLDERS = ("kaggle-eval-small", "kaggle-fullsize-eval")
 STYLES = ("realistic", "simple")
 SCENE_SIZE = (480, 720)  # (H, W) scenes are generated at: the real renders' own size
-SEED = 0  # scenes, split, initial weights and batch order: both styles get the same ones
+SEED = 0  # default --seed: scenes, split, initial weights and batch order; both styles get the same ones
 SHOWN = 4  # scenes per row of sim2real_scenes.png
 TABLE_METRICS = ("iou_ground", "iou_sky", "iou_small_rocks", "iou_large_rocks", "miou", "rock_miou", "pixel_acc")
 
 
-def recipe(epochs: int) -> tuple[ModelConfig, TrainConfig]:
+def recipe(epochs: int, seed: int = SEED) -> tuple[ModelConfig, TrainConfig]:
     model = ModelConfig(backbone="vgg11", arch="unet", encoder_weights="none", dropout=0.1)
-    train = TrainConfig(epochs=epochs, batch_size=8, lr=1e-3, optimizer="adamw", loss="ce", seed=SEED)
+    train = TrainConfig(epochs=epochs, batch_size=8, lr=1e-3, optimizer="adamw", loss="ce", seed=seed)
     return model, train
 
 
-def train_on(style: str, scenes: int, epochs: int, size: tuple[int, int], workdir: Path, device) -> tuple:
+def train_on(style: str, scenes: int, epochs: int, size: tuple[int, int], workdir: Path, device,
+             seed: int = SEED) -> tuple:
     """(model, metrics on the generator's own val split, seconds) for one generator style."""
-    root = generate(workdir / f"{style}-{scenes}", scenes, SEED, size=SCENE_SIZE, style=style, progress=False)
-    loaders = dp.make_loaders(dp.DataConfig(root=str(root), image_size=size, batch_size=8, seed=SEED,
+    root = generate(workdir / f"{style}-{scenes}-seed{seed}", scenes, seed, size=SCENE_SIZE, style=style, progress=False)
+    loaders = dp.make_loaders(dp.DataConfig(root=str(root), image_size=size, batch_size=8, seed=seed,
                                             progress=False))
-    model_cfg, train_cfg = recipe(epochs)
-    seed_everything(SEED)
+    model_cfg, train_cfg = recipe(epochs, seed)
+    seed_everything(seed)
     model = build(model_cfg).to(device)
     loss_fn, optimizer = make_loss(train_cfg), make_optimizer(model, train_cfg)
     start = time.perf_counter()
@@ -112,7 +114,7 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def scene_grid(eval_sets: dict, size: tuple[int, int], path: Path) -> Path:
+def scene_grid(eval_sets: dict, size: tuple[int, int], path: Path, seed: int = SEED) -> Path:
     """Rows: real renders, generated realistic, generated simple (image above its mask), SHOWN columns."""
     import matplotlib
 
@@ -123,7 +125,7 @@ def scene_grid(eval_sets: dict, size: tuple[int, int], path: Path) -> Path:
     picks = np.linspace(0, len(real) - 1, SHOWN).astype(int)
     rows = {"real render": [(real[int(i)].image, real[int(i)].mask) for i in picks]}
     for style in STYLES:
-        scenes = [render_scene(SEED, i + 1, SCENE_SIZE, style) for i in range(SHOWN)]
+        scenes = [render_scene(seed, i + 1, SCENE_SIZE, style) for i in range(SHOWN)]
         rows[f"generated {style}"] = [(s.image, s.mask) for s in scenes]
     fig, axes = plt.subplots(2 * len(rows), SHOWN, figsize=(3 * SHOWN, 2.1 * 2 * len(rows)), squeeze=False)
     for r, (label, pairs) in enumerate(rows.items()):
@@ -146,14 +148,14 @@ def scene_grid(eval_sets: dict, size: tuple[int, int], path: Path) -> Path:
 def run(args) -> dict:
     device = resolve_device(args.device)
     eval_sets = real_eval_sets(Path(args.data))
-    results = {"recipe": {**recipe(args.epochs)[0].to_dict(), **recipe(args.epochs)[1].to_dict(),
+    results = {"recipe": {**recipe(args.epochs, args.seed)[0].to_dict(), **recipe(args.epochs, args.seed)[1].to_dict(),
                           "scenes": args.scenes, "image_size": list(args.size), "scene_size": list(SCENE_SIZE)},
                "machine": {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
                            "threads": torch.get_num_threads()}}
     with tempfile.TemporaryDirectory(prefix="sim2real-") as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
         for style in args.styles:
-            model, val, seconds = train_on(style, args.scenes, args.epochs, args.size, workdir, device)
+            model, val, seconds = train_on(style, args.scenes, args.epochs, args.size, workdir, device, args.seed)
             scores = {"synthetic-val": val}
             scores.update(score(model, args.size, eval_sets, device, Path(args.out) / style,
                                 f"trained on {args.scenes} {style} scenes"))
@@ -162,7 +164,7 @@ def run(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "sim2real.json", results)
-    scene_grid(eval_sets, args.size, out / "sim2real_scenes.png")
+    scene_grid(eval_sets, args.size, out / "sim2real_scenes.png", args.seed)
     return results
 
 
@@ -176,6 +178,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default=None, help="keep the generated scenes here (default: a temp folder)")
     parser.add_argument("--styles", type=lambda v: v.split(","), default=list(STYLES),
                         help="comma-separated generator styles to train (default: realistic,simple side by side)")
+    parser.add_argument("--seed", type=int, default=SEED,
+                        help="scenes, split, initial weights and batch order: rerun with others to see the spread")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
     try:  # arguments first, then the data: a bad flag is reported wherever the data is

@@ -24,7 +24,7 @@ def load_bench():
                     reason=f"{SHARED_DATA} absent (the shared real data sits beside the repo as ../shared)")
 def test_tiny_sim2real_writes_the_table_json_and_grid(tmp_path, capsys):
     bench = load_bench()
-    assert bench.main(["--scenes", "16", "--epochs", "1", "--size", "64x96", "--out", str(tmp_path)]) == 0
+    assert bench.main(["--scenes", "16", "--epochs", "1", "--size", "64x96", "--seed", "3", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "sim2real.json").read_text())
     expected = {"synthetic-val", "kaggle-eval-small/renders", "kaggle-eval-small/photos",
                 "kaggle-fullsize-eval/renders", "kaggle-fullsize-eval/photos"}
@@ -35,7 +35,7 @@ def test_tiny_sim2real_writes_the_table_json_and_grid(tmp_path, capsys):
         assert 0 <= scores["kaggle-eval-small/renders"]["pixel_acc"] <= 1
         assert len(scores["kaggle-eval-small/renders"]["worst"]) == 4, "the worst figures show real predictions"
     assert results["recipe"]["backbone"] == "vgg11" and results["recipe"]["dropout"] == 0.1
-    assert results["recipe"]["image_size"] == [64, 96] and results["recipe"]["scenes"] == 16
+    assert results["recipe"]["image_size"] == [64, 96] and results["recipe"]["scenes"] == 16 and results["recipe"]["seed"] == 3
     table = capsys.readouterr().out
     assert "kaggle-fullsize-eval/photos (1 images)" in table and "iou_small_rocks" in table and "gain" in table
     with Image.open(tmp_path / "sim2real_scenes.png") as grid:
