@@ -206,7 +206,8 @@ def latest_parent_run(uri: str, experiment_id: str):
 
 def child_runs(uri: str, experiment_id: str, parent_run_id: str, *, backbone: str | None = None,
                order_by_metric: str | None = None, max_results: int = 1000) -> list:
-    """Trial runs of one sweep, optionally of one backbone, best first by `order_by_metric` (higher = better).
+    """Trial runs of one sweep, optionally of one backbone, highest first by the last value logged of
+    `order_by_metric` (MLflow sorts by a metric's latest value; promote ranks by each run's best epoch).
 
     Runs without the metric (errored before the first epoch) come last.
     """

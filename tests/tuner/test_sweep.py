@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 from models.checkpoint import load_checkpoint
 from tuner import tracking
 from tuner.cli import CliError, build_parser
+from tuner.promote import best_of_history
 from tuner.settings import RunPaths
 from tuner.sweep import SweepConfig, run_sweep, sweep_config_from_args
 
@@ -88,11 +89,31 @@ def test_diverged_trial_ends_as_diverged_not_as_a_crash(local_ray, scenes, tmp_p
     assert trial.state == TrialState.PRUNED and trial.user_attrs["lunartune_status"] == "diverged"
 
 
+def test_asha_stops_a_trial_that_trails_the_rung(local_ray, scenes, tmp_path, run_paths):
+    """One trial at a time: the second (lr 1e-9, learns nothing) reaches the first rung behind the first
+    (lr 1e-3), so ASHA (reduction factor 2, grace 1 epoch) stops it there; the first runs to max_epochs."""
+    space = tmp_path / "asha.yaml"
+    space.write_text("params:\n  lr: {low: 1.0e-9, high: 1.0e-3, log: true}\n"
+                     "fixed: {backbone: unet_scratch, optimizer: adam, scratch_width: 8, scratch_depth: 3}\n"
+                     "points_to_evaluate:\n  - {lr: 1.0e-3}\n  - {lr: 1.0e-9}\n")
+    result = run_sweep(_cfg(str(space), scenes, samples=2, concurrency=1, experiment="asha"), run_paths)
+    assert result.statuses == {"completed": 1, "pruned": 1}
+    epochs = {}
+    for run in _children(run_paths, result):
+        history = tracking.client(run_paths.tracking_uri).get_metric_history(run.info.run_id, "val_miou")
+        epochs[(float(run.data.params["lr"]), run.data.tags[tracking.STATUS_TAG])] = len(history)
+    assert epochs == {(1e-3, "completed"): 2, (1e-9, "pruned"): 1}
+    states = {t.params["lr"]: t.state for t in _study(run_paths, "asha").trials}
+    assert states == {1e-3: TrialState.COMPLETE, 1e-9: TrialState.PRUNED}
+
+
 @pytest.mark.slow
 def test_smoke_sweep_end_to_end(local_ray, scenes, tmp_path, run_paths):
     result = run_sweep(_cfg("smoke", scenes, experiment="e2e"), run_paths)
     assert not result.interrupted and sum(result.statuses.values()) == 6
-    assert result.statuses.get("pruned", 0) >= 1, f"ASHA should stop some trials: {result.statuses}"
+    # which trials ASHA stops depends on the data and on which of two parallel trials reports first:
+    # test_asha_stops_a_trial_that_trails_the_rung pins that down
+    assert set(result.statuses) <= {"completed", "pruned"}, result.statuses
 
     parent = tracking.client(run_paths.tracking_uri).get_run(result.parent_run_id)
     assert parent.data.params["space_file"].endswith("smoke.yaml") and parent.data.params["seed"] == "0"
@@ -114,12 +135,12 @@ def test_smoke_sweep_end_to_end(local_ray, scenes, tmp_path, run_paths):
     assert by_status == result.statuses
 
     states = [t.state for t in _study(run_paths, "e2e").trials]
-    assert states.count(TrialState.PRUNED) == by_status["pruned"]
-    assert states.count(TrialState.COMPLETE) == by_status["completed"]
+    assert states.count(TrialState.PRUNED) == by_status.get("pruned", 0)
+    assert states.count(TrialState.COMPLETE) == by_status.get("completed", 0)
 
-    # the best trial is the same in Ray's results and in MLflow
-    best_in_mlflow = tracking.child_runs(run_paths.tracking_uri, result.experiment_id, result.parent_run_id,
-                                         order_by_metric="val_miou")[0]
+    # the best trial is the same in Ray's results and in MLflow, by each trial's best epoch (as promote picks)
+    client = tracking.client(run_paths.tracking_uri)
+    best_in_mlflow = max(children, key=lambda run: best_of_history(client, run.info.run_id, "val_miou")[0])
     assert best_in_mlflow.info.run_id == result.best_run_id
     history = tracking.client(run_paths.tracking_uri).get_metric_history(result.best_run_id, "val_miou")
     assert max(m.value for m in history) == pytest.approx(result.best_metrics["val_miou"])

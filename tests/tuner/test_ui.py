@@ -288,6 +288,11 @@ def test_no_free_port_is_a_clear_error_and_starts_nothing(store):
     assert not list(store["paths"].root.glob(f"mlflow-ui-{first}*.log"))
 
 
+def _default_stop_signals() -> None:
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(("signum", "exit_code"), [
     (signal.SIGINT, 0), pytest.param(signal.SIGHUP, 128 + signal.SIGHUP, marks=pytest.mark.slow)],
                          ids=["ctrl-c", "ssh-hangup"])
@@ -300,9 +305,11 @@ def test_stopping_leaves_no_server_behind(store, signum, exit_code):
         build_optuna_study(store["paths"])
     command = [sys.executable, "-m", "tuner.cli", "--run-dir", str(root), "ui", "--experiment", EXPERIMENT,
                "--port", str(_ephemeral_port()), *optuna]
-    # SIGINT back to its default: pytest itself may run in the background, where shells ignore it.
+    # SIGINT and SIGHUP back to their defaults, as in a terminal: pytest itself may run in the background
+    # (shells ignore SIGINT there) or under nohup (SIGHUP ignored), and `ui` keeps an ignored signal ignored.
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                               start_new_session=True, preexec_fn=_default_stop_signals)
+    groups = []
     try:
         out = _read_until(process, "Ctrl-C stops", timeout_s=120)
         groups = [os.getpgid(pid) for pid in _children(process.pid)]
@@ -310,6 +317,11 @@ def test_stopping_leaves_no_server_behind(store, signum, exit_code):
         assert all(len(_group_members(g)) >= 1 for g in groups)
         os.killpg(process.pid, signum)
         assert process.wait(timeout=60) == exit_code
+    except BaseException:  # a failed check must not leave its servers running into the next tests
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+        raise
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
