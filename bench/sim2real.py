@@ -148,8 +148,9 @@ def scene_grid(eval_sets: dict, size: tuple[int, int], path: Path, seed: int = S
 def run(args) -> dict:
     device = resolve_device(args.device)
     eval_sets = real_eval_sets(Path(args.data))
-    results = {"recipe": {**recipe(args.epochs, args.seed)[0].to_dict(), **recipe(args.epochs, args.seed)[1].to_dict(),
-                          "scenes": args.scenes, "image_size": list(args.size), "scene_size": list(SCENE_SIZE)},
+    model_cfg, train_cfg = recipe(args.epochs, args.seed)
+    results = {"recipe": {**model_cfg.to_dict(), **train_cfg.to_dict(), "scenes": args.scenes,
+                          "image_size": list(args.size), "scene_size": list(SCENE_SIZE)},
                "machine": {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
                            "threads": torch.get_num_threads()}}
     with tempfile.TemporaryDirectory(prefix="sim2real-") as tmp:
