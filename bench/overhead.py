@@ -69,7 +69,8 @@ def bare_trial(config: dict, setup) -> float:
     scheduler = make_scheduler(optimizer, train_cfg, steps_per_epoch=len(loaders.train))
     start = time.perf_counter()
     for epoch in range(1, train_cfg.epochs + 1):
-        train_one_epoch(model, loaders.train, optimizer, loss_fn, device, scheduler, epoch=epoch)
+        train_one_epoch(model, loaders.train, optimizer, loss_fn, device, scheduler, epoch=epoch,
+                        bn_batches=train_cfg.bn_recalibration_batches)
         evaluate(model, loaders.val, device, loss_fn, data_pipeline.CLASS_NAMES, data_pipeline.ROCK_CLASS_IDS)
     return time.perf_counter() - start
 

@@ -66,7 +66,8 @@ def train_on(style: str, scenes: int, epochs: int, size: tuple[int, int], workdi
     loss_fn, optimizer = make_loss(train_cfg), make_optimizer(model, train_cfg)
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
-        stats = train_one_epoch(model, loaders.train, optimizer, loss_fn, device, epoch=epoch)
+        stats = train_one_epoch(model, loaders.train, optimizer, loss_fn, device, epoch=epoch,
+                                bn_batches=train_cfg.bn_recalibration_batches)
         print(f"  {style}: epoch {epoch}/{epochs} loss {stats['loss']:.4f} ({stats['seconds']:.0f} s)", file=sys.stderr)
     seconds = time.perf_counter() - start
     val = evaluate(model, loaders.val, device, loss_fn, dp.CLASS_NAMES, dp.ROCK_CLASS_IDS)

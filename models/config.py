@@ -39,6 +39,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision, used on CUDA only
     channels_last: bool = True  # memory format, used on CUDA only
+    bn_recalibration_batches: int = 50  # after each epoch, BatchNorm statistics recomputed over this many train batches (0 = off)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +71,8 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
         ("loss", cfg.loss in LOSSES, f"one of {', '.join(LOSSES)}"),
         ("focal_gamma", cfg.focal_gamma >= 0, "a value >= 0"),
         ("lr_schedule", cfg.lr_schedule in LR_SCHEDULES, f"one of {', '.join(LR_SCHEDULES)}"),
+        ("bn_recalibration_batches", isinstance(cfg.bn_recalibration_batches, int)
+         and cfg.bn_recalibration_batches >= 0, "an integer >= 0 (0 = off)"),
     ]
     for name, ok, expected in checks:
         if not ok:

@@ -101,6 +101,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--loss", default="ce", help="ce | weighted_ce | dice | ce_dice | focal")
     p.add_argument("--lr-schedule", default="none", choices=["none", "cosine", "onecycle"])
+    p.add_argument("--bn-recalibration-batches", type=int, default=50,
+                   help="after each epoch, recompute BatchNorm statistics over this many train batches (0 = off)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="checkpoint folder (default <run-dir>/train/<backbone>)")

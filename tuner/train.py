@@ -55,7 +55,8 @@ def configs_from_args(args, paths: RunPaths) -> TrainJob:
                         dropout=args.dropout)
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                         momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay,
-                        loss=args.loss, lr_schedule=args.lr_schedule, seed=args.seed, device=args.device)
+                        loss=args.loss, lr_schedule=args.lr_schedule, seed=args.seed, device=args.device,
+                        bn_recalibration_batches=args.bn_recalibration_batches)
     try:
         model = validate(model)  # resolves aliases, so the checkpoint records the registry name
         validate_train(train)
@@ -137,7 +138,7 @@ def run(job: TrainJob) -> dict:
     checkpoint = job.out / BEST_CHECKPOINT
     for epoch in range(1, job.train.epochs + 1):
         train = train_one_epoch(model, loaders.train, optimizer, loss_fn, device, scheduler, progress=True,
-                                epoch=epoch, **extras)
+                                epoch=epoch, bn_batches=job.train.bn_recalibration_batches, **extras)
         val = evaluate(model, loaders.val, device, loss_fn, names, rocks, **extras)
         improved = is_better(val["miou"], best)
         print(epoch_line(epoch, job.train.epochs, train, val, improved), file=sys.stderr, flush=True)

@@ -77,7 +77,8 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     for epoch in range(epoch + 1, train_cfg.epochs + 1):
         loaders.train.sampler.set_epoch(epoch - 1)  # a resumed trial sees the batches it would have seen
         try:
-            train = train_one_epoch(model, loaders.train, optimizer, loss_fn, device, scheduler, epoch=epoch, **extras)
+            train = train_one_epoch(model, loaders.train, optimizer, loss_fn, device, scheduler, epoch=epoch,
+                                    bn_batches=train_cfg.bn_recalibration_batches, **extras)
         except DivergedError:
             # the worst score, flagged: the searcher tells Optuna PRUNED, the callback tags "diverged"
             run.log({}, epoch)  # opens the run if MLflow was away until now

@@ -49,7 +49,8 @@ def test_scratch_unet_rejects_pretrained_weights():
 
 
 @pytest.mark.parametrize("field, value", [("lr", 0.0), ("lr", -1e-3), ("epochs", 0), ("optimizer", "lion"),
-                                          ("loss", "lovasz"), ("lr_schedule", "step"), ("momentum", 1.0)])
+                                          ("loss", "lovasz"), ("lr_schedule", "step"), ("momentum", 1.0),
+                                          ("bn_recalibration_batches", -1), ("bn_recalibration_batches", 2.5)])
 def test_bad_train_config_names_the_field(field, value):
     with pytest.raises(ConfigError, match=f"TrainConfig.{field}"):
         validate_train(TrainConfig(**{field: value}))
