@@ -3,7 +3,9 @@
 Rocks are scattered uniformly over the ground area in view with power-law sizes, so distant rocks
 are smaller and denser on screen. A rock is a random convex polyhedron (a box cut by random planes),
 seen from the camera's height so near rocks show their tops: a polygonal outline with flat, angular
-faces, as in the Kaggle renders, cut at the ground-contact line (partly buried). Labelling follows the
+faces, as in the Kaggle renders, cut at the ground-contact line (partly buried). Boulders (the large
+rocks) are rounder (many shallow cuts), taller and mostly lighter, and come as near as 2.5 m, as in the
+renders: that look is what tells the two classes apart there. Labelling follows the
 Kaggle masks: "large" by physical radius; small rocks only near the camera and only from a few pixels
 on screen. Rocks below that label size are not drawn at all (the regolith texture stands for them):
 look-alike unlabelled pebbles halved what the sim2real recipe learned of small rocks (README).
@@ -30,11 +32,14 @@ SMALL_ROCK_FAR_M = 10.0  # small rocks are labelled (and drawn) only this near: 
 MIN_ROCK_RADIUS_M = 0.03  # smallest rock scattered
 MAX_ROCK_RADIUS_M = 1.8
 ROCK_FAR_M = 90.0  # no rocks are scattered beyond this depth
-BOULDER_NEAR_M = 5.0  # no boulder right in front of the camera: one rarely fills a real render
+BOULDER_NEAR_M = 2.5  # boulders from this depth: a near one can fill a third of a real render
 BOULDER_FAR_M = 30.0  # boulders (large rocks) stay within this depth
 BOULDERS_PER_SCENE = 12.0  # median of the expected count (before culling the ones out of view)
-FACETS = 16  # random plane cuts per labelled rock: its faces and polygonal outline
+FACETS = 16  # random plane cuts per small rock: its faces and polygonal outline
 CUT_DEPTH = (0.6, 1.0)  # distance of a cut from the rock's centre
+BOULDER_FACETS = 48  # boulders in the renders are rounded, not angular: many shallow cuts
+BOULDER_CUT_DEPTH = (0.85, 1.0)
+BOULDER_ALBEDO = (1.0, 1.35)  # and mostly lighter than the regolith and the small rocks
 BOX = 1.2  # the bounding box's faces: rarely cut deeper than the random ones
 BOUNCE = (0.05, 0.2)  # light on faces turned from the sun, reflected off the sunlit regolith
 
@@ -99,10 +104,12 @@ def shape_rocks(rng, view: View, x, z, radius, radius_px) -> Rocks:
     n = len(z)
     col, row = view.project(x, z)
     rx = radius_px * rng.uniform(0.8, 1.35, n)
-    ry_top = radius_px * rng.uniform(0.5, 1.0, n)
+    boulder = radius >= LARGE_ROCK_RADIUS_M
+    ry_top = radius_px * np.where(boulder, rng.uniform(0.75, 1.15, n), rng.uniform(0.5, 1.0, n))  # boulders stand tall
     ry_bottom = np.maximum(rx * view.cam_height / z * rng.uniform(0.7, 1.1, n), 0.6)
     # some sites have rocks darker than their regolith (the renders), some brighter (Chang'e-3)
     albedo = rng.uniform(0.8, 1.2) * rng.uniform(0.85, 1.15, n)
+    albedo = np.where(boulder, albedo * rng.uniform(*BOULDER_ALBEDO, n), albedo)
     return Rocks(x, z, radius, radius_px, col, row, rx, ry_top, ry_bottom, albedo)
 
 
@@ -124,9 +131,12 @@ def draw(rng: np.random.Generator, view: View, radiance, mask, instances) -> Non
     shadow_level = rng.uniform(0.03, 0.2)  # no atmosphere: shadows are lit only by the regolith
     grain = slopes(fractal_texture(rng, 128, 2.2))
     grain = grain / grain.std()
-    polyhedra = random_polyhedra(rng, len(rocks.z))
-    bounce = rng.uniform(*BOUNCE)
     large = rocks.radius >= LARGE_ROCK_RADIUS_M
+    polyhedra = list(random_polyhedra(rng, len(rocks.z)))
+    boulders = random_polyhedra(rng, int(large.sum()), BOULDER_FACETS, BOULDER_CUT_DEPTH)
+    for i, planes in zip(np.flatnonzero(large), boulders):
+        polyhedra[i] = planes
+    bounce = rng.uniform(*BOUNCE)
     for i in range(len(rocks.z)):
         cast_shadow(view, rocks, i, shadow_level, radiance)
         window, inside, shade = rock_pixels(view, rocks, i, polyhedra[i], grain, bounce)
@@ -137,15 +147,17 @@ def draw(rng: np.random.Generator, view: View, radiance, mask, instances) -> Non
 
 # ---------------------------------------------------------------- shape and shading of one rock
 
-def random_polyhedra(rng: np.random.Generator, count: int) -> np.ndarray:
-    """(count, FACETS + 6, 4) planes (normal x, y, z, offset): each rock is the convex polyhedron
+def random_polyhedra(rng: np.random.Generator, count: int, facets: int = FACETS,
+                     cut_depth: tuple[float, float] = CUT_DEPTH) -> np.ndarray:
+    """(count, facets + 6, 4) planes (normal x, y, z, offset): each rock is the convex polyhedron
     inside all of its planes, so its outline is a polygon and its faces are flat, as in the renders.
 
-    Random cuts give the angular faces; six box faces at distance 1 keep every rock bounded.
+    Random cuts give the faces (deep ones: angular; many shallow ones: rounded); six box faces at
+    distance BOX keep every rock bounded.
     """
-    normals = rng.standard_normal((count, FACETS, 3))
+    normals = rng.standard_normal((count, facets, 3))
     normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
-    cuts = np.concatenate([normals, rng.uniform(*CUT_DEPTH, (count, FACETS, 1))], axis=-1)
+    cuts = np.concatenate([normals, rng.uniform(*cut_depth, (count, facets, 1))], axis=-1)
     box = np.concatenate([np.concatenate([np.eye(3), -np.eye(3)]), np.full((6, 1), BOX)], axis=-1)
     return np.concatenate([cuts, np.broadcast_to(box, (count, 6, 4))], axis=1).astype(np.float32)
 

@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from data_pipeline.classes import decode_mask
 from data_pipeline.synth import render_scene
-from data_pipeline.synth_rocks import BOX, polyhedron_hit, random_polyhedra
+from data_pipeline.synth_rocks import BOULDER_CUT_DEPTH, BOULDER_FACETS, BOX, polyhedron_hit, random_polyhedra
 
 REAL_CLEAN = Path(__file__).resolve().parents[2].parent / "shared/data/kaggle-eval-small/images/clean"
 BOX_ONLY = np.concatenate([np.concatenate([np.eye(3), -np.eye(3)]), np.ones((6, 1))], -1).astype(np.float32)
@@ -51,6 +51,26 @@ def test_random_rocks_are_bounded_angular_and_lit_by_unit_normals():
         assert len(faces) >= 3, "a polyhedral rock shows several flat faces"
 
 
+def roundness(planes: np.ndarray) -> float:
+    """Median over rocks of the outline's nearest / farthest distance from its centroid (a disc: 1)."""
+    u, w = grid(161)
+    ratios = []
+    for rock in planes:
+        inside, _ = polyhedron_hit(rock, u, w, depression=np.radians(20))
+        edge = inside & ~ndimage.binary_erosion(inside)
+        distance = np.hypot(u[edge] - u[inside].mean(), w[edge] - w[inside].mean())
+        ratios.append(distance.min() / distance.max())
+    return float(np.median(ratios))
+
+
+def test_boulders_are_rounder_than_small_rocks():
+    """Many shallow cuts make the rounded boulders of the renders; a few deep ones, angular small rocks."""
+    rng = np.random.default_rng(0)
+    boulders, small = roundness(random_polyhedra(rng, 20, BOULDER_FACETS, BOULDER_CUT_DEPTH)), \
+        roundness(random_polyhedra(rng, 20))
+    assert boulders > small + 0.05, (boulders, small)  # measured: 0.71 vs 0.61 (means)
+
+
 def components(mask: np.ndarray, cls: int) -> tuple[np.ndarray, np.ndarray]:
     """(areas as a fraction of the frame, rows below the horizon as a fraction of the height)."""
     labels, n = ndimage.label(mask == cls)
@@ -81,8 +101,12 @@ def test_rock_labels_look_like_the_real_masks():
     height, width = real[0].shape
     generated = [render_scene(0, i, (height, width)).mask for i in range(1, 41)]
     ours, theirs = label_stats(generated), label_stats(real)
-    for key in ("small_median_area", "large_median_area"):
-        assert theirs[key] / 1.6 < ours[key] < theirs[key] * 1.6, f"{key}: ours {ours[key]:.5f}, real {theirs[key]:.5f}"
+    key = "small_median_area"
+    assert theirs[key] / 1.6 < ours[key] < theirs[key] * 1.6, f"{key}: ours {ours[key]:.5f}, real {theirs[key]:.5f}"
+    # boulders are bigger on screen on purpose (they come nearer and stand taller): measured ~2x the real
+    # median, which took bench/sim2real.py's real-render large-rock IoU from 0.045 to 0.10 (README)
+    key = "large_median_area"
+    assert theirs[key] / 1.6 < ours[key] < theirs[key] * 3, f"{key}: ours {ours[key]:.5f}, real {theirs[key]:.5f}"
     # denser than the real set on purpose (more rock pixels to learn from), but the same order
     assert theirs["small_per_frame"] / 2 < ours["small_per_frame"] < theirs["small_per_frame"] * 3, (ours, theirs)
     # small rocks are labelled only near the camera: few lie just below the horizon
