@@ -5,6 +5,7 @@ from flags in one function too. Nothing below reads the environment.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, field
 
 
@@ -71,7 +72,7 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
         ("loss", cfg.loss in LOSSES, f"one of {', '.join(LOSSES)}"),
         ("focal_gamma", cfg.focal_gamma >= 0, "a value >= 0"),
         ("lr_schedule", cfg.lr_schedule in LR_SCHEDULES, f"one of {', '.join(LR_SCHEDULES)}"),
-        ("bn_recalibration_batches", isinstance(cfg.bn_recalibration_batches, int)
+        ("bn_recalibration_batches", isinstance(cfg.bn_recalibration_batches, numbers.Integral)  # numpy ints too
          and cfg.bn_recalibration_batches >= 0, "an integer >= 0 (0 = off)"),
     ]
     for name, ok, expected in checks:

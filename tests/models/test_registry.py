@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -54,6 +55,11 @@ def test_scratch_unet_rejects_pretrained_weights():
 def test_bad_train_config_names_the_field(field, value):
     with pytest.raises(ConfigError, match=f"TrainConfig.{field}"):
         validate_train(TrainConfig(**{field: value}))
+
+
+def test_integer_fields_accept_numpy_integers():
+    """Search spaces may hand numpy integers over (Optuna/Ray samplers)."""
+    assert validate_train(TrainConfig(bn_recalibration_batches=np.int64(3))).bn_recalibration_batches == 3
 
 
 def test_image_size_must_fit_the_model():

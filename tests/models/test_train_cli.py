@@ -43,3 +43,20 @@ def test_divergence_is_a_clear_message_and_exit_code_1(run_dir, capsys):
     err = capsys.readouterr().err
     assert code == 1, err
     assert "training diverged" in err and "status: diverged" in err and "Traceback" not in err
+
+
+def _batches_tracked(checkpoint) -> set[int]:
+    model, _ = model_from_checkpoint(checkpoint)
+    return {int(m.num_batches_tracked) for m in model.modules() if hasattr(m, "num_batches_tracked")}
+
+
+def test_bn_recalibration_flag_reaches_the_saved_checkpoint(run_dir, tmp_path, capsys):
+    """The saved BatchNorm statistics come from the recalibration pass (2 batches), or, with 0, from the
+    training steps (every batch of the epoch: more than 2 here)."""
+    args = ["train", "--run-dir", str(run_dir), *COMMON, "--backbone", "unet_scratch", "--epochs", "1"]
+    assert main([*args, "--out", str(tmp_path / "two"), "--bn-recalibration-batches", "2"]) == 0
+    assert _batches_tracked(json.loads(capsys.readouterr().out)["checkpoint"]) == {2}
+    assert main([*args, "--out", str(tmp_path / "off"), "--bn-recalibration-batches", "0"]) == 0
+    assert min(_batches_tracked(json.loads(capsys.readouterr().out)["checkpoint"])) > 2
+    assert main([*args, "--bn-recalibration-batches", "-1"]) == 1
+    assert "TrainConfig.bn_recalibration_batches" in capsys.readouterr().err
