@@ -8,7 +8,7 @@ rocks) are rounder (many shallow cuts), taller and mostly lighter, and come as n
 renders: that look is what tells the two classes apart there. Labelling follows the
 Kaggle masks: "large" by physical radius; small rocks only near the camera and only from a few pixels
 on screen. Rocks below that label size are not drawn at all (the regolith texture stands for them):
-look-alike unlabelled pebbles halved what the sim2real recipe learned of small rocks (README).
+look-alike unlabelled pebbles stopped the sim2real recipe from learning small rocks (README).
 Rocks are drawn one by one, far to near, each casting its shadow first.
 """
 from __future__ import annotations
@@ -24,14 +24,18 @@ if TYPE_CHECKING:
     from data_pipeline.synth_realistic import View
 
 GROUND, SKY, SMALL_ROCK, LARGE_ROCK = 0, 1, 2, 3
-LABEL_MIN_RADIUS_PX = 14.0  # smaller rocks on screen (at 720 px width) are unlabelled, not drawn: the Kaggle
+LABEL_MIN_RADIUS_PX = 16.0  # smaller rocks on screen (at 720 px width) are unlabelled, not drawn: the Kaggle
 # masks label few, blob-sized small rocks (median ~0.2 % of the frame, ~8 per frame), not specks
 LARGE_ROCK_RADIUS_M = 0.5  # physical radius from which a rock counts as "large"
 SMALL_ROCK_FAR_M = 10.0  # small rocks are labelled (and drawn) only this near: in the real masks they
 # vanish with distance (2 of 348 lie near the horizon) while large rocks are labelled to the horizon
-MIN_ROCK_RADIUS_M = 0.03  # smallest rock scattered
+MIN_ROCK_RADIUS_M = 0.03  # smallest field rock scattered
+FIELD_DENSITY = 25.0  # median field rocks >= MIN_ROCK_RADIUS_M per m^2 (some fields rockier): ~1.5x the
+# real masks' labelled small rocks per frame, more to learn from in a short training run
+FIELD_ALPHA = (2.5, 3.5)  # cumulative size distribution N(>r) ~ r^-alpha: steep, so labelled small rocks have
+# the real masks' sizes on screen (median and 90th percentile area); a shallower law made a tail of near
+# rocks 4x too big that held most of the small-rock pixels
 MAX_ROCK_RADIUS_M = 1.8
-ROCK_FAR_M = 90.0  # no rocks are scattered beyond this depth
 BOULDER_NEAR_M = 2.5  # boulders from this depth: a near one can fill a third of a real render
 BOULDER_FAR_M = 30.0  # boulders (large rocks) stay within this depth
 BOULDERS_PER_SCENE = 12.0  # median of the expected count (before culling the ones out of view)
@@ -70,22 +74,27 @@ def scatter_rocks(rng: np.random.Generator, view: View) -> Rocks:
     """
     near = view.focal * view.cam_height / max(view.height - float(view.horizon.min()), 1.0)
     half_width = view.width / 2 / view.focal * 1.15  # lateral extent per metre of depth, with margin
-    density = np.exp(rng.normal(np.log(2.5), 0.6))  # field rocks >= 3 cm per m^2; some fields rockier
-    area = half_width * max(ROCK_FAR_M ** 2 - near ** 2, 0)
+    # field rocks are labelled only within SMALL_ROCK_FAR_M, so only that strip of ground gets them
+    density = np.exp(rng.normal(np.log(FIELD_DENSITY), 0.6))  # rocks >= MIN_ROCK_RADIUS_M per m^2
+    area = half_width * max(SMALL_ROCK_FAR_M ** 2 - near ** 2, 0)
     field_count = min(rng.poisson(density * area), 100_000)
-    alpha = rng.uniform(1.1, 1.7)  # cumulative size distribution N(>r) ~ r^-alpha
-    field = np.minimum(MIN_ROCK_RADIUS_M * rng.uniform(0, 1, field_count) ** (-1 / alpha),
-                       LARGE_ROCK_RADIUS_M * 0.999)
+    field = truncated_power_law(rng, rng.uniform(*FIELD_ALPHA), MIN_ROCK_RADIUS_M, LARGE_ROCK_RADIUS_M, field_count)
     boulder_count = rng.poisson(np.exp(rng.normal(np.log(BOULDERS_PER_SCENE), 0.7)))
     boulders = LARGE_ROCK_RADIUS_M * (MAX_ROCK_RADIUS_M / LARGE_ROCK_RADIUS_M) ** rng.uniform(
         0, 1, boulder_count) ** 1.5  # log-uniform, skewed towards the small end
-    x, z = ground_positions(rng, near, ROCK_FAR_M, half_width, field_count)
+    x, z = ground_positions(rng, near, SMALL_ROCK_FAR_M, half_width, field_count)
     bx, bz = ground_positions(rng, max(near, BOULDER_NEAR_M), BOULDER_FAR_M, half_width, boulder_count)
     x, z, radius = np.concatenate([x, bx]), np.concatenate([z, bz]), np.concatenate([field, boulders])
     radius_px = view.focal * radius / z
     keep = labelled(view, radius, z, radius_px)
     x, z, radius, radius_px = x[keep], z[keep], radius[keep], radius_px[keep]
     return cull_and_sort(view, shape_rocks(rng, view, x, z, radius, radius_px))
+
+
+def truncated_power_law(rng, alpha: float, low: float, high: float, count: int) -> np.ndarray:
+    """Radii in [low, high) with N(>r) ~ r^-alpha (inverse-CDF sampling: no pile-up at the cap)."""
+    tail = 1 - (low / high) ** alpha
+    return low * (1 - rng.uniform(0, 1, count) * tail) ** (-1 / alpha)
 
 
 def labelled(view: View, radius, z, radius_px) -> np.ndarray:

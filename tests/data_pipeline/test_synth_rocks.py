@@ -10,7 +10,8 @@ from scipy import ndimage
 
 from data_pipeline.classes import decode_mask
 from data_pipeline.synth import render_scene
-from data_pipeline.synth_rocks import BOULDER_CUT_DEPTH, BOULDER_FACETS, BOX, polyhedron_hit, random_polyhedra
+from data_pipeline.synth_rocks import (BOULDER_CUT_DEPTH, BOULDER_FACETS, BOX, polyhedron_hit, random_polyhedra,
+                                       truncated_power_law)
 
 REAL_CLEAN = Path(__file__).resolve().parents[2].parent / "shared/data/kaggle-eval-small/images/clean"
 BOX_ONLY = np.concatenate([np.concatenate([np.eye(3), -np.eye(3)]), np.ones((6, 1))], -1).astype(np.float32)
@@ -71,6 +72,18 @@ def test_boulders_are_rounder_than_small_rocks():
     assert boulders > small + 0.05, (boulders, small)  # measured: 0.71 vs 0.61 (means)
 
 
+def test_field_rock_radii_follow_a_power_law_up_to_the_large_rock_size():
+    low, high, alpha = 0.03, 0.5, 3.0
+    radii = truncated_power_law(np.random.default_rng(0), alpha, low, high, 200_000)
+    assert radii.min() >= low and radii.max() < high
+    cut = (low / high) ** alpha
+    for k in (1.5, 2.0, 4.0):  # N(>r) ~ r^-alpha, renormalised to the [low, high) range
+        expected = ((k ** -alpha) - cut) / (1 - cut)
+        assert (radii > low * k).mean() == pytest.approx(expected, rel=0.05), k
+    # truncated, not clamped: clamping would pile every rock above the cap up just below it
+    assert (radii > 0.98 * high).mean() < 1e-4
+
+
 def components(mask: np.ndarray, cls: int) -> tuple[np.ndarray, np.ndarray]:
     """(areas as a fraction of the frame, rows below the horizon as a fraction of the height)."""
     labels, n = ndimage.label(mask == cls)
@@ -90,6 +103,7 @@ def label_stats(masks) -> dict:
     near_horizon = np.concatenate([d for _, d in small]) < 0.1
     large = np.concatenate([components(m, 3)[0] for m in masks])
     return {"small_per_frame": len(areas) / len(masks), "small_median_area": float(np.median(areas)),
+            "small_p90_area": float(np.percentile(areas, 90)),
             "small_near_horizon": float(near_horizon.mean()), "large_median_area": float(np.median(large))}
 
 
@@ -101,13 +115,14 @@ def test_rock_labels_look_like_the_real_masks():
     height, width = real[0].shape
     generated = [render_scene(0, i, (height, width)).mask for i in range(1, 41)]
     ours, theirs = label_stats(generated), label_stats(real)
-    key = "small_median_area"
-    assert theirs[key] / 1.6 < ours[key] < theirs[key] * 1.6, f"{key}: ours {ours[key]:.5f}, real {theirs[key]:.5f}"
-    # boulders are bigger on screen on purpose (they come nearer and stand taller): measured ~2x the real
-    # median, which took bench/sim2real.py's real-render large-rock IoU from 0.045 to 0.10 (README)
+    for key in ("small_median_area", "small_p90_area"):  # measured: 0.00214 / 0.00641 vs real 0.00213 / 0.00649
+        assert theirs[key] / 1.4 < ours[key] < theirs[key] * 1.4, f"{key}: ours {ours[key]:.5f}, real {theirs[key]:.5f}"
+    # boulders are bigger on screen on purpose (they come nearer and stand taller): measured ~2.3x the real
+    # median. Boulders sized like the real ones were not learned at all by bench/sim2real.py's 6-epoch recipe
+    # (large-rock IoU 0.00, even on its own val scenes); these reach 0.13 on the real renders (README)
     key = "large_median_area"
     assert theirs[key] / 1.6 < ours[key] < theirs[key] * 3, f"{key}: ours {ours[key]:.5f}, real {theirs[key]:.5f}"
-    # denser than the real set on purpose (more rock pixels to learn from), but the same order
-    assert theirs["small_per_frame"] / 2 < ours["small_per_frame"] < theirs["small_per_frame"] * 3, (ours, theirs)
+    # denser than the real set on purpose (measured 13.5 vs 8.7 per frame: more rocks to learn from), same order
+    assert theirs["small_per_frame"] < ours["small_per_frame"] < theirs["small_per_frame"] * 2.5, (ours, theirs)
     # small rocks are labelled only near the camera: few lie just below the horizon
     assert ours["small_near_horizon"] < 0.1, (ours, theirs)
