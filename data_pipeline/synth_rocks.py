@@ -258,6 +258,8 @@ def cast_shadow(view: View, rocks: Rocks, i: int, level: float, radiance: np.nda
     across = np.abs(rel_x * direction[1] - rel_z * direction[0])
     taper = radius * (1 - 0.5 * along / max(length, 1e-6))
     in_strip = (along >= 0) & (along <= length) & (across <= taper)
-    footprint = rel_x * rel_x + rel_z * rel_z <= radius * radius
+    # the ground under the rock, on its shadow side only: the sunward half is lit (a sun behind the
+    # camera would otherwise put a dark ring in front of every rock)
+    footprint = (rel_x * rel_x + rel_z * rel_z <= radius * radius) & (along >= 0)
     on_ground = rows + 0.5 > view.horizon[cols]
     radiance[window][(in_strip | footprint) & on_ground] *= level

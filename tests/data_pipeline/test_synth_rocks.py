@@ -10,8 +10,9 @@ from scipy import ndimage
 
 from data_pipeline.classes import decode_mask
 from data_pipeline.synth import render_scene
-from data_pipeline.synth_rocks import (BOULDER_CUT_DEPTH, BOULDER_FACETS, BOX, polyhedron_hit, random_polyhedra,
-                                       truncated_power_law)
+from data_pipeline.synth_realistic import View
+from data_pipeline.synth_rocks import (BOULDER_CUT_DEPTH, BOULDER_FACETS, BOX, Rocks, cast_shadow, polyhedron_hit,
+                                       random_polyhedra, truncated_power_law)
 
 REAL_CLEAN = Path(__file__).resolve().parents[2].parent / "shared/data/kaggle-eval-small/images/clean"
 BOX_ONLY = np.concatenate([np.concatenate([np.eye(3), -np.eye(3)]), np.ones((6, 1))], -1).astype(np.float32)
@@ -126,3 +127,30 @@ def test_rock_labels_look_like_the_real_masks():
     assert theirs["small_per_frame"] < ours["small_per_frame"] < theirs["small_per_frame"] * 2.5, (ours, theirs)
     # small rocks are labelled only near the camera: few lie just below the horizon
     assert ours["small_near_horizon"] < 0.1, (ours, theirs)
+
+
+def one_rock_view(sun_azimuth_deg: float, sun_elevation_deg: float = 45.0):
+    """A 720x480 view with a flat horizon at row 100 and one 0.3 m rock 5 m ahead, centred."""
+    el, az = np.radians(sun_elevation_deg), np.radians(sun_azimuth_deg)
+    sun = (float(np.cos(el) * np.sin(az)), float(np.sin(el)), float(np.cos(el) * np.cos(az)))
+    view = View(480, 720, 600.0, 1.5, np.full(720, 100.0, np.float32), sun, 1.0)
+    x, z, radius = np.array([0.0]), np.array([5.0]), np.array([0.3])
+    col, row = view.project(x, z)
+    radius_px = view.focal * radius / z
+    rocks = Rocks(x, z, radius, radius_px, col, row, radius_px, radius_px * 0.7, radius_px * view.cam_height / z,
+                  np.ones(1))
+    return view, rocks
+
+
+@pytest.mark.parametrize("azimuth, darkened_in_front", [(180.0, False), (0.0, True)])
+def test_a_rock_shadows_the_ground_away_from_the_sun_only(azimuth: float, darkened_in_front: bool):
+    """Sun behind the camera: the shadow falls behind the rock and the ground in front of it stays lit
+    (no dark ring at its foot); sun ahead: the shadow falls towards the camera."""
+    view, rocks = one_rock_view(azimuth)
+    radiance = np.ones((view.height, view.width), np.float32)
+    cast_shadow(view, rocks, 0, 0.1, radiance)
+    col, row = int(rocks.col[0]), int(rocks.row[0])
+    in_front = radiance[row + 2: row + 12, col - 5: col + 5]  # just below the contact point on screen
+    behind = radiance[row - 12: row - 2, col - 5: col + 5]
+    assert (in_front < 1).any() == darkened_in_front, in_front.min()
+    assert (behind < 1).any() != darkened_in_front, behind.min()
