@@ -258,8 +258,9 @@ def cast_shadow(view: View, rocks: Rocks, i: int, level: float, radiance: np.nda
     across = np.abs(rel_x * direction[1] - rel_z * direction[0])
     taper = radius * (1 - 0.5 * along / max(length, 1e-6))
     in_strip = (along >= 0) & (along <= length) & (across <= taper)
-    # the ground under the rock, on its shadow side only: the sunward half is lit (a sun behind the
-    # camera would otherwise put a dark ring in front of every rock)
-    footprint = (rel_x * rel_x + rel_z * rel_z <= radius * radius) & (along >= 0)
+    # the whole footprint disc is darkened, so a rock lit from behind the camera gets a dark rim at its
+    # foot, like the contact shadows of the real renders; lighting its sunward half lowered the sim2real
+    # real-render mIoU on two seeds (0.533 -> 0.521, 0.528 -> 0.506; README)
+    footprint = rel_x * rel_x + rel_z * rel_z <= radius * radius
     on_ground = rows + 0.5 > view.horizon[cols]
     radiance[window][(in_strip | footprint) & on_ground] *= level
