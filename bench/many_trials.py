@@ -85,7 +85,7 @@ def main(argv=None) -> int:
             t1 = time.monotonic()
             results = tuner.fit()
             t_fit = time.monotonic() - t1
-            incomplete = sweep.sync_to_mlflow(results, target, args.epochs, interrupted=False)
+            incomplete = sweep.sync_to_mlflow(results, target, args.epochs, cfg.objective, interrupted=False)
         finally:
             ray.shutdown()
         children = tracking.child_runs(paths.tracking_uri, experiment_id, parent, max_results=10_000)

@@ -35,11 +35,12 @@ import search_spaces
 from data_pipeline import DataError
 from models import ConfigError, ModelConfig, TrainConfig, WeightsError, canonical_backbone
 from tuner import tracking
-from tuner.cli import EXIT_INTERRUPTED, CliError
+from tuner.cli import EXIT_INCOMPLETE, EXIT_INTERRUPTED, CliError
 from tuner.searcher import DIVERGED, PruningAwareOptunaSearch
 from tuner.settings import RunPaths
 from tuner.space import SpaceError, check_against_models, define_by_run, load_space
-from tuner.trainable import EPOCH, RUN_ID, TrialSetup, is_epoch_metric, train_trial
+from tuner.trainable import (EPOCH, RUN_ID, STATE_FILE, TrialSetup, is_epoch_metric, train_trial,
+                             upload_best_from_ray)
 from tuner.tracking import TrackingError
 from tuner.train import synthetic_root
 
@@ -163,7 +164,7 @@ def _run_locked(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
         results = _fit(cfg, paths, space, data_cfg, target, state["results_path"])
         result = _summarise(cfg, results, experiment_id, target, state["results_path"])
         interrupted = result.interrupted
-        incomplete = sync_to_mlflow(results, target, cfg.max_epochs, interrupted)
+        incomplete = sync_to_mlflow(results, target, cfg.max_epochs, cfg.objective, interrupted)
         if not interrupted:
             _fail_orphaned_study_trials(paths, cfg.experiment)
     finally:
@@ -388,14 +389,15 @@ def trial_status(last_result: dict | None, error, max_epochs: int) -> str:
     return "completed" if last_result[EPOCH] >= max_epochs else "pruned"
 
 
-def sync_to_mlflow(results, target, max_epochs: int, interrupted: bool) -> list[str]:
-    """Fill each trial's child run in from Ray's results (every reported epoch is there): the epochs MLflow
-    missed while it was away, the run itself if the trial never reached MLflow, the final status tag.
+def sync_to_mlflow(results, target, max_epochs: int, objective: str, interrupted: bool) -> list[str]:
+    """Fill each trial's child run in from Ray's results (every reported epoch and the best checkpoints are
+    there): the epochs MLflow missed while it was away, the run itself if the trial never reached MLflow,
+    the best checkpoint if its upload failed, the final status tag.
     Idempotent (steps already in MLflow are skipped); returns the trials MLflow still lacks."""
     incomplete = []
     for result in results:
         try:
-            _sync_trial(result, target, max_epochs, interrupted)
+            _sync_trial(result, target, max_epochs, objective, interrupted)
         except Exception as err:  # MLflow still away (or refuses): say which, keep going
             incomplete.append(f"{Path(result.path or '?').name} ({type(err).__name__}: {str(err)[:120]})")
     if incomplete:
@@ -405,7 +407,7 @@ def sync_to_mlflow(results, target, max_epochs: int, interrupted: bool) -> list[
     return incomplete
 
 
-def _sync_trial(result, target, max_epochs: int, interrupted: bool) -> None:
+def _sync_trial(result, target, max_epochs: int, objective: str, interrupted: bool) -> None:
     frame, last = result.metrics_dataframe, result.metrics or {}
     if frame is None or EPOCH not in frame or not last.get("trial_id"):
         return  # never reported an epoch: nothing to log
@@ -420,11 +422,26 @@ def _sync_trial(result, target, max_epochs: int, interrupted: bool) -> None:
         if pd.notna(row[EPOCH]) and int(row[EPOCH]) not in have:
             tracking.log_metrics(target.uri, run_id, {k: v for k, v in row.items()
                                                       if is_epoch_metric(k) and pd.notna(v)}, step=int(row[EPOCH]))
+    _sync_best_checkpoint(result, target.uri, run_id, objective)
     status = trial_status(last, result.error, max_epochs)
     if interrupted and status == "pruned" and _is_live(result):
         return  # paused by Ctrl-C: --resume continues it
     if tracking.client(target.uri).get_run(run_id).data.tags.get(tracking.STATUS_TAG) == tracking.RUNNING:
         tracking.finish_child_run(target.uri, run_id, status)
+
+
+def _sync_best_checkpoint(result, uri: str, run_id: str, objective: str) -> None:
+    """Upload the trial's best checkpoint from Ray's folder when MLflow's checkpoint/best.pt is missing or from
+    another epoch: MLflow was away when the trial tried. Best = the first epoch with the top score, as in the
+    trial; the sweep keeps it (CheckpointConfig scores by the objective), a folder that did not is left be."""
+    frame = result.metrics_dataframe
+    if frame is None or objective not in frame or frame[objective].isna().all():
+        return
+    best_epoch = int(frame.loc[frame[objective].idxmax(), EPOCH])  # idxmax: the first row with the maximum
+    kept = [c for c, metrics in result.best_checkpoints if metrics.get(EPOCH) == best_epoch]
+    if kept and tracking.best_checkpoint_epoch(uri, run_id) != best_epoch:
+        with kept[-1].as_directory() as folder:  # local, or downloaded from the cluster's storage
+            upload_best_from_ray(uri, run_id, Path(folder) / STATE_FILE, objective)
 
 
 def _fail_orphaned_study_trials(paths: RunPaths, experiment: str) -> None:
@@ -527,7 +544,7 @@ def main(args, paths: RunPaths) -> int:
         print(f"\nsweep interrupted; continue it with:\n  lunartune --run-dir {paths.root} tune "
               f"--experiment {cfg.experiment} --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return 0
+    return EXIT_INCOMPLETE if result.mlflow_incomplete else 0
 
 
 def run_sweep_cli_errors(cfg: SweepConfig, paths: RunPaths) -> SweepResult:

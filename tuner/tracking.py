@@ -13,7 +13,9 @@ Layout of what a sweep records (the names below are the contract `promote`, `rep
 """
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -178,6 +180,17 @@ def log_best_checkpoint(uri: str, run_id: str, checkpoint_file: Path, model_conf
         raise ValueError(f"{checkpoint_file}: the best checkpoint file must be named {Path(CHECKPOINT_ARTIFACT).name}")
     mlflow.log_artifact(run_id, str(checkpoint_file), artifact_dir)
     mlflow.log_dict(run_id, model_config, MODEL_CONFIG_ARTIFACT)
+
+
+def best_checkpoint_epoch(uri: str, run_id: str) -> int | None:
+    """The epoch of the run's checkpoint/best.pt as its model_config.json says; None if either is missing."""
+    mlflow = client(uri)
+    have = {a.path for a in mlflow.list_artifacts(run_id)} | {a.path for a in mlflow.list_artifacts(run_id, "checkpoint")}
+    if not {CHECKPOINT_ARTIFACT, MODEL_CONFIG_ARTIFACT} <= have:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        described = json.loads(Path(mlflow.download_artifacts(run_id, MODEL_CONFIG_ARTIFACT, folder)).read_text())
+    return described.get("epoch")
 
 
 # ---------------------------------------------------------------------------------------------

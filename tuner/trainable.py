@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow.fs
 import ray
+import torch
 from ray import tune
 
 import data_pipeline
@@ -206,13 +207,30 @@ def _save(path: Path, model, model_cfg, train_cfg, data_cfg, epoch, metrics, opt
 
 
 def _upload_best(folder: Path, model, model_cfg, train_cfg, data_cfg, epoch, metrics, state, setup) -> None:
-    best_dir = folder / "mlflow"  # not part of Ray's checkpoint contents once removed below
-    _save(best_dir / BEST_FILE, model, model_cfg, train_cfg, data_cfg, epoch, metrics, None, None, state)
-    described = {"model_config": model_cfg.to_dict(), "train_config": train_cfg.to_dict(),
-                 "image_size": list(data_cfg.image_size), "epoch": epoch, "classes": data_pipeline.class_table(),
-                 setup.objective: _objective(metrics, setup.objective), "manifest_hash": state["manifest_hash"]}
+    best_file = folder / "mlflow" / BEST_FILE  # not part of Ray's checkpoint contents once removed below
+    _save(best_file, model, model_cfg, train_cfg, data_cfg, epoch, metrics, None, None, state)
     try:
-        tracking.log_best_checkpoint(setup.tracking.uri, state["run_id"], best_dir / BEST_FILE, described)
+        upload_best(setup.tracking.uri, state["run_id"], best_file, setup.objective)
     finally:  # uploaded or not, it is no part of Ray's checkpoint
-        (best_dir / BEST_FILE).unlink()
-        best_dir.rmdir()
+        best_file.unlink()
+        best_file.parent.rmdir()
+
+
+def upload_best(uri: str, run_id: str, best_file: Path, objective: str) -> None:
+    """Upload a weights-only checkpoint as the run's checkpoint/best.pt, described in model_config.json."""
+    payload = load_checkpoint(best_file)
+    described = {"model_config": payload["model_config"], "train_config": payload["train_config"],
+                 "image_size": payload["image_size"], "epoch": payload["epoch"], "classes": payload["classes"],
+                 objective: _objective(payload["metrics"], objective),
+                 "manifest_hash": payload["extra"].get("manifest_hash")}
+    tracking.log_best_checkpoint(uri, run_id, best_file, described)
+
+
+def upload_best_from_ray(uri: str, run_id: str, state_file: Path, objective: str) -> None:
+    """Upload the weights of a Ray checkpoint's trial.pt as checkpoint/best.pt (the driver does this when
+    the trial's own upload failed while MLflow was away)."""
+    payload = load_checkpoint(state_file)
+    with tempfile.TemporaryDirectory() as folder:
+        best_file = Path(folder) / BEST_FILE
+        torch.save({**payload, "optimizer": None, "scheduler": None}, best_file)
+        upload_best(uri, run_id, best_file, objective)

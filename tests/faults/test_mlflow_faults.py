@@ -12,7 +12,9 @@ import pytest
 from _procs import free_port, terminate_session
 from fault_helpers import child_statuses, epoch_histories, trial_rows, tune_args, wait_exit, wait_for
 from test_mlflow_server import MLFLOW, _wait_healthy
+from models.checkpoint import load_checkpoint
 from tuner import tracking
+from tuner.cli import EXIT_INCOMPLETE
 
 EPOCHS = 6
 
@@ -56,6 +58,24 @@ def _assert_complete_in_mlflow(uri: str, run_dir: Path, epochs: int = EPOCHS) ->
     assert sorted(histories.values()) == [list(range(1, epochs + 1))] * 2, histories
     assert set(child_statuses(uri, "outage").values()) == {"completed"}
     assert all(any(f.glob("checkpoint_*/trial.pt")) for f in trial_rows(run_dir / "ray"))
+    _assert_best_checkpoints_in_mlflow(uri, run_dir, tmp=run_dir.parent / "downloaded")
+
+
+def _assert_best_checkpoints_in_mlflow(uri: str, run_dir: Path, tmp: Path) -> None:
+    """Each child run's checkpoint/best.pt holds its trial's best epoch in Ray's results, weights only: the
+    sync uploads it from Ray's checkpoint when the trial's own upload failed during the outage."""
+    mlflow = tracking.client(uri)
+    experiment = tracking.find_experiment(uri, "outage")
+    parent = tracking.latest_parent_run(uri, experiment.experiment_id)
+    run_of = {r.data.tags[tracking.TRIAL_ID_TAG]: r.info.run_id
+              for r in tracking.child_runs(uri, experiment.experiment_id, parent.info.run_id)}
+    for rows in trial_rows(run_dir / "ray").values():
+        scores = [row["val_miou"] for row in rows]
+        best_epoch = rows[scores.index(max(scores))]["epoch"]
+        run_id = run_of[rows[-1]["trial_id"]]
+        assert tracking.best_checkpoint_epoch(uri, run_id) == best_epoch, (run_id, scores)
+        best = load_checkpoint(mlflow.download_artifacts(run_id, tracking.CHECKPOINT_ARTIFACT, str(tmp / run_id)))
+        assert best["epoch"] == best_epoch and best["optimizer"] is None
 
 
 @pytest.mark.slow
@@ -77,7 +97,7 @@ def test_server_back_after_20_s_gets_every_epoch(sweeps, scenes, slow_space, tmp
 @pytest.mark.slow
 def test_server_gone_for_good_then_resume_fills_mlflow_in(sweeps, scenes, slow_space, tmp_path):
     uri, port, run_dir, proc = _start_and_kill_server(sweeps, tmp_path, slow_space, scenes)
-    assert wait_exit(proc, 400) == 0, proc.log.read_text()[-4000:]
+    assert wait_exit(proc, 400) == EXIT_INCOMPLETE, proc.log.read_text()[-4000:]
     log = proc.log.read_text()
     assert "is missing data for" in log and "--experiment outage --resume" in log, log[-3000:]
     assert all(len(rows) == EPOCHS for rows in trial_rows(run_dir / "ray").values())  # Ray has everything
