@@ -12,6 +12,9 @@ real renders and real photos of ../shared/data/kaggle-eval-small and kaggle-full
 generator's validation split (in-domain). Prints a per-class table (realistic | simple | gain), writes
 <out>/sim2real.json, <out>/sim2real_scenes.png (real renders beside generated scenes of both styles) and,
 per style, <out>/<style>/confusion_*.png and worst_*.png (the worst predictions on each real set).
+A second table gives, per real set, the rock recall by contrast with the surrounding ground
+(bench/rock_recall.py: does the model find real rocks by shape and shading, or only when they are brighter?);
+--save-models keeps each model as <out>/<style>/model.pt for `lunartune evaluate` or rock_recall.py.
 The real data is only ever evaluated on, never trained on.
 """
 from __future__ import annotations
@@ -28,10 +31,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import data_pipeline as dp  # noqa: E402
 from data_pipeline.synth import generate, render_scene  # noqa: E402
+import rock_recall  # noqa: E402  (bench/rock_recall.py, beside this file)
 from models import ConfigError, ModelConfig, TrainConfig, build, validate_image_size  # noqa: E402
+from models.checkpoint import save_checkpoint  # noqa: E402
 from models.losses import make_loss  # noqa: E402
 from models.training import evaluate, make_optimizer, resolve_device, seed_everything, train_one_epoch  # noqa: E402
 from tuner.cli import _size  # noqa: E402  (the CLI's own N / HxW parser)
@@ -91,12 +97,36 @@ def score(model, size: tuple[int, int], eval_sets: dict, device, figures: Path, 
     scores = evaluate_model(model, info, eval_sets, device, keep_worst=KEEP_WORST)
     figures.mkdir(parents=True, exist_ok=True)
     write_figures({name.replace("/", "-"): s for name, s in scores.items()}, figures, label)
-    return {name: {"images": s.images, **s.metrics, "worst": [item.name for item in s.worst]}
+    return {name: {"images": s.images, **s.metrics, "worst": [item.name for item in s.worst],
+                   "rock_recall": rock_recall.recall_by_contrast(eval_sets[name],
+                                                                 rock_recall.predict(model, eval_sets[name], info, device))}
             for name, s in scores.items()}
 
 
-def clean(value):
+def save_model(model, size: tuple[int, int], epochs: int, seed: int, val: dict, path: Path) -> Path:
+    """A lunartune checkpoint (`lunartune evaluate --model PATH`, `bench/rock_recall.py --model PATH`)."""
+    model_cfg, train_cfg = recipe(epochs, seed)
+    return save_checkpoint(path, model, model_cfg, train_cfg, classes=dp.class_table(), image_size=size,
+                           normalization={"mean": dp.IMAGENET_MEAN, "std": dp.IMAGENET_STD}, epoch=epochs,
+                           metrics={k: v for k, v in val.items() if isinstance(v, float)})
+
+
+def clean_all(value):
+    """NaN/inf -> None (JSON has neither), inside dicts too."""
+    if isinstance(value, dict):
+        return {k: clean_all(v) for k, v in value.items()}
     return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def format_recall(results: dict) -> str:
+    """Per real set: rock recall by contrast with the surrounding ground, the styles side by side."""
+    styles = [s for s in STYLES if s in results]
+    lines = ["\nrock recall by contrast with the ground around each real rock (bench/rock_recall.py)"]
+    for name, first in results[styles[0]]["scores"].items():
+        if "rock_recall" in first:
+            lines.append(f"\n{name}\n" + rock_recall.format_table(
+                {style: results[style]["scores"][name]["rock_recall"] for style in styles}))
+    return "\n".join(lines)
 
 
 def format_table(results: dict) -> str:
@@ -162,7 +192,9 @@ def run(args) -> dict:
             scores.update(score(model, args.size, eval_sets, device, Path(args.out) / style,
                                 f"trained on {args.scenes} {style} scenes"))
             results[style] = {"train_seconds": round(seconds, 1),
-                              "scores": {n: {k: clean(v) for k, v in m.items()} for n, m in scores.items()}}
+                              "scores": {n: {k: clean_all(v) for k, v in m.items()} for n, m in scores.items()}}
+            if args.save_models:
+                save_model(model, args.size, args.epochs, args.seed, val, Path(args.out) / style / "model.pt")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "sim2real.json", results)
@@ -183,6 +215,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=SEED,
                         help="scenes, split, initial weights and batch order: rerun with others to see the spread")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--save-models", action="store_true",
+                        help="also write <out>/<style>/model.pt (a lunartune checkpoint, ~70 MB each)")
     args = parser.parse_args(argv)
     try:  # arguments first, then the data: a bad flag is reported wherever the data is
         validate_image_size(recipe(args.epochs)[0], args.size)
@@ -196,6 +230,7 @@ def main(argv=None) -> int:
         parser.error(f"{args.data}: lacks {', '.join(missing)} (the shared real data; see --data)")
     results = run(args)
     print(format_table(results))
+    print(format_recall(results))
     print(f"\nwrote {Path(args.out) / 'sim2real.json'} and {Path(args.out) / 'sim2real_scenes.png'}", file=sys.stderr)
     return 0
 

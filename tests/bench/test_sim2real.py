@@ -12,11 +12,15 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("sim2real", REPO / "bench" / "sim2real.py")
+def load_bench_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_bench():
+    return load_bench_module("sim2real")
 
 
 @pytest.mark.slow  # trains two VGG11 U-Nets (tiny) and scores 78 real images each: ~2-3 min on 2 busy cores
@@ -24,7 +28,8 @@ def load_bench():
                     reason=f"{SHARED_DATA} absent (the shared real data sits beside the repo as ../shared)")
 def test_tiny_sim2real_writes_the_table_json_and_grid(tmp_path, capsys):
     bench = load_bench()
-    assert bench.main(["--scenes", "16", "--epochs", "1", "--size", "64x96", "--seed", "3", "--out", str(tmp_path)]) == 0
+    assert bench.main(["--scenes", "16", "--epochs", "1", "--size", "64x96", "--seed", "3", "--out", str(tmp_path),
+                       "--save-models"]) == 0
     results = json.loads((tmp_path / "sim2real.json").read_text())
     expected = {"synthetic-val", "kaggle-eval-small/renders", "kaggle-eval-small/photos",
                 "kaggle-fullsize-eval/renders", "kaggle-fullsize-eval/photos"}
@@ -38,6 +43,14 @@ def test_tiny_sim2real_writes_the_table_json_and_grid(tmp_path, capsys):
     assert results["recipe"]["image_size"] == [64, 96] and results["recipe"]["scenes"] == 16 and results["recipe"]["seed"] == 3
     table = capsys.readouterr().out
     assert "kaggle-fullsize-eval/photos (1 images)" in table and "iou_small_rocks" in table and "gain" in table
+    assert "rock recall by contrast" in table and "recall realistic" in table
+    recall = results["realistic"]["scores"]["kaggle-eval-small/renders"]["rock_recall"]
+    assert sum(recall[band]["rocks"] for band in ("darker", "similar", "brighter")) > 200  # the 40 renders' rocks
+    # the saved model is a lunartune checkpoint: rock_recall.py reloads it and gets the same table
+    out = tmp_path / "recall.json"
+    assert load_bench_module("rock_recall").main(["--model", str(tmp_path / "realistic" / "model.pt"), "--data",
+                                                  str(SHARED_DATA / "kaggle-eval-small"), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["renders"] == recall
     with Image.open(tmp_path / "sim2real_scenes.png") as grid:
         assert grid.width > 400 and grid.height > 600
     for style in ("realistic", "simple"):  # what each model got wrong on the real data, to look at
