@@ -33,6 +33,7 @@ from ray.tune.search import ConcurrencyLimiter
 import data_pipeline
 import search_spaces
 from data_pipeline import DataError
+from data_pipeline.synth import generate
 from models import ConfigError, ModelConfig, TrainConfig, WeightsError, canonical_backbone
 from tuner import tracking
 from tuner.cli import EXIT_INCOMPLETE, EXIT_INTERRUPTED, CliError
@@ -229,7 +230,7 @@ def _prepare_data(cfg: SweepConfig, paths: RunPaths):
     root = synthetic_root(paths, cfg.synthetic_count, cfg.seed) if cfg.data == SYNTHETIC else Path(cfg.data).expanduser()
     if cfg.data == SYNTHETIC:
         print(f"generating {cfg.synthetic_count} synthetic scenes in {root}", file=sys.stderr)
-        data_pipeline.synth.generate(root, cfg.synthetic_count, cfg.seed, progress=True)
+        generate(root, cfg.synthetic_count, cfg.seed, progress=True)
     data_cfg = data_pipeline.DataConfig(
         root=str(root.resolve()), image_size=tuple(cfg.image_size), mask_source=cfg.mask_source,
         allow_missing=cfg.allow_missing, exclude_mismatches=cfg.exclude_mismatches, num_workers=cfg.num_workers)

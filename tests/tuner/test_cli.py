@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tuner.cli import build_parser, main
 from tuner.settings import resolve_run_paths
+
+REPO = Path(__file__).resolve().parents[2]
 
 SUBCOMMANDS = ["data", "train", "tune", "promote", "export", "predict", "evaluate", "report", "ui", "demo"]
 
@@ -82,3 +85,16 @@ def test_help_does_not_import_heavy_modules():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ""
+
+
+@pytest.mark.slow  # a fresh process starts its own Ray and trains one tiny trial: ~1 min
+def test_tune_on_generated_scenes_in_a_fresh_process(tiny_space, tmp_path):
+    # a fresh interpreter: nothing imported data_pipeline.synth before `tune --data synthetic` needs it
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "tuner.cli", "--run-dir", str(run_dir), "tune", "--space", tiny_space,
+               "--data", "synthetic", "--synthetic-count", "6", "--samples", "1", "--max-epochs", "1",
+               "--device", "cpu", "--no-asha", "--experiment", "fresh"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list((run_dir / "data" / "synthetic-6-seed0" / "images" / "render").glob("*.png"))) == 6
+    assert "completed" in done.stdout
