@@ -114,16 +114,18 @@ def test_rock_labels_look_like_the_real_masks():
     real_paths = sorted(REAL_CLEAN.glob("clean*.png"))
     real = [decode_mask(np.asarray(Image.open(p).convert("RGB")), "clean", name=str(p)) for p in real_paths]
     height, width = real[0].shape
-    generated = [render_scene(0, i, (height, width)).mask for i in range(1, 41)]
+    # 120 scenes: a scene holds few boulders, and their median area varies 2.0x-3.7x the real one between
+    # samples of 40 scenes (a generator change that only shifts the random stream could fail a 40-scene bound)
+    generated = [render_scene(0, i, (height, width)).mask for i in range(1, 121)]
     ours, theirs = label_stats(generated), label_stats(real)
-    for key in ("small_median_area", "small_p90_area"):  # measured: 0.00214 / 0.00641 vs real 0.00213 / 0.00649
+    for key in ("small_median_area", "small_p90_area"):  # measured: 0.00227 / 0.00731 vs real 0.00213 / 0.00649
         assert theirs[key] / 1.4 < ours[key] < theirs[key] * 1.4, f"{key}: ours {ours[key]:.5f}, real {theirs[key]:.5f}"
-    # boulders are bigger on screen on purpose (they come nearer and stand taller): measured ~2.3x the real
-    # median. Boulders sized like the real ones were not learned at all by bench/sim2real.py's 6-epoch recipe
-    # (large-rock IoU 0.00, even on its own val scenes); these reach 0.13 on the real renders (README)
+    # boulders are bigger on screen on purpose (they come nearer and stand taller): measured 2.4x the real
+    # median (2.7x over 240 scenes of seeds 0-2). Boulders sized like the real ones were not learned at all
+    # by bench/sim2real.py's 6-epoch recipe (large-rock IoU 0.00, even on its own val scenes) (README)
     key = "large_median_area"
-    assert theirs[key] / 1.6 < ours[key] < theirs[key] * 3, f"{key}: ours {ours[key]:.5f}, real {theirs[key]:.5f}"
-    # denser than the real set on purpose (measured 13.5 vs 8.7 per frame: more rocks to learn from), same order
+    assert theirs[key] / 1.6 < ours[key] < theirs[key] * 4, f"{key}: ours {ours[key]:.5f}, real {theirs[key]:.5f}"
+    # denser than the real set on purpose (measured 15.0 vs 8.7 per frame: more rocks to learn from), same order
     assert theirs["small_per_frame"] < ours["small_per_frame"] < theirs["small_per_frame"] * 2.5, (ours, theirs)
     # small rocks are labelled only near the camera: few lie just below the horizon
     assert ours["small_near_horizon"] < 0.1, (ours, theirs)
