@@ -209,28 +209,31 @@ def _save(path: Path, model, model_cfg, train_cfg, data_cfg, epoch, metrics, opt
 def _upload_best(folder: Path, model, model_cfg, train_cfg, data_cfg, epoch, metrics, state, setup) -> None:
     best_file = folder / "mlflow" / BEST_FILE  # not part of Ray's checkpoint contents once removed below
     _save(best_file, model, model_cfg, train_cfg, data_cfg, epoch, metrics, None, None, state)
+    described = best_description(model_cfg.to_dict(), train_cfg.to_dict(), data_cfg.image_size, epoch,
+                                 data_pipeline.class_table(), metrics, setup.objective, state["manifest_hash"])
     try:
-        upload_best(setup.tracking.uri, state["run_id"], best_file, setup.objective)
+        tracking.log_best_checkpoint(setup.tracking.uri, state["run_id"], best_file, described)
     finally:  # uploaded or not, it is no part of Ray's checkpoint
         best_file.unlink()
         best_file.parent.rmdir()
 
 
-def upload_best(uri: str, run_id: str, best_file: Path, objective: str) -> None:
-    """Upload a weights-only checkpoint as the run's checkpoint/best.pt, described in model_config.json."""
-    payload = load_checkpoint(best_file)
-    described = {"model_config": payload["model_config"], "train_config": payload["train_config"],
-                 "image_size": payload["image_size"], "epoch": payload["epoch"], "classes": payload["classes"],
-                 objective: _objective(payload["metrics"], objective),
-                 "manifest_hash": payload["extra"].get("manifest_hash")}
-    tracking.log_best_checkpoint(uri, run_id, best_file, described)
+def best_description(model_config: dict, train_config: dict, image_size, epoch: int, classes, metrics: dict,
+                     objective: str, manifest_hash) -> dict:
+    """model_config.json beside checkpoint/best.pt: what promote and model_spec read without the weights."""
+    return {"model_config": model_config, "train_config": train_config, "image_size": list(image_size),
+            "epoch": epoch, "classes": classes, objective: _objective(metrics, objective),
+            "manifest_hash": manifest_hash}
 
 
 def upload_best_from_ray(uri: str, run_id: str, state_file: Path, objective: str) -> None:
     """Upload the weights of a Ray checkpoint's trial.pt as checkpoint/best.pt (the driver does this when
     the trial's own upload failed while MLflow was away)."""
     payload = load_checkpoint(state_file)
+    described = best_description(payload["model_config"], payload["train_config"], payload["image_size"],
+                                 payload["epoch"], payload["classes"], payload["metrics"], objective,
+                                 payload["extra"].get("manifest_hash"))
     with tempfile.TemporaryDirectory() as folder:
         best_file = Path(folder) / BEST_FILE
         torch.save({**payload, "optimizer": None, "scheduler": None}, best_file)
-        upload_best(uri, run_id, best_file, objective)
+        tracking.log_best_checkpoint(uri, run_id, best_file, described)
