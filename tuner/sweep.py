@@ -35,7 +35,7 @@ import search_spaces
 from data_pipeline import DataError
 from data_pipeline.synth import generate
 from models import ConfigError, ModelConfig, TrainConfig, WeightsError, canonical_backbone
-from tuner import tracking
+from tuner import leftovers, tracking
 from tuner.cli import EXIT_INCOMPLETE, EXIT_INTERRUPTED, CliError
 from tuner.searcher import DIVERGED, PruningAwareOptunaSearch
 from tuner.settings import RunPaths
@@ -138,8 +138,18 @@ def run_sweep(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
 
     One sweep per (run dir, experiment) at a time: a second one is refused (CliError naming the lock)."""
     paths.ensure()
-    with sweep_lock(paths, cfg.experiment):
+    with sweep_lock(paths, cfg.experiment) as lock:
+        _stop_leftovers(lock)
         return _run_locked(cfg, paths)
+
+
+def _stop_leftovers(lock: Path) -> None:
+    """Stop Ray processes a killed sweep of this experiment left running (we hold its lock now)."""
+    found = leftovers.stop(lock)
+    if found:
+        drivers = ", ".join(str(pid) for pid in sorted(set(found.values())))
+        print(f"lunartune tune: stopped {len(found)} Ray processes left running by the killed sweep "
+              f"(driver pid {drivers}) of this experiment", file=sys.stderr)
 
 
 def _run_locked(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
@@ -187,7 +197,7 @@ def sweep_lock(paths: RunPaths, experiment: str):
 
     The OS releases an flock when its holder dies, even by SIGKILL, so a stale lock file never blocks a
     later sweep or --resume. flock is reliable on local disks; on NFS it depends on the mount (lockd)."""
-    path = _pointer_path(paths, experiment).with_suffix(".lock")
+    path = _lock_path(paths, experiment)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes (Ray's)
     try:
@@ -264,8 +274,9 @@ def _fit(cfg: SweepConfig, paths: RunPaths, space, data_cfg, target, results_pat
     if started_here and cfg.address:
         ray.init(address=cfg.address)
     elif started_here:  # a private Ray: never join a cluster someone else started by accident
-        ray.init(address="local", num_cpus=max(1, math.ceil(cfg.concurrency * cfg.cpus_per_trial)),
-                 include_dashboard=False)
+        with leftovers.labelled(_lock_path(paths, cfg.experiment)):  # its processes inherit the label
+            ray.init(address="local", num_cpus=max(1, math.ceil(cfg.concurrency * cfg.cpus_per_trial)),
+                     include_dashboard=False)
     try:
         return _tuner(cfg, paths, space, data_cfg, target, results_path).fit()
     finally:
@@ -497,6 +508,10 @@ def _is_live(result) -> bool:
 def _pointer_path(paths: RunPaths, experiment: str) -> Path:
     """Where the latest sweep of an experiment is described (for --resume)."""
     return paths.root / "sweeps" / f"{experiment}.json"
+
+
+def _lock_path(paths: RunPaths, experiment: str) -> Path:
+    return _pointer_path(paths, experiment).with_suffix(".lock")
 
 
 def _resumed_config(cfg: SweepConfig, pointer: Path) -> SweepConfig:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -13,6 +14,7 @@ from optuna.trial import TrialState
 
 from fault_helpers import REPO, epoch_histories, marked_pids, trial_rows, tune_args, wait_exit, wait_for
 from test_resume import _finished_in_study
+from tuner import leftovers
 from tuner.cli import CliError
 from tuner.settings import RunPaths
 from tuner.sweep import SweepConfig, run_sweep, sweep_lock
@@ -32,17 +34,26 @@ def test_sigkilled_driver_resumes_without_rerunning_and_a_second_sweep_is_refuse
     assert proc.poll() is None, "the first sweep must still be running (else this proves nothing)"
 
     wait_for("two finished trials", lambda: _finished_in_study(run_dir / "optuna.db") >= 2, 300, proc)
+    # the private Ray's processes (gcs_server, raylet, workers) carry the sweep's label: lock file + driver pid
+    labelled = leftovers.find(lock)
+    assert set(labelled.values()) == {proc.pid}, labelled
+    assert {"gcs_server", "raylet"} <= {_command_name(pid) for pid in labelled}, labelled
 
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    # the private Ray's processes share the driver's fate (Ray has the kernel kill them when it dies, or a
-    # reaper where the kernel cannot): nobody has to stop orphans by hand before --resume
-    wait_for("the killed driver's Ray processes to exit by themselves", lambda: not marked_pids(sweeps.mark), 60)
+    # Ray's fate-sharing usually takes its processes down with the driver, but not always (a loaded CI machine
+    # kept some alive for over a minute). Stand in for such a survivor deterministically: a process labelled
+    # as the killed driver's. --resume must stop it, and any real survivors, before it starts Ray again.
+    survivor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True,
+                                env={**sweeps.env, leftovers.LABEL: leftovers.label_value(lock, proc.pid)})
+    sweeps.procs.append(survivor)
     uri = f"sqlite:///{run_dir / 'mlflow.db'}"
     before = {name: steps for name, steps in epoch_histories(uri, "killed").items() if steps == [1, 2]}
 
     code, out = sweeps.run(run_dir, "tune", "--experiment", "killed", "--resume", timeout_s=400)
     assert code == 0, out[-4000:]
+    assert survivor.wait(timeout=1) == -signal.SIGTERM, "--resume must stop the killed sweep's leftovers"
+    assert f"left running by the killed sweep (driver pid {proc.pid})" in out, out[-4000:]
     assert not marked_pids(sweeps.mark), "the resumed sweep left Ray processes behind"
     histories = epoch_histories(uri, "killed")  # also: still exactly one parent run
     assert len(histories) == SAMPLES and all(steps == [1, 2] for steps in histories.values()), histories
@@ -76,3 +87,10 @@ def test_second_sweep_on_the_same_experiment_is_refused_and_a_dead_holder_frees_
         holder.wait()
     with sweep_lock(paths, "twice"):  # the holder died by SIGKILL: its lock is free, not stale
         pass
+
+
+def _command_name(pid: int) -> str | None:
+    try:
+        return (Path("/proc") / str(pid) / "comm").read_text().strip()
+    except OSError:
+        return None
