@@ -239,17 +239,55 @@ def shadow_length(view: View, rock_height) -> np.ndarray:
 
 def cast_shadow(view: View, rocks: Rocks, i: int, level: float, radiance: np.ndarray) -> None:
     """Darken the ground behind rock i, away from the sun: a tapering strip in ground coordinates."""
+    window = shadow_window(view, rocks, i)
+    if window is not None:
+        radiance[window][shadow_mask(view, rocks, i, window)] *= level
+
+
+def shadow_geometry(view: View, rocks: Rocks, i: int):
+    """(direction, centre, radius, length) of rock i's shadow strip on the ground, metres."""
     direction = shadow_direction(view)
     radius = rocks.radius[i]
     length = min(float(shadow_length(view, height_m(rocks)[i])), 40 * radius)
-    centre = np.array([rocks.x[i], rocks.z[i]])
+    return direction, np.array([rocks.x[i], rocks.z[i]]), radius, length
+
+
+def shadow_window(view: View, rocks: Rocks, i: int) -> tuple[slice, slice] | None:
+    """Screen rectangle holding rock i's shadow strip and footprint (and the rock above its foot)."""
+    direction, centre, radius, length = shadow_geometry(view, rocks, i)
     side = np.array([-direction[1], direction[0]]) * radius
-    ends = (centre - direction * radius, centre + direction * length)
-    corners = np.stack([end + sign * side for end in ends for sign in (1, -1)])
-    cols, rows = view.project(corners[:, 0], corners[:, 1])
-    window = window_of(view, cols.min(), cols.max(), rows.min() - rocks.ry_top[i], rows.max())
-    if window is None:
-        return
+    ends = (centre - direction * radius, centre + direction * max(length, radius))
+    polygon = np.stack([ends[0] + side, ends[1] + side, ends[1] - side, ends[0] - side])
+    # only ground nearer than the bottom row's is off screen; a strip reaching behind the camera would
+    # project through z ~ 0 to nonsense columns and cut the window (a straight-edged shadow), so clip it
+    nearest = float(view.focal * view.cam_height / max(view.height - float(view.horizon.min()), 1.0))
+    polygon = clip_near(polygon, 0.9 * nearest)
+    if len(polygon) == 0:
+        return None
+    cols = view.width / 2 + view.focal * polygon[:, 0] / polygon[:, 1]
+    left, right = int(np.clip(cols.min() - 1, 0, view.width - 1)), int(np.clip(cols.max() + 1, 0, view.width - 1))
+    # the ground's rows hang from a wavy horizon: take its extremes over the strip's columns, not at its corners
+    horizon = view.horizon[left:right + 1]
+    below = view.focal * view.cam_height / polygon[:, 1]
+    return window_of(view, cols.min() - 1, cols.max() + 1, horizon.min() + below.min() - rocks.ry_top[i] - 1,
+                     horizon.max() + below.max() + 1)
+
+
+def clip_near(polygon: np.ndarray, z_min: float) -> np.ndarray:
+    """The part of a convex ground polygon ((n, 2) x, z vertices in order) with z >= z_min."""
+    kept = []
+    for a, b in zip(polygon, np.roll(polygon, -1, axis=0)):
+        if a[1] >= z_min:
+            kept.append(a)
+        if (a[1] >= z_min) != (b[1] >= z_min):  # the edge crosses z = z_min
+            t = (z_min - a[1]) / (b[1] - a[1])
+            kept.append(a + t * (b - a))
+    return np.array(kept).reshape(-1, 2)
+
+
+def shadow_mask(view: View, rocks: Rocks, i: int, window: tuple[slice, slice]) -> np.ndarray:
+    """Which pixels of `window` lie in rock i's shadow strip or footprint."""
+    direction, centre, radius, length = shadow_geometry(view, rocks, i)
     rows = np.arange(window[0].start, window[0].stop)[:, None]
     cols = np.arange(window[1].start, window[1].stop)[None, :]
     depth = view.depth(rows, cols)
@@ -263,4 +301,4 @@ def cast_shadow(view: View, rocks: Rocks, i: int, level: float, radiance: np.nda
     # real-render mIoU on two seeds (0.533 -> 0.521, 0.528 -> 0.506; README)
     footprint = rel_x * rel_x + rel_z * rel_z <= radius * radius
     on_ground = rows + 0.5 > view.horizon[cols]
-    radiance[window][(in_strip | footprint) & on_ground] *= level
+    return (in_strip | footprint) & on_ground

@@ -12,7 +12,7 @@ from data_pipeline.classes import decode_mask
 from data_pipeline.synth import render_scene
 from data_pipeline.synth_realistic import View
 from data_pipeline.synth_rocks import (BOULDER_CUT_DEPTH, BOULDER_FACETS, BOX, Rocks, cast_shadow, polyhedron_hit,
-                                       random_polyhedra, truncated_power_law)
+                                       random_polyhedra, shadow_mask, truncated_power_law)
 
 REAL_CLEAN = Path(__file__).resolve().parents[2].parent / "shared/data/kaggle-eval-small/images/clean"
 BOX_ONLY = np.concatenate([np.concatenate([np.eye(3), -np.eye(3)]), np.ones((6, 1))], -1).astype(np.float32)
@@ -131,12 +131,15 @@ def test_rock_labels_look_like_the_real_masks():
     assert ours["small_near_horizon"] < 0.1, (ours, theirs)
 
 
-def one_rock_view(sun_azimuth_deg: float, sun_elevation_deg: float = 15.0):
-    """A 720x480 view with a flat horizon at row 100 and one 0.3 m rock 5 m ahead, centred."""
+def one_rock_view(sun_azimuth_deg: float, sun_elevation_deg: float = 15.0, x_m: float = 0.0, z_m: float = 5.0,
+                  horizon_wave_px: float = 0.0):
+    """A 720x480 view with a horizon at row 100 (a sine wave of that amplitude, 250 px long) and one 0.3 m
+    rock z_m ahead, x_m to the right."""
     el, az = np.radians(sun_elevation_deg), np.radians(sun_azimuth_deg)
     sun = (float(np.cos(el) * np.sin(az)), float(np.sin(el)), float(np.cos(el) * np.cos(az)))
-    view = View(480, 720, 600.0, 1.5, np.full(720, 100.0, np.float32), sun, 1.0)
-    x, z, radius = np.array([0.0]), np.array([5.0]), np.array([0.3])
+    horizon = (100 + horizon_wave_px * np.sin(np.arange(720) * 2 * np.pi / 250)).astype(np.float32)
+    view = View(480, 720, 600.0, 1.5, horizon, sun, 1.0)
+    x, z, radius = np.array([x_m]), np.array([z_m]), np.array([0.3])
     col, row = view.project(x, z)
     radius_px = view.focal * radius / z
     rocks = Rocks(x, z, radius, radius_px, col, row, radius_px, radius_px * 0.7, radius_px * view.cam_height / z,
@@ -157,3 +160,19 @@ def test_a_rock_casts_its_shadow_away_from_the_sun(azimuth: float, shadow_in_fro
     behind = radiance[row - 20: row - 13, col - 5: col + 5]
     assert (in_front < 1).all() if shadow_in_front else (in_front == 1).all(), in_front.min()
     assert (behind == 1).all() if shadow_in_front else (behind < 1).all(), behind.min()
+
+
+@pytest.mark.parametrize("azimuth, elevation, x_m, z_m, wave_px", [
+    (0.0, 4.0, 0.4, 2.5, 0.0), (30.0, 4.0, 0.4, 2.5, 0.0), (-60.0, 4.0, 0.4, 2.5, 0.0),  # behind the camera
+    (180.0, 15.0, 0.4, 5.0, 60.0), (0.0, 15.0, 0.4, 5.0, 60.0), (90.0, 10.0, -1.0, 4.0, 60.0)])  # wavy horizon
+def test_a_shadow_is_drawn_whole(azimuth: float, elevation: float, x_m: float, z_m: float, wave_px: float):
+    """The shadow drawn through its screen window must be the strip seen over the whole image. A low sun
+    ahead and a rock 2.5 m away: the shadow runs off the bottom of the screen through ground behind the
+    camera. A wavy horizon: the strip's rows at a column hang from that column's horizon, not its corners'
+    (a window from the corners alone cut the near side of 131 of 1,445 shadows in 40 scenes, straight)."""
+    view, rocks = one_rock_view(azimuth, elevation, x_m, z_m, wave_px)
+    radiance = np.ones((view.height, view.width), np.float32)
+    cast_shadow(view, rocks, 0, 0.1, radiance)
+    whole = shadow_mask(view, rocks, 0, (slice(0, view.height), slice(0, view.width)))
+    assert whole.sum() > 500
+    assert np.array_equal(radiance < 1, whole), int((whole ^ (radiance < 1)).sum())
