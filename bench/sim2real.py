@@ -3,6 +3,7 @@
     python bench/sim2real.py                                  # the recipe below, ~15 min on 2 cores
     python bench/sim2real.py --scenes 16 --epochs 1 --size 64x96 --out /tmp/s2r   # plumbing check
     python bench/sim2real.py --styles realistic --seed 1 --out /tmp/s2r-1      # one style, another seed
+    python bench/sim2real.py --seeds 0,1,2 --out /tmp/s2r-3     # the mean of three seeds, ~50 min
 
 One fixed recipe - smp U-Net VGG11, no pretrained weights, dropout 0.1, AdamW lr 1e-3, batch 8, cross-entropy,
 6 epochs, 400 scenes generated at the data set's 720x480 and resized to 128x192 (its 2:3 aspect) - is trained
@@ -130,10 +131,14 @@ def format_recall(results: dict) -> str:
 
 
 def format_table(results: dict) -> str:
-    """One block per evaluation set: metric | realistic | simple | gain (realistic - simple)."""
+    """One block per evaluation set: metric | realistic | simple | gain (realistic - simple); with several
+    seeds the metrics are their means and a last row gives each seed's mIoU."""
     lines = []
     styles = [s for s in STYLES if s in results]
     first = results[styles[0]]["scores"]
+    seeds = results.get("seeds", [])
+    if len(seeds) > 1:
+        lines.append(f"mean over seeds {', '.join(map(str, seeds))}")
     for name in first:
         lines.append(f"\n{name} ({first[name]['images']} images)")
         lines.append(f"  {'metric':<16}{'realistic':>11}{'simple':>11}{'gain':>9}")
@@ -142,6 +147,10 @@ def format_table(results: dict) -> str:
             gain = a - b if a is not None and b is not None else None
             lines.append(f"  {key:<16}" + "".join("         -" if v is None else f"{v:>11.4f}" for v in (a, b))
                          + ("        -" if gain is None else f"{gain:>+9.4f}"))
+        if "per_seed" in results:
+            lines.append("  miou per seed   " + "   ".join(
+                f"{style} " + " / ".join(f"{runs[style]['scores'][name]['miou']:.3f}"
+                                         for runs in results["per_seed"].values()) for style in styles))
     return "\n".join(lines)
 
 
@@ -177,29 +186,67 @@ def scene_grid(eval_sets: dict, size: tuple[int, int], path: Path, seed: int = S
 
 
 def run(args) -> dict:
+    """Train and score every style at every seed. With several seeds each seed's results and figures go to
+    <out>/seed<N>/ and results[style] holds the mean over seeds (results["per_seed"] the rest)."""
     device = resolve_device(args.device)
     eval_sets = real_eval_sets(Path(args.data))
-    model_cfg, train_cfg = recipe(args.epochs, args.seed)
+    model_cfg, train_cfg = recipe(args.epochs, args.seeds[0])
     results = {"recipe": {**model_cfg.to_dict(), **train_cfg.to_dict(), "scenes": args.scenes,
                           "image_size": list(args.size), "scene_size": list(SCENE_SIZE)},
+               "seeds": list(args.seeds),
                "machine": {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
                            "threads": torch.get_num_threads()}}
+    out = Path(args.out)
+    per_seed = {}
     with tempfile.TemporaryDirectory(prefix="sim2real-") as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
-        for style in args.styles:
-            model, val, seconds = train_on(style, args.scenes, args.epochs, args.size, workdir, device, args.seed)
-            scores = {"synthetic-val": val}
-            scores.update(score(model, args.size, eval_sets, device, Path(args.out) / style,
-                                f"trained on {args.scenes} {style} scenes"))
-            results[style] = {"train_seconds": round(seconds, 1),
-                              "scores": {n: {k: clean_all(v) for k, v in m.items()} for n, m in scores.items()}}
-            if args.save_models:
-                save_model(model, args.size, args.epochs, args.seed, val, Path(args.out) / style / "model.pt")
-    out = Path(args.out)
+        for seed in args.seeds:
+            seed_out = out if len(args.seeds) == 1 else out / f"seed{seed}"
+            per_seed[str(seed)] = {style: train_and_score(args, style, seed, eval_sets, device, workdir, seed_out)
+                                   for style in args.styles}
+    for style in args.styles:
+        results[style] = mean_tree([runs[style] for runs in per_seed.values()])
+    if len(args.seeds) > 1:
+        results["per_seed"] = per_seed
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "sim2real.json", results)
-    scene_grid(eval_sets, args.size, out / "sim2real_scenes.png", args.seed)
+    scene_grid(eval_sets, args.size, out / "sim2real_scenes.png", args.seeds[0])
     return results
+
+
+def train_and_score(args, style: str, seed: int, eval_sets: dict, device, workdir: Path, out: Path) -> dict:
+    model, val, seconds = train_on(style, args.scenes, args.epochs, args.size, workdir, device, seed)
+    scores = {"synthetic-val": val}
+    scores.update(score(model, args.size, eval_sets, device, out / style, f"trained on {args.scenes} {style} scenes"))
+    if args.save_models:
+        save_model(model, args.size, args.epochs, seed, val, out / style / "model.pt")
+    return {"train_seconds": round(seconds, 1),
+            "scores": {n: {k: clean_all(v) for k, v in m.items()} for n, m in scores.items()}}
+
+
+def mean_tree(trees: list):
+    """The element-wise mean of same-shaped results: numbers averaged (None where every seed has none, e.g. no
+    rock in a band), anything else (names of the worst images) taken from the first seed."""
+    first = trees[0]
+    if isinstance(first, dict):
+        return {key: mean_tree([tree[key] for tree in trees]) for key in first}
+    numbers = [t for t in trees if isinstance(t, (int, float)) and not isinstance(t, bool)]
+    if first is None or numbers:
+        if not numbers:
+            return None
+        mean = sum(numbers) / len(numbers)
+        return first if all(n == first for n in numbers) else mean  # counts stay ints
+    return first
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a seed or comma-separated seeds such as 0,1,2, got {text!r}")
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"a seed appears twice in {text!r}")
+    return seeds
 
 
 def main(argv=None) -> int:
@@ -212,8 +259,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default=None, help="keep the generated scenes here (default: a temp folder)")
     parser.add_argument("--styles", type=lambda v: v.split(","), default=list(STYLES),
                         help="comma-separated generator styles to train (default: realistic,simple side by side)")
-    parser.add_argument("--seed", type=int, default=SEED,
-                        help="scenes, split, initial weights and batch order: rerun with others to see the spread")
+    parser.add_argument("--seed", "--seeds", dest="seeds", type=_seeds, default=[SEED],
+                        help="scenes, split, initial weights and batch order; a comma-separated list (0,1,2) "
+                             "trains every style once per seed and reports the mean and each seed's mIoU")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--save-models", action="store_true",
                         help="also write <out>/<style>/model.pt (a lunartune checkpoint, ~70 MB each)")

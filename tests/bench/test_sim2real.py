@@ -59,7 +59,42 @@ def test_tiny_sim2real_writes_the_table_json_and_grid(tmp_path, capsys):
                 assert figure.width > 300
 
 
+@pytest.mark.slow  # two tiny simple-style models: ~1 min on 2 busy cores
+@pytest.mark.skipif(not (SHARED_DATA / "kaggle-eval-small").is_dir(),
+                    reason=f"{SHARED_DATA} absent (the shared real data sits beside the repo as ../shared)")
+def test_several_seeds_report_their_mean_and_each_seed(tmp_path, capsys):
+    bench = load_bench()
+    assert bench.main(["--styles", "simple", "--seeds", "1,2", "--scenes", "8", "--epochs", "1", "--size", "64x96",
+                       "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "sim2real.json").read_text())
+    assert results["seeds"] == [1, 2] and set(results["per_seed"]) == {"1", "2"}
+    name = "kaggle-eval-small/renders"
+    each = [results["per_seed"][seed]["simple"]["scores"][name] for seed in ("1", "2")]
+    assert each[0]["miou"] != each[1]["miou"], "two seeds, two models (else the mean proves nothing)"
+    mean = results["simple"]["scores"][name]
+    assert mean["miou"] == pytest.approx((each[0]["miou"] + each[1]["miou"]) / 2)
+    assert mean["images"] == 40 and mean["worst"] == each[0]["worst"]
+    for band in ("darker", "similar", "brighter"):
+        recalls = [e["rock_recall"][band]["recall"] for e in each]
+        assert mean["rock_recall"][band]["recall"] == pytest.approx(sum(recalls) / 2)
+    for seed in (1, 2):  # each seed's figures, to look at
+        assert (tmp_path / f"seed{seed}" / "simple" / "worst_kaggle-eval-small-renders.png").is_file()
+    table = capsys.readouterr().out
+    assert "mean over seeds 1, 2" in table
+    assert f"miou per seed   simple {each[0]['miou']:.3f} / {each[1]['miou']:.3f}" in table
+
+
+def test_mean_of_results_averages_numbers_keeps_counts_and_names():
+    mean_tree = load_bench().mean_tree
+    runs = [{"miou": 0.5, "images": 40, "worst": ["a"], "recall": None, "band": {"recall": None, "rocks": 3}},
+            {"miou": 0.7, "images": 40, "worst": ["b"], "recall": 0.4, "band": {"recall": None, "rocks": 3}}]
+    assert mean_tree(runs) == {"miou": pytest.approx(0.6), "images": 40, "worst": ["a"], "recall": 0.4,
+                               "band": {"recall": None, "rocks": 3}}
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--seeds", "0,0"], "a seed appears twice"),
+    (["--seeds", "0,one"], "expected a seed or comma-separated seeds"),
     (["--styles", "realistic,photoreal"], "--styles: unknown photoreal"),
     (["--size", "60x90"], "multiples of 32"),  # a size the encoder cannot take
 ])
