@@ -8,7 +8,9 @@ Every ground pixel is therefore mapped back to a ground coordinate, and textures
 regolith detail, craters and rocks shrink and crowd with distance as in a real perspective view.
 
 Lighting: one low sun (6-46 degrees elevation) with no atmosphere, so unlit faces and cast shadows are
-nearly black. Labels follow the Kaggle convention observed in its masks: a rock is "large" by its
+nearly black. In the grey half of the scenes (the Kaggle renders' look) rock highlights roll off just
+above the brightest regolith, as in the renders; the warm half (the Chang'e-3 photos' look) keeps bright
+rocks, as the photos have. Labels follow the Kaggle convention observed in its masks: a rock is "large" by its
 physical size (so distant large rocks near the horizon are blue although small on screen), and rocks
 smaller than a few pixels on screen are left to the regolith texture (synth_rocks.py says why).
 """
@@ -65,7 +67,7 @@ def render(rng: np.random.Generator, height: int, width: int):
     mask = sky_mask(view).astype(np.uint8) * SKY
     instances = np.zeros((height, width), dtype=np.int32)
     synth_rocks.draw(rng, view, radiance, mask, instances)
-    image = finish(rng, radiance, mask == SKY, view.px_scale)
+    image = finish(rng, radiance, mask == SKY, mask > SKY, view.px_scale)
     return image, mask, instances
 
 
@@ -203,20 +205,33 @@ def fine_terms(rng: np.random.Generator, view: View, depth, lateral) -> np.ndarr
 
 # ---------------------------------------------------------------- camera response
 
-def finish(rng: np.random.Generator, radiance: np.ndarray, sky: np.ndarray, px_scale: float) -> np.ndarray:
+def finish(rng: np.random.Generator, radiance: np.ndarray, sky: np.ndarray, rock: np.ndarray,
+           px_scale: float) -> np.ndarray:
     """Exposure, gamma, sky, sensor noise, colour tint and lens blur -> HxWx3 uint8."""
     ground = radiance[~sky]
     reference = float(np.percentile(ground[:: max(ground.size // 4000, 1)], 60)) if ground.size else 1.0
     image = radiance * (rng.uniform(0.45, 0.7) / max(reference, 1e-6))
     image = soft_clip(image) ** rng.uniform(0.8, 1.3)
+    grey = rng.random() < 0.5
+    if grey:  # the renders' rocks are hardly brighter than the brightest regolith (photos' rocks are)
+        image[rock] = cap_highlights(image[rock], image[~sky & ~rock], rng.uniform(1.0, 1.2))
     image[sky] = rng.uniform(0.0, 0.03)
     image += rng.standard_normal(image.shape, dtype=np.float32) * rng.uniform(0.002, 0.025)
-    tint = [float(t) * 255 for t in camera_tint(rng)]
+    tint = [float(t) * 255 for t in camera_tint(rng, grey)]
     rgb = np.stack([np.clip(image * t + 0.5, 0, 255).astype(np.uint8) for t in tint], axis=-1)
     radius = rng.uniform(0.0, 1.1) * px_scale
     if radius < 0.2:
         return rgb
     return np.asarray(Image.fromarray(rgb, "RGB").filter(ImageFilter.GaussianBlur(radius)))
+
+
+def cap_highlights(rock: np.ndarray, ground: np.ndarray, headroom: float) -> np.ndarray:
+    """Roll rock values off towards headroom x the ground's 95th percentile (from 85 % of that ceiling)."""
+    if not rock.size or not ground.size:
+        return rock
+    ceiling = headroom * float(np.percentile(ground[:: max(ground.size // 4000, 1)], 95))
+    knee = 0.85 * ceiling
+    return np.minimum(rock, knee) + (ceiling - knee) * np.tanh(np.maximum(rock - knee, 0) / (ceiling - knee))
 
 
 def soft_clip(image: np.ndarray, knee: float = 0.75) -> np.ndarray:
@@ -225,8 +240,8 @@ def soft_clip(image: np.ndarray, knee: float = 0.75) -> np.ndarray:
     return np.clip(np.minimum(image, knee) + (1 - knee) * np.tanh(over), 0, 1)
 
 
-def camera_tint(rng: np.random.Generator) -> np.ndarray:
+def camera_tint(rng: np.random.Generator, grey: bool) -> np.ndarray:
     """Grey like the Kaggle renders, or warm grey-brown like the Chang'e-3 photos."""
-    if rng.random() < 0.5:
+    if grey:
         return 1 + rng.normal(0, 0.01, 3)
     return np.array([1.0, rng.uniform(0.93, 0.985), rng.uniform(0.8, 0.94)]) * rng.uniform(0.95, 1.1)
