@@ -225,18 +225,17 @@ def train_and_score(args, style: str, seed: int, eval_sets: dict, device, workdi
 
 
 def mean_tree(trees: list):
-    """The element-wise mean of same-shaped results: numbers averaged (None where every seed has none, e.g. no
-    rock in a band), anything else (names of the worst images) taken from the first seed."""
+    """The element-wise mean of same-shaped results: numbers averaged (over the seeds that have one; None where
+    none has, e.g. no rock in a band), anything else (names of the worst images) taken from the first seed."""
     first = trees[0]
     if isinstance(first, dict):
         return {key: mean_tree([tree[key] for tree in trees]) for key in first}
-    numbers = [t for t in trees if isinstance(t, (int, float)) and not isinstance(t, bool)]
-    if first is None or numbers:
-        if not numbers:
-            return None
-        mean = sum(numbers) / len(numbers)
-        return first if all(n == first for n in numbers) else mean  # counts stay ints
-    return first
+    if first is not None and not isinstance(first, (int, float)):
+        return first
+    numbers = [t for t in trees if t is not None]
+    if not numbers:
+        return None
+    return first if all(n == first for n in numbers) else sum(numbers) / len(numbers)  # counts stay ints
 
 
 def _seeds(text: str) -> list[int]:

@@ -62,14 +62,16 @@ def find(lock: Path) -> dict[int, int]:
 def stop(lock: Path, grace_s: float = 10.0) -> dict[int, int]:
     """SIGTERM the leftovers of `lock`, SIGKILL those alive after `grace_s`; returns what was found."""
     found = find(lock)
+    alive = found
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        alive = find(lock)
         for pid in alive:
             try:
                 os.kill(pid, sig)
             except OSError:  # gone already
                 pass
         deadline = time.monotonic() + wait_s
-        while alive and find(lock) and time.monotonic() < deadline:
+        while (alive := find(lock)) and time.monotonic() < deadline:
             time.sleep(0.2)
+        if not alive:
+            break
     return found
