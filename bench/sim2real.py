@@ -4,9 +4,11 @@
     python bench/sim2real.py --scenes 16 --epochs 1 --size 64x96 --out /tmp/s2r   # plumbing check
     python bench/sim2real.py --styles realistic --seed 1 --out /tmp/s2r-1      # one style, another seed
     python bench/sim2real.py --seeds 0,1,2 --out /tmp/s2r-3     # the mean of three seeds, ~50 min
+    python bench/sim2real.py --seeds 0,1,2,3,4,5 --jobs 8 --device cuda   # many cores and a GPU: 8 runs at a time
 
 One fixed recipe - smp U-Net VGG11, no pretrained weights, dropout 0.1, AdamW lr 1e-3, batch 8, cross-entropy,
-6 epochs, 400 scenes generated at the data set's 720x480 and resized to 128x192 (its 2:3 aspect) - is trained
+6 epochs, 400 training scenes generated at the data set's 720x480 and resized to 128x192 (its 2:3 aspect; 60 more
+scenes are generated for the own-domain val split) - is trained
 twice, side by side: on `synth.generate(style="realistic")` scenes and on the flat `style="simple"` baseline.
 Each model is then scored with `tuner.evaluate.evaluate_model` (the code of `lunartune evaluate`) on the
 real renders and real photos of ../shared/data/kaggle-eval-small and kaggle-fullsize-eval, and on its own
@@ -22,10 +24,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +57,7 @@ STYLES = ("realistic", "simple")
 SCENE_SIZE = (480, 720)  # (H, W) scenes are generated at: the real renders' own size
 SEED = 0  # default --seed: scenes, split, initial weights and batch order; both styles get the same ones
 SHOWN = 4  # scenes per row of sim2real_scenes.png
+OWN_VAL_SHARE = 0.15  # own-domain val scenes generated on top of the training scenes, as a share of them
 TABLE_METRICS = ("iou_ground", "iou_sky", "iou_small_rocks", "iou_large_rocks", "miou", "rock_miou", "pixel_acc")
 
 
@@ -62,11 +68,16 @@ def recipe(epochs: int, seed: int = SEED) -> tuple[ModelConfig, TrainConfig]:
 
 
 def train_on(style: str, scenes: int, epochs: int, size: tuple[int, int], workdir: Path, device,
-             seed: int = SEED) -> tuple:
-    """(model, metrics on the generator's own val split, seconds) for one generator style."""
-    root = generate(workdir / f"{style}-{scenes}-seed{seed}", scenes, seed, size=SCENE_SIZE, style=style, progress=False)
-    loaders = dp.make_loaders(dp.DataConfig(root=str(root), image_size=size, batch_size=8, seed=seed,
-                                            progress=False))
+             seed: int = SEED, workers: int = 0) -> tuple:
+    """(model, metrics on the generator's own val split, seconds) for one generator style; `workers` processes
+    generate the scenes (0: every core)."""
+    val_scenes = own_val_scenes(scenes)
+    root = generate(workdir / f"{style}-{scenes}-seed{seed}", scenes + val_scenes, seed, size=SCENE_SIZE,
+                    style=style, workers=workers, progress=False)
+    # all `scenes` train (the recipe's 400); the extra ones are the own-domain val split, no test split
+    loaders = dp.make_loaders(dp.DataConfig(root=str(root), image_size=size, batch_size=8, seed=seed, progress=False,
+                                            val_fraction=val_scenes / (scenes + val_scenes), test_fraction=0.0))
+    assert loaders.split_sizes["train"] == scenes, loaders.split_sizes
     model_cfg, train_cfg = recipe(epochs, seed)
     seed_everything(seed)
     model = build(model_cfg).to(device)
@@ -75,11 +86,16 @@ def train_on(style: str, scenes: int, epochs: int, size: tuple[int, int], workdi
     for epoch in range(1, epochs + 1):
         stats = train_one_epoch(model, loaders.train, optimizer, loss_fn, device, epoch=epoch,
                                 bn_batches=train_cfg.bn_recalibration_batches)
-        print(f"  {style}: epoch {epoch}/{epochs} loss {stats['loss']:.4f} ({stats['seconds']:.0f} s)", file=sys.stderr)
+        print(f"  {style} seed {seed}: epoch {epoch}/{epochs} loss {stats['loss']:.4f} ({stats['seconds']:.0f} s)", file=sys.stderr)
     seconds = time.perf_counter() - start
     val = evaluate(model, loaders.val, device, loss_fn, dp.CLASS_NAMES, dp.ROCK_CLASS_IDS)
     val = {"images": loaders.split_sizes["val"], **{k: v for k, v in val.items() if k != "loss"}}
     return model, val, seconds
+
+
+def own_val_scenes(scenes: int) -> int:
+    """Scenes generated beside the training scenes to score the model on its own generator (15 % more)."""
+    return max(2, round(OWN_VAL_SHARE * scenes))
 
 
 def real_eval_sets(data: Path) -> dict:
@@ -192,18 +208,17 @@ def run(args) -> dict:
     eval_sets = real_eval_sets(Path(args.data))
     model_cfg, train_cfg = recipe(args.epochs, args.seeds[0])
     results = {"recipe": {**model_cfg.to_dict(), **train_cfg.to_dict(), "scenes": args.scenes,
+                          "own_val_scenes": own_val_scenes(args.scenes),
                           "image_size": list(args.size), "scene_size": list(SCENE_SIZE)},
                "seeds": list(args.seeds),
                "machine": {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
-                           "threads": torch.get_num_threads()}}
+                           "threads": torch.get_num_threads(), "jobs": args.jobs}}
     out = Path(args.out)
-    per_seed = {}
     with tempfile.TemporaryDirectory(prefix="sim2real-") as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
-        for seed in args.seeds:
-            seed_out = out if len(args.seeds) == 1 else out / f"seed{seed}"
-            per_seed[str(seed)] = {style: train_and_score(args, style, seed, eval_sets, device, workdir, seed_out)
-                                   for style in args.styles}
+        runs = [(seed, style) for seed in args.seeds for style in args.styles]
+        done = run_all(args, runs, eval_sets, device, workdir)
+    per_seed = {str(seed): {style: done[seed, style] for style in args.styles} for seed in args.seeds}
     for style in args.styles:
         results[style] = mean_tree([runs[style] for runs in per_seed.values()])
     if len(args.seeds) > 1:
@@ -214,8 +229,33 @@ def run(args) -> dict:
     return results
 
 
-def train_and_score(args, style: str, seed: int, eval_sets: dict, device, workdir: Path, out: Path) -> dict:
-    model, val, seconds = train_on(style, args.scenes, args.epochs, args.size, workdir, device, seed)
+def run_all(args, runs: list[tuple[int, str]], eval_sets: dict, device, workdir: Path) -> dict:
+    """{(seed, style): results} for every run: one after another, or --jobs at a time in worker processes
+    that share the cores (each generates with, and gives torch, cpu_count // jobs of them) and the device."""
+    def seed_out(seed: int) -> Path:
+        return Path(args.out) if len(args.seeds) == 1 else Path(args.out) / f"seed{seed}"
+
+    if args.jobs == 1:
+        return {(seed, style): train_and_score(args, style, seed, eval_sets, device, workdir, seed_out(seed))
+                for seed, style in runs}
+    cores = max(1, (os.cpu_count() or 1) // args.jobs)
+    # spawn: a fresh interpreter per run, so no worker inherits the CUDA state or torch threads of another
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+        futures = {(seed, style): pool.submit(train_and_score_alone, args, style, seed, workdir, seed_out(seed), cores)
+                   for seed, style in runs}
+        return {run: future.result() for run, future in futures.items()}
+
+
+def train_and_score_alone(args, style: str, seed: int, workdir: Path, out: Path, cores: int) -> dict:
+    """train_and_score in a worker process of run_all, on its share of the cores."""
+    torch.set_num_threads(cores)
+    return train_and_score(args, style, seed, real_eval_sets(Path(args.data)), resolve_device(args.device),
+                           workdir, out, workers=cores)
+
+
+def train_and_score(args, style: str, seed: int, eval_sets: dict, device, workdir: Path, out: Path,
+                    workers: int = 0) -> dict:
+    model, val, seconds = train_on(style, args.scenes, args.epochs, args.size, workdir, device, seed, workers)
     scores = {"synthetic-val": val}
     scores.update(score(model, args.size, eval_sets, device, out / style, f"trained on {args.scenes} {style} scenes"))
     if args.save_models:
@@ -250,7 +290,7 @@ def _seeds(text: str) -> list[int]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenes", type=int, default=400, help="generated scenes per style (split 70/15/15)")
+    parser.add_argument("--scenes", type=int, default=400, help="training scenes per style (15 %% more are generated for the own-domain val split)")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--size", type=_size, default=(128, 192), help="training size HxW (multiples of 32)")
     parser.add_argument("--out", default=str(RESULTS), help="folder for sim2real.json and sim2real_scenes.png")
@@ -262,6 +302,9 @@ def main(argv=None) -> int:
                         help="scenes, split, initial weights and batch order; a comma-separated list (0,1,2) "
                              "trains every style once per seed and reports the mean and each seed's mIoU")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs (seed x style) trained at once, each in its own process with an equal share of "
+                             "the cores; worth it with a GPU or many cores (default 1: one after another)")
     parser.add_argument("--save-models", action="store_true",
                         help="also write <out>/<style>/model.pt (a lunartune checkpoint, ~70 MB each)")
     args = parser.parse_args(argv)
@@ -269,6 +312,8 @@ def main(argv=None) -> int:
         validate_image_size(recipe(args.epochs)[0], args.size)
     except ConfigError as err:
         parser.error(f"--size: {err}")
+    if args.jobs < 1:
+        parser.error(f"--jobs: expected an integer >= 1, got {args.jobs}")
     unknown = [s for s in args.styles if s not in STYLES]
     if unknown:
         parser.error(f"--styles: unknown {', '.join(unknown)}; expected some of {', '.join(STYLES)}")

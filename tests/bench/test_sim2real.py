@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,10 +39,12 @@ def test_tiny_sim2real_writes_the_table_json_and_grid(tmp_path, capsys):
         scores = results[style]["scores"]
         assert set(scores) == expected
         assert scores["kaggle-eval-small/renders"]["images"] == 40 and scores["kaggle-eval-small/photos"]["images"] == 28
+        assert scores["synthetic-val"]["images"] == 2, "all 16 scenes train; 15 % more are generated for own val"
         assert 0 <= scores["kaggle-eval-small/renders"]["pixel_acc"] <= 1
         assert len(scores["kaggle-eval-small/renders"]["worst"]) == 4, "the worst figures show real predictions"
     assert results["recipe"]["backbone"] == "vgg11" and results["recipe"]["dropout"] == 0.1
     assert results["recipe"]["image_size"] == [64, 96] and results["recipe"]["scenes"] == 16 and results["recipe"]["seed"] == 3
+    assert results["recipe"]["own_val_scenes"] == 2
     table = capsys.readouterr().out
     assert "kaggle-fullsize-eval/photos (1 images)" in table and "iou_small_rocks" in table and "gain" in table
     assert "rock recall by contrast" in table and "recall realistic" in table
@@ -59,7 +63,7 @@ def test_tiny_sim2real_writes_the_table_json_and_grid(tmp_path, capsys):
                 assert figure.width > 300
 
 
-@pytest.mark.slow  # two tiny simple-style models: ~1 min on 2 busy cores
+@pytest.mark.slow  # two tiny simple-style models, trained one after the other and then at once: ~2 min on 2 cores
 @pytest.mark.skipif(not (SHARED_DATA / "kaggle-eval-small").is_dir(),
                     reason=f"{SHARED_DATA} absent (the shared real data sits beside the repo as ../shared)")
 def test_several_seeds_report_their_mean_and_each_seed(tmp_path, capsys):
@@ -83,6 +87,18 @@ def test_several_seeds_report_their_mean_and_each_seed(tmp_path, capsys):
     assert "mean over seeds 1, 2" in table
     assert f"miou per seed   simple {each[0]['miou']:.3f} / {each[1]['miou']:.3f}" in table
 
+    # --jobs 2: the same two runs at once, in worker processes, give the same models' scores
+    parallel = tmp_path / "parallel"
+    subprocess.run([sys.executable, str(REPO / "bench" / "sim2real.py"), "--styles", "simple", "--seeds", "1,2",
+                    "--scenes", "8", "--epochs", "1", "--size", "64x96", "--jobs", "2", "--out", str(parallel)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    at_once = json.loads((parallel / "sim2real.json").read_text())
+    assert at_once["machine"]["jobs"] == 2
+    for seed, serial in zip(("1", "2"), each):
+        # one torch thread per worker instead of two may reorder float sums: equal up to rounding
+        assert at_once["per_seed"][seed]["simple"]["scores"][name]["miou"] == pytest.approx(serial["miou"], abs=2e-3)
+    assert (parallel / "seed2" / "simple" / "worst_kaggle-eval-small-renders.png").is_file()
+
 
 def test_mean_of_results_averages_numbers_keeps_counts_and_names():
     mean_tree = load_bench().mean_tree
@@ -97,6 +113,7 @@ def test_mean_of_results_averages_numbers_keeps_counts_and_names():
     (["--seeds", "0,one"], "expected a seed or comma-separated seeds"),
     (["--styles", "realistic,photoreal"], "--styles: unknown photoreal"),
     (["--size", "60x90"], "multiples of 32"),  # a size the encoder cannot take
+    (["--jobs", "0"], "--jobs: expected an integer >= 1"),
 ])
 def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys, args, message):
     bench = load_bench()
