@@ -1,15 +1,15 @@
 """Sim-to-real: what the realism of our scene generator buys on the real data set.
 
-    python bench/sim2real.py                                  # the recipe below, ~15 min on 2 cores
+    python bench/sim2real.py                                  # the recipe below, ~16 min on 2 cores
     python bench/sim2real.py --scenes 16 --epochs 1 --size 64x96 --out /tmp/s2r   # plumbing check
     python bench/sim2real.py --styles realistic --seed 1 --out /tmp/s2r-1      # one style, another seed
-    python bench/sim2real.py --seeds 0,1,2 --out /tmp/s2r-3     # the mean of three seeds, ~50 min
+    python bench/sim2real.py --seeds 0,1,2,3,4 --out /tmp/s2r-5   # the mean of five seeds, ~80 min
     python bench/sim2real.py --seeds 0,1,2,3,4,5 --jobs 8 --device cuda   # many cores and a GPU: 8 runs at a time
 
 One fixed recipe - smp U-Net VGG11, no pretrained weights, dropout 0.1, AdamW lr 1e-3, batch 8, cross-entropy,
 6 epochs, 400 training scenes generated at the data set's 720x480 and resized to 128x192 (its 2:3 aspect; 60 more
-scenes are generated for the own-domain val split) - is trained
-twice, side by side: on `synth.generate(style="realistic")` scenes and on the flat `style="simple"` baseline.
+scenes are generated for the own-domain val split) - is trained twice, side by side: on
+`synth.generate(style="realistic")` scenes and on the flat `style="simple"` baseline.
 Each model is then scored with `tuner.evaluate.evaluate_model` (the code of `lunartune evaluate`) on the
 real renders and real photos of ../shared/data/kaggle-eval-small and kaggle-fullsize-eval, and on its own
 generator's validation split (in-domain). Prints a per-class table (realistic | simple | gain), writes
