@@ -12,8 +12,8 @@ from data_pipeline import load_eval_set
 from data_pipeline.classes import decode_mask
 from data_pipeline.synth import render_scene
 from data_pipeline.synth_realistic import View, cap_highlights
-from data_pipeline.synth_rocks import (BOULDER_CUT_DEPTH, BOULDER_FACETS, BOX, Rocks, cast_shadow, polyhedron_hit,
-                                       random_polyhedra, shadow_mask, truncated_power_law)
+from data_pipeline.synth_rocks import (BOULDER_CUT_DEPTH, BOULDER_FACETS, BOX, SHADOW_LENGTH_SCALE, Rocks, cast_shadow,
+                                       height_m, polyhedron_hit, random_polyhedra, shadow_mask, truncated_power_law)
 
 REAL_CLEAN = Path(__file__).resolve().parents[2].parent / "shared/data/kaggle-eval-small/images/clean"
 BOX_ONLY = np.concatenate([np.concatenate([np.eye(3), -np.eye(3)]), np.ones((6, 1))], -1).astype(np.float32)
@@ -151,9 +151,10 @@ def one_rock_view(sun_azimuth_deg: float, sun_elevation_deg: float = 15.0, x_m: 
 @pytest.mark.parametrize("azimuth, shadow_in_front", [(180.0, False), (0.0, True)])
 def test_a_rock_casts_its_shadow_away_from_the_sun(azimuth: float, shadow_in_front: bool):
     """Sun behind the camera: the shadow falls behind the rock (above it on screen) and the ground in front
-    stays lit; sun ahead: it falls towards the camera. Below the contact point, rows 15-25 px lie beyond the
-    darkened footprint (~10-12 px) and within the 0.8 m shadow (~24-33 px); above it, rows 13-20 px."""
-    view, rocks = one_rock_view(azimuth)
+    stays lit; sun ahead: it falls towards the camera. A low sun (7.5 deg) makes the 0.21 m tall rock's
+    shadow 0.8 m long at SHADOW_LENGTH_SCALE 0.5. Below the contact point, rows 15-25 px lie beyond the
+    darkened footprint (~10-12 px) and within that shadow (~24-33 px); above it, rows 13-20 px."""
+    view, rocks = one_rock_view(azimuth, sun_elevation_deg=7.5)
     radiance = np.ones((view.height, view.width), np.float32)
     cast_shadow(view, rocks, 0, 0.1, radiance)
     col, row = int(rocks.col[0]), int(rocks.row[0])
@@ -161,6 +162,23 @@ def test_a_rock_casts_its_shadow_away_from_the_sun(azimuth: float, shadow_in_fro
     behind = radiance[row - 20: row - 13, col - 5: col + 5]
     assert (in_front < 1).all() if shadow_in_front else (in_front == 1).all(), in_front.min()
     assert (behind == 1).all() if shadow_in_front else (behind < 1).all(), behind.min()
+
+
+@pytest.mark.parametrize("elevation", [7.5, 15.0])
+def test_cast_shadows_are_half_their_geometric_length(elevation: float):
+    """The real renders' cast shadows are short (the ground right around their rocks is rarely dark), so a
+    shadow reaches half as far as the rock's height over the sun's tangent: drawn towards the camera, its
+    darkened rows below the rock end where the ground lies that half-length nearer."""
+    view, rocks = one_rock_view(0.0, sun_elevation_deg=elevation)
+    radiance = np.ones((view.height, view.width), np.float32)
+    cast_shadow(view, rocks, 0, 0.1, radiance)
+    col = int(round(float(rocks.col[0])))
+    geometric = float(height_m(rocks)[0]) / np.tan(np.radians(elevation))
+    end_row = lambda length: float(view.project(rocks.x, rocks.z - length)[1][0])
+    last_dark = np.flatnonzero(radiance[:, col] < 1).max()
+    assert SHADOW_LENGTH_SCALE == 0.5
+    assert last_dark == pytest.approx(end_row(0.5 * geometric), abs=2), (last_dark, end_row(0.5 * geometric))
+    assert end_row(geometric) - last_dark > 8  # a full-length shadow would reach clearly further
 
 
 @pytest.mark.parametrize("azimuth, elevation, x_m, z_m, wave_px", [
@@ -188,24 +206,30 @@ def test_cap_highlights_rolls_off_below_the_ceiling_and_keeps_shading():
     assert capped.max() < ceiling and np.all(np.diff(capped) > 0)  # bright faces still differ from each other
 
 
-def _luminance_stats(pairs) -> tuple[float, float]:
-    """Medians over frames of (ground 95th percentile, rock 90th percentile) luminance, 0-1."""
-    ground, rock = [], []
+def _luminance_stats(pairs) -> tuple[float, float, float]:
+    """Medians over frames of (ground 95th percentile, rock 90th percentile) luminance, 0-1, and of the rock
+    pixels' 25th percentile over the ground's median: how lit a rock's shadowed side is."""
+    ground, rock, dark_side = [], [], []
     for image, mask in pairs:
         grey = np.asarray(image, np.float32).mean(-1) / 255
         if (mask == 0).sum() > 100 and (mask >= 2).sum() > 50:
             ground.append(np.percentile(grey[mask == 0], 95))
             rock.append(np.percentile(grey[mask >= 2], 90))
-    return float(np.median(ground)), float(np.median(rock))
+            dark_side.append(np.percentile(grey[mask >= 2], 25) / np.median(grey[mask == 0]))
+    return float(np.median(ground)), float(np.median(rock)), float(np.median(dark_side))
 
 
 @pytest.mark.skipif(not REAL_CLEAN.is_dir(), reason=f"the real masks are not here ({REAL_CLEAN}; ../shared absent)")
-def test_lit_rocks_are_about_as_bright_as_in_the_real_renders():
-    """The real renders' rocks peak just above the brightest regolith: per frame, rock pixels' 90th percentile
-    0.74 vs ground's 95th 0.65 (medians over the 40 renders). Without the cap ours peaked at 0.90 (nearly
-    white), which a model learns as "bright blob = rock"; capped in the grey half of the scenes: 0.75."""
+def test_rocks_are_lit_about_as_in_the_real_renders():
+    """The real renders' rocks peak just above the brightest regolith (per frame, rock pixels' 90th percentile
+    0.74 vs ground's 95th 0.65, medians over the 40 renders) and their shadowed sides are lit (25th
+    percentile 0.74 x the ground's median). Without the highlight cap ours peaked at 0.90 (nearly white),
+    which a model learns as "bright blob = rock". Bounce light of 5-20 % left shadowed sides black (0.41);
+    5-40 % on every face lights them (0.65) and, as the price, brightens lit faces too (0.84; 0.80 before):
+    it scored +0.013 real-render mIoU over seven seeds of bench/sim2real.py (README)."""
     real = _luminance_stats((s.image, s.mask) for s in load_eval_set(REAL_CLEAN.parents[1], "render"))
     ours = _luminance_stats((s.image, s.mask) for s in (render_scene(0, i, (240, 360)) for i in range(1, 61)))
-    assert real == pytest.approx((0.65, 0.74), abs=0.02)  # measured on the real renders
+    assert real == pytest.approx((0.65, 0.74, 0.74), abs=0.02)  # measured on the real renders
     assert abs(ours[0] - real[0]) < 0.05, f"ground 95th percentile: ours {ours[0]:.2f}, real {real[0]:.2f}"
-    assert abs(ours[1] - real[1]) < 0.06, f"rock 90th percentile: ours {ours[1]:.2f}, real {real[1]:.2f}"
+    assert abs(ours[1] - real[1]) < 0.12, f"rock 90th percentile: ours {ours[1]:.2f}, real {real[1]:.2f}"
+    assert abs(ours[2] - real[2]) < 0.15, f"rock 25th percentile / ground median: ours {ours[2]:.2f}, real {real[2]:.2f}"
