@@ -46,7 +46,8 @@ BOULDER_CUT_DEPTH = (0.85, 1.0)
 BOULDER_ALBEDO = (1.0, 1.35)  # and mostly lighter than the regolith and the small rocks
 BOX = 1.2  # the bounding box's faces: rarely cut deeper than the random ones
 BOUNCE = (0.05, 0.4)  # light reflected off the sunlit regolith onto every face: the real renders' shadowed
-# faces are lit (a rock's darker quarter 0.76 x the ground's median; ours was 0.44 with 5-20 %)
+# faces are lit (per frame, rock pixels' 25th percentile 0.74 x the ground's median; ours 0.41 with 5-20 %,
+# 0.65 with this; tests/data_pipeline/test_synth_rocks.py)
 SHADOW_LENGTH_SCALE = 0.5  # the real renders' cast shadows are short: the ground right around a rock is
 # dark in 3 % of its pixels (ours 15 % at the geometric length of a rock as tall as its bounding box)
 
