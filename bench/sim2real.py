@@ -111,12 +111,11 @@ def score(model, size: tuple[int, int], eval_sets: dict, device, figures: Path, 
     """Metrics per evaluation set; confusion matrices and worst predictions go to `figures` (look at them)."""
     info = {"classes": dp.class_table(), "image_size": list(size),
             "normalization": {"mean": dp.IMAGENET_MEAN, "std": dp.IMAGENET_STD}}
-    scores = evaluate_model(model, info, eval_sets, device, keep_worst=KEEP_WORST)
+    scores = evaluate_model(model, info, eval_sets, device, keep_worst=KEEP_WORST, keep_predictions=True)
     figures.mkdir(parents=True, exist_ok=True)
     write_figures({name.replace("/", "-"): s for name, s in scores.items()}, figures, label)
     return {name: {"images": s.images, **s.metrics, "worst": [item.name for item in s.worst],
-                   "rock_recall": rock_recall.recall_by_contrast(eval_sets[name],
-                                                                 rock_recall.predict(model, eval_sets[name], info, device))}
+                   "rock_recall": rock_recall.recall_by_contrast(eval_sets[name], s.predictions)}
             for name, s in scores.items()}
 
 

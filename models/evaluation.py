@@ -39,6 +39,7 @@ class GroupScore:
     images: int  # images scored
     per_image: list = field(default_factory=list)  # [(name, miou)] in scoring order
     worst: list = field(default_factory=list)  # up to keep_worst ScoredImage, worst first
+    predictions: list = field(default_factory=list)  # H x W uint8 masks in scoring order, if kept
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -55,10 +56,13 @@ def image_miou(matrix: torch.Tensor) -> float:
 
 def score_group(model: nn.Module, samples: Iterable, *, image_size: tuple[int, int], mean: Sequence[float],
                 std: Sequence[float], device: torch.device | str, class_names: Sequence[str],
-                rock_ids: Sequence[int], keep_worst: int = 0) -> GroupScore:
-    """Predict every sample at the model's size, score it at the mask's size; one GroupScore."""
+                rock_ids: Sequence[int], keep_worst: int = 0, keep_predictions: bool = False) -> GroupScore:
+    """Predict every sample at the model's size, score it at the mask's size; one GroupScore.
+
+    keep_predictions keeps every predicted mask (for further analysis without predicting again).
+    """
     total = ConfusionMatrix(len(class_names))
-    per_image, heap, order = [], [], itertools.count()
+    per_image, heap, order, kept = [], [], itertools.count(), []
     for chunk in _chunks(samples, BATCH_SIZE):
         predictions = predict_masks(model, [s.image for s in chunk], image_size, mean, std, device, BATCH_SIZE)
         for sample, prediction in zip(chunk, predictions):
@@ -67,10 +71,12 @@ def score_group(model: nn.Module, samples: Iterable, *, image_size: tuple[int, i
             total.matrix += one.matrix
             miou = image_miou(one.matrix)
             per_image.append((sample.name, miou))
+            if keep_predictions:
+                kept.append(prediction)
             if keep_worst:
                 # a max-heap on mIoU (negated) of size keep_worst keeps the lowest scores seen so far
                 item = (-miou, next(order), ScoredImage(sample.name, miou, sample.image, sample.mask, prediction))
                 (heapq.heappush if len(heap) < keep_worst else heapq.heappushpop)(heap, item)
     worst = [entry[2] for entry in sorted(heap, key=lambda e: (-e[0], e[1]))]
     return GroupScore(total.matrix.numpy(), segmentation_metrics(total.matrix, class_names, rock_ids),
-                      len(per_image), per_image, worst)
+                      len(per_image), per_image, worst, kept)

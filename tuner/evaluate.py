@@ -74,14 +74,15 @@ def _render_samples(root: Path) -> tuple[list, list[Path]]:
 # ----------------------------------------------------------------------------- scoring
 
 def evaluate_model(model, info: dict, eval_sets: dict, device, *, image_size: tuple[int, int] | None = None,
-                   keep_worst: int = 0) -> dict:
+                   keep_worst: int = 0, keep_predictions: bool = False) -> dict:
     """Score `model` on each named group of samples; {group: models.evaluation.GroupScore}.
 
     - model, info: as returned by `models.checkpoint.model_from_checkpoint` (info gives the input size,
       normalisation and class table; the classes must be the data set's four).
     - eval_sets: {group name: iterable of EvalSample}, e.g. `data_pipeline.load_eval_set(root, "render",
       frames=test_frames)` or the sets of `find_eval_sets`. Images are scored at their mask's own size.
-    - image_size: (H, W) the model sees, overriding the checkpoint's; keep_worst: ScoredImages kept per group.
+    - image_size: (H, W) the model sees, overriding the checkpoint's; keep_worst: ScoredImages kept per group;
+      keep_predictions: keep every predicted mask (GroupScore.predictions, in the group's order).
     Each GroupScore has .metrics (miou, rock_miou, pixel_acc, dice, iou_<class>; NaN for a class absent
     from both truth and prediction), .matrix (true x predicted pixel counts), .images, .per_image, .worst.
     A DataError (unreadable image, unknown mask colour) propagates, naming the file.
@@ -97,7 +98,7 @@ def evaluate_model(model, info: dict, eval_sets: dict, device, *, image_size: tu
     size = tuple(image_size or info["image_size"])
     return {group: score_group(model, samples, image_size=size, mean=norm["mean"], std=norm["std"],
                                device=device, class_names=CLASS_NAMES, rock_ids=ROCK_CLASS_IDS,
-                               keep_worst=keep_worst)
+                               keep_worst=keep_worst, keep_predictions=keep_predictions)
             for group, samples in eval_sets.items()}
 
 

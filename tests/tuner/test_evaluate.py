@@ -122,6 +122,23 @@ def test_evaluate_model_scores_any_named_groups(checkpoint, data):
     assert scores["test"].worst[0].name == "0002" and scores["test"].worst[0].prediction.shape == (64, 96)
 
 
+def test_kept_predictions_are_the_masks_that_were_scored(checkpoint, data):
+    """bench/sim2real.py takes its rock-recall table from these instead of predicting every set twice."""
+    from data_pipeline import load_eval_set
+    from models.checkpoint import model_from_checkpoint
+
+    root, truth = data
+    model, info = model_from_checkpoint(checkpoint)
+    samples = list(load_eval_set(root, "render", "ground", frames=["0001", "0002"]))
+    kept = evaluate_model(model, info, {"test": samples}, "cpu", keep_predictions=True)["test"]
+    assert [p.shape for p in kept.predictions] == [(48, 72), (64, 96)]
+    counts = np.zeros((4, 4), dtype=np.int64)
+    for sample, prediction in zip(samples, kept.predictions):
+        np.add.at(counts, (np.asarray(sample.mask).ravel(), prediction.ravel()), 1)
+    assert counts.tolist() == kept.matrix.tolist()
+    assert evaluate_model(model, info, {"test": samples}, "cpu")["test"].predictions == []  # opt-in: memory
+
+
 def test_figures_of_a_score_without_kept_predictions_are_refused(checkpoint, data, tmp_path):
     """A worst-predictions figure with nothing in it would read as "nothing went wrong"."""
     from data_pipeline import load_eval_set
