@@ -24,7 +24,8 @@ TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
 sys.path.insert(0, str(TESTS / "tuner"))  # _procs, test_cluster, test_mlflow_server, test_resume helpers
 
-from _procs import MARK, free_port, marked_pids, session_members, terminate_session  # noqa: E402,F401
+from _procs import (MARK, RAY_EXIT_S, describe, free_port, marked_pids, session_members,  # noqa: E402,F401
+                    terminate_session, wait_gone)
 
 
 # The hand-built U-Net, wide enough that an epoch takes a second or more on 2 busy cores: a kill after an

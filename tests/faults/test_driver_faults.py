@@ -12,7 +12,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from fault_helpers import REPO, epoch_histories, marked_pids, trial_rows, tune_args, wait_exit, wait_for
+from fault_helpers import (RAY_EXIT_S, REPO, describe, epoch_histories, trial_rows, tune_args, wait_exit, wait_for,
+                           wait_gone)
 from test_resume import _finished_in_study
 from tuner import leftovers
 from tuner.cli import CliError
@@ -54,7 +55,8 @@ def test_sigkilled_driver_resumes_without_rerunning_and_a_second_sweep_is_refuse
     assert code == 0, out[-4000:]
     assert survivor.wait(timeout=1) == -signal.SIGTERM, "--resume must stop the killed sweep's leftovers"
     assert f"left running by the killed sweep (driver pid {proc.pid})" in out, out[-4000:]
-    assert not marked_pids(sweeps.mark), "the resumed sweep left Ray processes behind"
+    left = wait_gone(sweeps.mark, RAY_EXIT_S)  # Ray stops its processes asynchronously after the CLI exits
+    assert not left, f"the resumed sweep left Ray processes behind for {RAY_EXIT_S} s:\n{describe(left)}"
     histories = epoch_histories(uri, "killed")  # also: still exactly one parent run
     assert len(histories) == SAMPLES and all(steps == [1, 2] for steps in histories.values()), histories
     rows = trial_rows(run_dir / "ray")

@@ -10,6 +10,8 @@ from pathlib import Path
 # In the environment of every process a test starts; Ray's gcs_server, raylet, workers and agents inherit
 # it from the driver, so it finds exactly the processes a test's sweep started, whatever their session.
 MARK = "LUNARTUNE_FAULT_MARK"
+RAY_EXIT_S = 30  # after a CLI exits, its Ray (gcs_server, raylet, workers, agents) must be gone by then:
+# Ray stops them asynchronously (workers exit once their raylet goes), so none is checked at the exit itself
 
 
 def free_port() -> int:
@@ -55,3 +57,22 @@ def marked_pids(mark: str) -> list[int]:
             except OSError:
                 pass
     return pids
+
+
+def wait_gone(mark: str, timeout_s: float) -> list[int]:
+    """Pids still carrying `mark` once they are all gone or `timeout_s` has passed (polling)."""
+    deadline = time.monotonic() + timeout_s
+    while (left := marked_pids(mark)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def describe(pids: list[int]) -> str:
+    """One line per pid: its command line (for an assertion message), or "(gone)"."""
+    out = []
+    for pid in pids:
+        try:
+            out.append(f"{pid}: {Path(f'/proc/{pid}/cmdline').read_bytes().replace(bytes(1), b' ').decode().strip()[:150]}")
+        except OSError:
+            out.append(f"{pid}: (gone)")
+    return "\n".join(out)

@@ -15,13 +15,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from _procs import MARK, marked_pids
+from _procs import MARK, RAY_EXIT_S, describe, marked_pids, wait_gone
 from tuner import tracking
 from tuner.sweep import SweepConfig, run_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = 8  # enough that the sweep cannot finish between "2 trials done" and the SIGINT landing
-RAY_EXIT_S = 30  # after the CLI exits, its Ray (gcs_server, raylet, workers, agents) must be gone by then
 
 
 def _finished_in_study(db: Path) -> int:
@@ -44,24 +43,6 @@ def _interrupt_after(proc: subprocess.Popen, db: Path, finished: int, timeout_s:
     running = marked_pids(mark) if mark else []
     proc.send_signal(signal.SIGINT)
     return running
-
-
-def _wait_gone(mark: str, timeout_s: float) -> list[int]:
-    """Pids still carrying `mark` once they are all gone or `timeout_s` has passed (polling)."""
-    deadline = time.monotonic() + timeout_s
-    while (left := marked_pids(mark)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return left
-
-
-def _describe(pids: list[int]) -> str:
-    out = []
-    for pid in pids:
-        try:
-            out.append(f"{pid}: {Path(f'/proc/{pid}/cmdline').read_bytes().replace(bytes(1), b' ').decode().strip()[:150]}")
-        except OSError:
-            out.append(f"{pid}: (gone)")
-    return "\n".join(out)
 
 
 def _kill(pids: list[int]) -> None:
@@ -88,8 +69,8 @@ def test_sigint_then_resume_does_not_rerun_finished_trials(local_ray, scenes, ti
     try:
         running = _interrupt_after(proc, run_paths.optuna_db, finished=2, timeout_s=240, mark=mark)
         _, stderr = proc.communicate(timeout=120)
-        left = _wait_gone(mark, RAY_EXIT_S)
-        described = _describe(left)
+        left = wait_gone(mark, RAY_EXIT_S)
+        described = describe(left)
     finally:
         if proc.poll() is None:
             proc.kill()
