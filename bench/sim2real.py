@@ -5,6 +5,7 @@
     python bench/sim2real.py --styles realistic --seed 1 --out /tmp/s2r-1      # one style, another seed
     python bench/sim2real.py --seeds 0,1,2,3,4 --out /tmp/s2r-5   # the mean of five seeds, ~80 min
     python bench/sim2real.py --seeds 0,1,2,3,4,5 --jobs 8 --device cuda   # many cores and a GPU: 8 runs at a time
+    python bench/sim2real.py --merge /tmp/s2r-5/sim2real.json /tmp/s2r-1/sim2real.json --out /tmp/s2r-6   # one result
 
 One fixed recipe - smp U-Net VGG11, no pretrained weights, dropout 0.1, AdamW lr 1e-3, batch 8, cross-entropy,
 6 epochs, 400 training scenes generated at the data set's 720x480 and resized to 128x192 (its 2:3 aspect; 60 more
@@ -18,11 +19,14 @@ per style, <out>/<style>/confusion_*.png and worst_*.png (the worst predictions 
 A second table gives, per real set, the rock recall by contrast with the surrounding ground
 (bench/rock_recall.py: does the model find real rocks by shape and shading, or only when they are brighter?);
 --save-models keeps each model as <out>/<style>/model.pt for `lunartune evaluate` or rock_recall.py.
+With both styles the table gives the gain paired by seed (mean, sd, standard error), and a last table judges
+the issue's TARGETS on the mean over the seeds; --merge combines the JSON of several runs of the recipe.
 The real data is only ever evaluated on, never trained on.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -59,6 +63,16 @@ SEED = 0  # default --seed: scenes, split, initial weights and batch order; both
 SHOWN = 4  # scenes per row of sim2real_scenes.png
 OWN_VAL_SHARE = 0.15  # own-domain val scenes generated on top of the training scenes, as a share of them
 TABLE_METRICS = ("iou_ground", "iou_sky", "iou_small_rocks", "iou_large_rocks", "miou", "rock_miou", "pixel_acc")
+# The issue's targets (README, "How well generated scenes transfer"): (eval set, metric, of what, comparison,
+# threshold). "gain" is realistic minus simple, paired by seed; "realistic" is the realistic model's score.
+TARGETS = (
+    ("kaggle-eval-small/renders", "miou", "gain", ">=", 0.15),
+    ("kaggle-eval-small/renders", "iou_small_rocks", "realistic", ">", 0.25),
+    ("kaggle-eval-small/renders", "iou_large_rocks", "realistic", ">", 0.25),
+    ("kaggle-eval-small/photos", "miou", "realistic", ">=", 0.50),
+    ("kaggle-eval-small/photos", "iou_small_rocks", "realistic", ">", 0.20),
+    ("kaggle-eval-small/photos", "iou_large_rocks", "realistic", ">", 0.20),
+)
 
 
 def recipe(epochs: int, seed: int = SEED) -> tuple[ModelConfig, TrainConfig]:
@@ -166,6 +180,24 @@ def format_table(results: dict) -> str:
             lines.append("  miou per seed   " + "   ".join(
                 f"{style} " + " / ".join(f"{runs[style]['scores'][name]['miou']:.3f}"
                                          for runs in results["per_seed"].values()) for style in styles))
+            gain = results.get("gain", {}).get(name, {}).get("miou")
+            if gain and gain["se"] is not None:
+                lines.append("  miou gain       " + " / ".join(f"{g:+.3f}" for g in gain["per_seed"])
+                             + f"   mean {gain['mean']:+.3f}, sd {gain['sd']:.3f}, se {gain['se']:.3f} (paired by seed)")
+    return "\n".join(lines)
+
+
+def format_targets(results: dict) -> str:
+    """The issue's targets, each judged on the mean over the seeds (with its standard error)."""
+    checks = results.get("targets", [])
+    if not checks:
+        return ""
+    lines = [f"\ntargets (mean over {checks[0]['seeds']} seed(s); se = standard error of that mean)",
+             f"  {'eval set':<28}{'metric':<17}{'of':<11}{'target':>8}{'value':>9}{'se':>7}  verdict"]
+    for c in checks:
+        se = "-" if c["se"] is None else f"{c['se']:.3f}"
+        lines.append(f"  {c['set']:<28}{c['metric']:<17}{c['of']:<11}{c['target']:>8}{c['value']:>9.3f}{se:>7}  "
+                     + ("met" if c["met"] else "NOT met"))
     return "\n".join(lines)
 
 
@@ -217,15 +249,104 @@ def run(args) -> dict:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
         runs = [(seed, style) for seed in args.seeds for style in args.styles]
         done = run_all(args, runs, eval_sets, device, workdir)
-    per_seed = {str(seed): {style: done[seed, style] for style in args.styles} for seed in args.seeds}
-    for style in args.styles:
-        results[style] = mean_tree([runs[style] for runs in per_seed.values()])
-    if len(args.seeds) > 1:
-        results["per_seed"] = per_seed
+    summarise(results, {str(seed): {style: done[seed, style] for style in args.styles} for seed in args.seeds})
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "sim2real.json", results)
     scene_grid(eval_sets, args.size, out / "sim2real_scenes.png", args.seeds[0])
     return results
+
+
+def summarise(results: dict, per_seed: dict) -> dict:
+    """Fill `results` from {seed: {style: run}}: each style's mean over the seeds, per_seed (with several),
+    the realistic-minus-simple gain paired by seed, and the targets check."""
+    styles = [style for style in STYLES if all(style in runs for runs in per_seed.values())]
+    for style in styles:
+        results[style] = mean_tree([runs[style] for runs in per_seed.values()])
+    if len(per_seed) > 1:
+        results["per_seed"] = per_seed
+    if set(STYLES) <= set(styles):
+        results["gain"] = {name: paired_gain(per_seed, name) for name in results[STYLES[0]]["scores"]}
+    results["targets"] = check_targets(per_seed)
+    return results
+
+
+def spread(values: list[float]) -> dict:
+    """Mean, sample standard deviation and standard error of the mean (None below two values)."""
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return {"n": n, "mean": mean, "sd": sd, "se": sd / math.sqrt(n) if sd is not None else None}
+
+
+def seed_values(per_seed: dict, name: str, metric: str, of: str) -> list[float]:
+    """One value per seed: a style's score, or with of="gain" realistic minus simple (same seed: same initial
+    weights and batch order, so the pairing removes much of the seed-to-seed noise)."""
+    values = []
+    for runs in per_seed.values():
+        realistic, simple = (runs[style]["scores"].get(name, {}).get(metric) if style in runs else None
+                             for style in STYLES)
+        value = realistic if of == "realistic" else None if None in (realistic, simple) else realistic - simple
+        if value is not None:
+            values.append(value)
+    return values
+
+
+def paired_gain(per_seed: dict, name: str, metric: str = "miou") -> dict:
+    """The realistic-minus-simple gain on one eval set: each seed's, and their spread."""
+    gains = seed_values(per_seed, name, metric, "gain")
+    return {metric: {"per_seed": gains, **spread(gains)}} if gains else {}
+
+
+def check_targets(per_seed: dict) -> list[dict]:
+    """Each target of TARGETS this run can judge (it has the eval set and the styles): value is the mean over
+    the seeds, se its standard error, met compares the mean with the threshold."""
+    checks = []
+    for name, metric, of, op, threshold in TARGETS:
+        values = seed_values(per_seed, name, metric, of)
+        if values:
+            s = spread(values)
+            mean = round(s["mean"], 9)  # a gain of 0.15 summed from floats must not read as 0.1499999
+            met = mean >= threshold if op == ">=" else mean > threshold
+            checks.append({"set": name, "metric": metric, "of": of, "target": f"{op} {threshold}",
+                           "value": s["mean"], "se": s["se"], "seeds": s["n"], "met": met})
+    return checks
+
+
+def merge(files: list[Path]) -> dict:
+    """One result from several runs of the same recipe (other seeds, other days, other machines), as if run
+    together: each (seed, style) may come from any file but only once, and every seed needs the same styles."""
+    runs, recipe_, machines = {}, None, []
+    for path in files:
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise ValueError(f"--merge {path}: cannot read it ({err.strerror})") from None
+        try:
+            data = json.loads(text)
+            recipe_of_file = {k: v for k, v in data["recipe"].items() if k != "seed"}
+            seeds = data["seeds"]
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"--merge {path}: not a sim2real.json ({type(err).__name__}: {err})") from None
+        if recipe_ is None:
+            recipe_ = recipe_of_file
+        elif recipe_of_file != recipe_:
+            differ = sorted(k for k in set(recipe_) | set(recipe_of_file) if recipe_.get(k) != recipe_of_file.get(k))
+            raise ValueError(f"--merge {path}: another recipe ({', '.join(differ)} differ): not one experiment")
+        per_seed = data.get("per_seed") or {str(seeds[0]): {s: data[s] for s in STYLES if s in data}}
+        for seed, styles in per_seed.items():
+            for style, run in styles.items():
+                if (seed, style) in runs:
+                    raise ValueError(f"--merge {path}: seed {seed} of style {style} is in an earlier file too")
+                runs[seed, style] = run
+        machines.append({"file": str(path), "seeds": seeds, **data.get("machine", {})})
+    seeds = sorted({seed for seed, _ in runs}, key=int)
+    styles = [s for s in STYLES if any(style == s for _, style in runs)]
+    for seed in seeds:
+        missing = [s for s in styles if (seed, s) not in runs]
+        if missing:
+            raise ValueError(f"--merge: seed {seed} lacks style {', '.join(missing)} (every seed needs the same styles)")
+    results = {"recipe": {**recipe_, "seed": int(seeds[0])}, "seeds": [int(s) for s in seeds], "merged_from": machines}
+    return summarise(results, {seed: {s: runs[seed, s] for s in styles} for seed in seeds})
 
 
 def run_all(args, runs: list[tuple[int, str]], eval_sets: dict, device, workdir: Path) -> dict:
@@ -306,7 +427,12 @@ def main(argv=None) -> int:
                              "the cores; worth it with a GPU or many cores (default 1: one after another)")
     parser.add_argument("--save-models", action="store_true",
                         help="also write <out>/<style>/model.pt (a lunartune checkpoint, ~70 MB each)")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", type=Path,
+                        help="train nothing: combine the sim2real.json of several runs of one recipe (disjoint "
+                             "seeds, or the other style of a seed) into <out>/sim2real.json, tables and targets")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge_and_report(parser, args.merge, Path(args.out))
     try:  # arguments first, then the data: a bad flag is reported wherever the data is
         validate_image_size(recipe(args.epochs)[0], args.size)
     except ConfigError as err:
@@ -320,10 +446,27 @@ def main(argv=None) -> int:
     if missing:
         parser.error(f"{args.data}: lacks {', '.join(missing)} (the shared real data; see --data)")
     results = run(args)
-    print(format_table(results))
-    print(format_recall(results))
+    report(results)
     print(f"\nwrote {Path(args.out) / 'sim2real.json'} and {Path(args.out) / 'sim2real_scenes.png'}", file=sys.stderr)
     return 0
+
+
+def merge_and_report(parser, files: list[Path], out: Path) -> int:
+    try:
+        results = merge(files)
+    except ValueError as err:
+        parser.error(str(err))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "sim2real.json", results)
+    report(results)
+    print(f"\nwrote {out / 'sim2real.json'} (merged from {len(files)} runs)", file=sys.stderr)
+    return 0
+
+
+def report(results: dict) -> None:
+    print(format_table(results))
+    print(format_recall(results))
+    print(format_targets(results))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,26 @@ def test_tiny_sim2real_writes_the_table_json_and_grid(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "kaggle-fullsize-eval/photos (1 images)" in table and "iou_small_rocks" in table and "gain" in table
     assert "rock recall by contrast" in table and "recall realistic" in table
+    renders = {style: results[style]["scores"]["kaggle-eval-small/renders"] for style in ("realistic", "simple")}
+    gain = results["gain"]["kaggle-eval-small/renders"]["miou"]
+    assert gain["per_seed"] == [pytest.approx(renders["realistic"]["miou"] - renders["simple"]["miou"])]
+    assert gain["se"] is None, "one seed: no standard error"
+    checks = {(c["set"], c["metric"]): c for c in results["targets"]}
+    assert len(checks) == 6 and "targets (mean over 1 seed(s)" in table
+    small = checks["kaggle-eval-small/renders", "iou_small_rocks"]
+    assert small["value"] == renders["realistic"]["iou_small_rocks"] and small["met"] == (small["value"] > 0.25)
+    assert checks["kaggle-eval-small/renders", "miou"]["value"] == pytest.approx(gain["mean"])
+    # one run written as two (one style each) merges back into the same result
+    halves = []
+    for style in ("realistic", "simple"):
+        half = {k: v for k, v in results.items() if k not in ("simple" if style == "realistic" else "realistic",
+                                                             "gain", "targets")}
+        halves.append(tmp_path / f"{style}.json")
+        halves[-1].write_text(json.dumps(half))
+    assert bench.main(["--merge", *map(str, halves), "--out", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged" / "sim2real.json").read_text())
+    assert merged["gain"] == results["gain"] and merged["targets"] == results["targets"]
+    assert merged["seeds"] == [3] and [m["file"] for m in merged["merged_from"]] == list(map(str, halves))
     recall = results["realistic"]["scores"]["kaggle-eval-small/renders"]["rock_recall"]
     assert sum(recall[band]["rocks"] for band in ("darker", "similar", "brighter")) > 200  # the 40 renders' rocks
     # the saved model is a lunartune checkpoint: rock_recall.py reloads it and gets the same table
@@ -106,6 +127,60 @@ def test_mean_of_results_averages_numbers_keeps_counts_and_names():
             {"miou": 0.7, "images": 40, "worst": ["b"], "recall": 0.4, "band": {"recall": None, "rocks": 3}}]
     assert mean_tree(runs) == {"miou": pytest.approx(0.6), "images": 40, "worst": ["a"], "recall": 0.4,
                                "band": {"recall": None, "rocks": 3}}
+
+
+def fake_run(seeds: list[int], scores: dict, scenes: int = 400) -> dict:
+    """A sim2real.json of the shape run() writes: scores = {style: [renders mIoU per seed]}."""
+    def one(miou):
+        return {"scores": {"kaggle-eval-small/renders": {
+            "images": 40, "iou_ground": 0.8, "iou_sky": 0.9, "iou_small_rocks": 0.3, "iou_large_rocks": None,
+            "miou": miou, "rock_miou": 0.3, "pixel_acc": 0.9, "worst": ["x"]}}}
+    per_seed = {str(seed): {style: one(v[i]) for style, v in scores.items()} for i, seed in enumerate(seeds)}
+    run = {"recipe": {"scenes": scenes, "seed": seeds[0]}, "seeds": seeds, "machine": {"device": "cpu"}}
+    if len(seeds) > 1:
+        run["per_seed"] = per_seed
+    run.update({style: per_seed[str(seeds[0])][style] for style in scores} if len(seeds) == 1 else {})
+    return run
+
+
+def test_merged_runs_give_the_paired_gain_and_targets_of_all_their_seeds(tmp_path):
+    bench = load_bench()
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps(fake_run([0, 1], {"realistic": [0.50, 0.56], "simple": [0.40, 0.36]})))
+    second.write_text(json.dumps(fake_run([2], {"realistic": [0.53], "simple": [0.41]})))
+    merged = bench.merge([first, second])
+    assert merged["seeds"] == [0, 1, 2] and set(merged["per_seed"]) == {"0", "1", "2"}
+    gain = merged["gain"]["kaggle-eval-small/renders"]["miou"]
+    assert gain["per_seed"] == pytest.approx([0.10, 0.20, 0.12])
+    assert gain["mean"] == pytest.approx(0.14) and gain["sd"] == pytest.approx(0.052915, abs=1e-6)
+    assert gain["se"] == pytest.approx(0.052915 / 3 ** 0.5, abs=1e-6)
+    assert merged["realistic"]["scores"]["kaggle-eval-small/renders"]["miou"] == pytest.approx(0.53)
+    checks = {c["metric"]: c for c in merged["targets"]}
+    assert set(checks) == {"miou", "iou_small_rocks"}, "no large-rock IoU (None) and no photos: not judged"
+    assert checks["miou"]["met"] is False and checks["miou"]["target"] == ">= 0.15" and checks["miou"]["seeds"] == 3
+    assert checks["iou_small_rocks"]["met"] is True
+    table = bench.format_table(merged) + bench.format_targets(merged)
+    assert "miou gain       +0.100 / +0.200 / +0.120   mean +0.140, sd 0.053, se 0.031 (paired by seed)" in table
+    assert "NOT met" in table
+
+
+def test_merge_refuses_runs_that_are_not_one_experiment(tmp_path):
+    bench = load_bench()
+    files = {"a": fake_run([0], {"realistic": [0.5], "simple": [0.4]}),
+             "other_recipe": fake_run([1], {"realistic": [0.5], "simple": [0.4]}, scenes=16),
+             "same_seed": fake_run([0], {"simple": [0.4]}),
+             "half": fake_run([5], {"simple": [0.4]})}
+    for name, run in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(run))
+    (tmp_path / "broken.json").write_text("{not json")
+    path = lambda name: tmp_path / f"{name}.json"
+    for names, message in ((["a", "other_recipe"], "another recipe (scenes differ)"),
+                           (["a", "same_seed"], "seed 0 of style simple is in an earlier file too"),
+                           (["a", "half"], "seed 5 lacks style realistic"),
+                           (["a", "broken"], "broken.json: not a sim2real.json"),
+                           (["a", "absent"], "absent.json: cannot read it")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            bench.merge([path(n) for n in names])
 
 
 @pytest.mark.parametrize("args, message", [
