@@ -156,7 +156,7 @@ def format_recall(results: dict) -> str:
         if "rock_recall" in first:
             lines.append(f"\n{name}\n" + rock_recall.format_table(
                 {style: results[style]["scores"][name]["rock_recall"] for style in styles}))
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 1 else ""  # none: runs merged from JSON without recall
 
 
 def format_table(results: dict) -> str:

@@ -162,6 +162,7 @@ def test_merged_runs_give_the_paired_gain_and_targets_of_all_their_seeds(tmp_pat
     table = bench.format_table(merged) + bench.format_targets(merged)
     assert "miou gain       +0.100 / +0.200 / +0.120   mean +0.140, sd 0.053, se 0.031 (paired by seed)" in table
     assert "NOT met" in table
+    assert bench.format_recall(merged) == "", "no recall in these runs: no table header either"
 
 
 def test_merge_refuses_runs_that_are_not_one_experiment(tmp_path):
