@@ -1,5 +1,5 @@
 """The thin Ray trainable: Ray's flat trial dict -> frozen configs (in `configs_from_trial`, the only place),
-resume from `tune.get_checkpoint()`, loop epochs over models.training's pure functions, log each epoch to
+resume from its newest checkpoint, loop epochs over models.training's pure functions, log each epoch to
 the trial's MLflow child run (step = epoch) and `tune.report(metrics, checkpoint=...)`.
 
 Why log from here rather than with MLflowLoggerCallback: the trial knows its child run id, stores it in
@@ -154,8 +154,9 @@ def _objective(metrics: dict, name: str) -> float:
 
 
 def _restore(checkpoint, model, optimizer, scheduler) -> tuple[int, float | None, str | None]:
-    """(last finished epoch, best objective so far, child run id) from Ray's checkpoint, or a fresh start."""
-    saved = _newest_readable(checkpoint) if checkpoint is not None else None
+    """(last finished epoch, best objective so far, child run id) from the trial's newest checkpoint, or a
+    fresh start."""
+    saved = _newest_readable(_kept_checkpoints(checkpoint, tune.get_context().get_storage()))
     if saved is None:
         return 0, None, None
     model.load_state_dict(saved["state_dict"])
@@ -165,30 +166,46 @@ def _restore(checkpoint, model, optimizer, scheduler) -> tuple[int, float | None
     return saved["epoch"], saved["extra"]["best"], saved["extra"]["run_id"]
 
 
-def _newest_readable(checkpoint) -> dict | None:
-    """Ray's latest checkpoint, or if its file is corrupt the newest older one Ray kept (warning naming
-    the file); None (the trial restarts from epoch 1) if none can be read."""
-    for candidate in _kept_checkpoints(checkpoint):
+def _newest_readable(candidates: list) -> dict | None:
+    """The first checkpoint of `candidates` whose state file loads; each one that does not is a warning
+    naming the file. None (the trial starts at epoch 1) if there is none."""
+    for candidate in candidates:
         try:
             with candidate.as_directory() as folder:
                 return load_checkpoint(Path(folder) / STATE_FILE)
         except (CheckpointError, OSError) as err:
             print(f"lunartune trial: warning: cannot resume from {candidate.path}: {err}; "
                   f"falling back to an older checkpoint", file=sys.stderr)
-    print("lunartune trial: warning: no readable checkpoint left: the trial restarts from epoch 1", file=sys.stderr)
+    if candidates:
+        print("lunartune trial: warning: no readable checkpoint left: the trial restarts from epoch 1",
+              file=sys.stderr)
     return None
 
 
-def _kept_checkpoints(checkpoint) -> list:
-    """`checkpoint`, then the older checkpoint_* folders beside it in the trial's folder, newest first."""
-    trial_dir = checkpoint.path.rstrip("/").rsplit("/", 1)[0]
+def _kept_checkpoints(checkpoint, storage) -> list:
+    """Every checkpoint_* folder in the trial's folder, newest state file first (Ray's `checkpoint` among them).
+
+    Why not just Ray's: Ray registers a reported checkpoint only after a second call to the trial's actor
+    (train, then save); a node that dies between the two leaves the epoch in result.json and its checkpoint
+    on storage, but Ray hands back the one before, and the epoch would be trained twice. Newest by the state
+    file's mtime, not by folder name: a restored trial numbers its next checkpoint from Ray's, so an older
+    name can hold a newer epoch.
+    """
+    fs, trial_dir = storage.storage_filesystem, storage.trial_fs_path
     try:
-        infos = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(trial_dir))
-    except OSError:
-        return [checkpoint]
-    older = sorted((i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
-                    and i.base_name.startswith("checkpoint_") and i.path < checkpoint.path), reverse=True)
-    return [checkpoint, *(tune.Checkpoint(p, filesystem=checkpoint.filesystem) for p in older)]
+        listing = fs.get_file_info(pyarrow.fs.FileSelector(trial_dir, allow_not_found=True))
+        folders = [i.path.rstrip("/") for i in listing
+                   if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("checkpoint_")]
+        states = fs.get_file_info([f"{folder}/{STATE_FILE}" for folder in folders])
+    except OSError as err:
+        print(f"lunartune trial: warning: cannot list the checkpoints in {trial_dir}: {err}", file=sys.stderr)
+        return [] if checkpoint is None else [checkpoint]
+    written = {folder: state.mtime_ns or 0 for folder, state in zip(folders, states)
+               if state.type == pyarrow.fs.FileType.File}
+    if checkpoint is not None:
+        written.setdefault(checkpoint.path.rstrip("/"), 0)
+    newest_first = sorted(written, key=lambda folder: (written[folder], folder), reverse=True)
+    return [tune.Checkpoint(folder, filesystem=fs) for folder in newest_first]
 
 
 def _open_child_run(model_cfg: ModelConfig, train_cfg: TrainConfig, setup: TrialSetup) -> str:

@@ -1,11 +1,20 @@
-"""The trainable's edge: Ray's flat dict -> frozen configs, in one function."""
+"""The trainable's edges: Ray's flat dict -> frozen configs, in one function; which checkpoint a trial resumes from."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow.fs
 import pytest
 
+import data_pipeline
 from data_pipeline import DataConfig
 from models import ConfigError, ModelConfig, TrainConfig
-from tuner.trainable import TrialSetup, configs_from_trial, epoch_metrics
+from models import build
+from models.checkpoint import save_checkpoint
+from tuner.trainable import (STATE_FILE, TrialSetup, _kept_checkpoints, _newest_readable, configs_from_trial,
+                             epoch_metrics)
 from tuner.tracking import TrackingTarget
 
 SETUP = TrialSetup(data=DataConfig(root="/data", batch_size=8, augment=True), model=ModelConfig(),
@@ -40,3 +49,51 @@ def test_epoch_metrics_names():
                             {"loss": 0.5, "miou": 0.4, "rock_miou": 0.2, "iou_sky": 0.9}, epoch=2)
     assert metrics == {"train_loss": 1.0, "lr": 0.1, "epoch_seconds": 2.0, "epoch": 2, "val_loss": 0.5,
                        "val_miou": 0.4, "val_rock_miou": 0.2, "val_iou_sky": 0.9}
+
+
+NORMALIZATION = {"mean": data_pipeline.IMAGENET_MEAN, "std": data_pipeline.IMAGENET_STD}
+
+
+def _trial_folder(tmp_path: Path, written: dict[str, int | None]) -> Path:
+    """checkpoint_* folders whose state file holds `epoch` = the folder's order of writing (None: no file,
+    as a copy cut short), each state file's mtime = that order."""
+    cfg = ModelConfig(backbone="unet_scratch", scratch_width=4, scratch_depth=2)
+    model = build(cfg)
+    for name, order in written.items():
+        (tmp_path / name).mkdir()
+        if order is not None:
+            path = save_checkpoint(tmp_path / name / STATE_FILE, model, cfg, TrainConfig(),
+                                   classes=data_pipeline.class_table(), image_size=(32, 32),
+                                   normalization=NORMALIZATION, epoch=order, metrics={},
+                                   extra={"best": 0.0, "run_id": "r"})
+            os.utime(path, ns=(order * 10**9, order * 10**9))
+    return tmp_path
+
+
+def _storage(trial_dir: Path):
+    return SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem(), trial_fs_path=str(trial_dir))
+
+
+def test_a_trial_resumes_from_its_newest_state_not_only_from_the_checkpoint_ray_registered(tmp_path):
+    # Ray registered checkpoint_000000; checkpoint_000001 was persisted by a node that died before Ray's
+    # save step; a restored trial later wrote a newer epoch into checkpoint_000000 again; 3 is a cut copy
+    from ray import tune
+
+    trial = _trial_folder(tmp_path, {"checkpoint_000000": 3, "checkpoint_000001": 2, "checkpoint_000002": 1,
+                                     "checkpoint_000003": None, "other": 5})
+    registered = tune.Checkpoint(str(trial / "checkpoint_000002"))
+    order = [Path(c.path).name for c in _kept_checkpoints(registered, _storage(trial))]
+    assert order == ["checkpoint_000000", "checkpoint_000001", "checkpoint_000002"]
+    assert _newest_readable(_kept_checkpoints(None, _storage(trial)))["epoch"] == 3  # also when Ray has none
+
+
+def test_an_unreadable_newest_state_falls_back_with_a_warning_and_none_is_a_quiet_fresh_start(tmp_path, capsys):
+    trial = _trial_folder(tmp_path, {"checkpoint_000000": 1, "checkpoint_000001": 2})
+    (trial / "checkpoint_000001" / STATE_FILE).write_bytes(b"cut short")
+    os.utime(trial / "checkpoint_000001" / STATE_FILE, ns=(9 * 10**9, 9 * 10**9))
+    assert _newest_readable(_kept_checkpoints(None, _storage(trial)))["epoch"] == 1
+    assert f"cannot resume from {trial / 'checkpoint_000001'}" in capsys.readouterr().err
+
+    fresh = tmp_path / "fresh"  # a trial's first start: its folder may not even exist on storage yet
+    assert _kept_checkpoints(None, _storage(fresh)) == [] and _newest_readable([]) is None
+    assert capsys.readouterr().err == ""
