@@ -167,7 +167,8 @@ def test_recalibrated_batchnorm_makes_eval_mode_match_the_batch_statistics():
     model = _stale_scratch_unet()
     images, masks = blob_batches(8, 8, seed=5)[0]
     with_batch_stats = _predictions(model, images, train_mode=True)
-    assert not torch.allclose(_predictions(model, images, train_mode=False), with_batch_stats, atol=1e-2)
+    stale_error = (_predictions(model, images, train_mode=False) - with_batch_stats).abs().max()
+    assert stale_error > 1.0
     weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
     momenta = [m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
 
@@ -176,8 +177,11 @@ def test_recalibrated_batchnorm_makes_eval_mode_match_the_batch_statistics():
     assert not model.training  # the mode it was called in
     assert [m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)] == momenta
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())  # weights untouched
-    # running statistics of exactly this batch: eval mode now computes what the batch statistics give
-    torch.testing.assert_close(_predictions(model, images, train_mode=False), with_batch_stats, atol=1e-3, rtol=1e-3)
+    # running statistics of exactly this batch: eval mode now computes what the batch statistics give, up to
+    # BatchNorm keeping the unbiased variance (n/(n-1), n = 512 pixels at the deepest level) and float rounding:
+    # about 1.4e-3 at most here against 5.6 before, so hold it to a thousandth of the stale error
+    recalibrated_error = (_predictions(model, images, train_mode=False) - with_batch_stats).abs().max()
+    assert recalibrated_error < stale_error / 1000, (recalibrated_error, stale_error)
 
 
 def test_recalibration_averages_batches_deterministically_and_respects_the_cap():
