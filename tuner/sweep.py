@@ -27,6 +27,7 @@ import ray
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune import Callback, CLIReporter
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
@@ -173,9 +174,10 @@ def _run_locked(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
     interrupted, incomplete = True, []  # until Ray says otherwise: an exception also leaves the parent "interrupted"
     try:
         results = _fit(cfg, paths, space, data_cfg, target, state["results_path"])
-        result = _summarise(cfg, results, experiment_id, target, state["results_path"])
+        resumable = trials_ray_resumes(results)
+        result = _summarise(cfg, results, experiment_id, target, state["results_path"], resumable)
         interrupted = result.interrupted
-        incomplete = sync_to_mlflow(results, target, cfg.max_epochs, cfg.objective, interrupted)
+        incomplete = sync_to_mlflow(results, target, cfg.max_epochs, cfg.objective, resumable)
         if not interrupted:
             _fail_orphaned_study_trials(paths, cfg.experiment)
     finally:
@@ -401,15 +403,16 @@ def trial_status(last_result: dict | None, error, max_epochs: int) -> str:
     return "completed" if last_result[EPOCH] >= max_epochs else "pruned"
 
 
-def sync_to_mlflow(results, target, max_epochs: int, objective: str, interrupted: bool) -> list[str]:
+def sync_to_mlflow(results, target, max_epochs: int, objective: str, resumable: set[str]) -> list[str]:
     """Fill each trial's child run in from Ray's results (every reported epoch and the best checkpoints are
     there): the epochs MLflow missed while it was away, the run itself if the trial never reached MLflow,
-    the best checkpoint if its upload failed, the final status tag.
+    the best checkpoint if its upload failed, the final status tag (not for the `resumable` trials: --resume
+    runs them on, and tags them when they end).
     Idempotent (steps already in MLflow are skipped); returns the trials MLflow still lacks."""
     incomplete = []
     for result in results:
         try:
-            _sync_trial(result, target, max_epochs, objective, interrupted)
+            _sync_trial(result, target, max_epochs, objective, resumable)
         except Exception as err:  # MLflow still away (or refuses): say which, keep going
             incomplete.append(f"{Path(result.path or '?').name} ({type(err).__name__}: {str(err)[:120]})")
     if incomplete:
@@ -419,7 +422,7 @@ def sync_to_mlflow(results, target, max_epochs: int, objective: str, interrupted
     return incomplete
 
 
-def _sync_trial(result, target, max_epochs: int, objective: str, interrupted: bool) -> None:
+def _sync_trial(result, target, max_epochs: int, objective: str, resumable: set[str]) -> None:
     frame, last = result.metrics_dataframe, result.metrics or {}
     if frame is None or EPOCH not in frame or not last.get("trial_id"):
         return  # never reported an epoch: nothing to log
@@ -435,9 +438,9 @@ def _sync_trial(result, target, max_epochs: int, objective: str, interrupted: bo
             tracking.log_metrics(target.uri, run_id, {k: v for k, v in row.items()
                                                       if is_epoch_metric(k) and pd.notna(v)}, step=int(row[EPOCH]))
     _sync_best_checkpoint(result, target.uri, run_id, objective)
+    if trial_id in resumable:
+        return  # stopped by Ctrl-C: --resume continues it
     status = trial_status(last, result.error, max_epochs)
-    if interrupted and status == "pruned" and _is_live(result):
-        return  # paused by Ctrl-C: --resume continues it
     if tracking.client(target.uri).get_run(run_id).data.tags.get(tracking.STATUS_TAG) == tracking.RUNNING:
         tracking.finish_child_run(target.uri, run_id, status)
 
@@ -465,15 +468,16 @@ def _fail_orphaned_study_trials(paths: RunPaths, experiment: str) -> None:
         study.tell(trial.number, state=TrialState.FAIL)
 
 
-def _summarise(cfg: SweepConfig, results, experiment_id: str, target, results_path: str) -> SweepResult:
+def _summarise(cfg: SweepConfig, results, experiment_id: str, target, results_path: str,
+               resumable: set[str]) -> SweepResult:
     finished = results.num_terminated + results.num_errors
     rows = []
     for result in results:
         metrics, config = result.metrics or {}, result.config or {}  # None for a trial that never started
         best = _best_row(result, cfg.objective)
         status = trial_status(metrics, result.error, cfg.max_epochs)
-        if finished < cfg.samples and status == "pruned" and _is_live(result):
-            status = "unfinished"  # Ctrl-C paused it mid-flight; --resume continues it
+        if metrics.get("trial_id") in resumable:
+            status = "unfinished"  # Ctrl-C stopped it mid-flight; --resume continues it
         rows.append({"trial": metrics.get("trial_id") or Path(result.path or "?").name,
                      "backbone": config.get("backbone", ""), "objective": best.get(cfg.objective, float("nan")),
                      "epochs": metrics.get(EPOCH, 0), "status": status, "config": config, "metrics": best})
@@ -482,7 +486,7 @@ def _summarise(cfg: SweepConfig, results, experiment_id: str, target, results_pa
     top = rows[0] if rows else {"config": {}, "metrics": {}}
     return SweepResult(
         experiment=cfg.experiment, experiment_id=experiment_id, parent_run_id=target.parent_run_id,
-        tracking_uri=target.uri, results_path=results_path, interrupted=finished < cfg.samples,
+        tracking_uri=target.uri, results_path=results_path, interrupted=finished < cfg.samples or bool(resumable),
         best_config=top["config"], best_metrics=top["metrics"], best_run_id=top["metrics"].get(RUN_ID),
         statuses=statuses, top_trials=[{k: v for k, v in r.items() if k not in ("config", "metrics")}
                                        for r in rows[:TOP_TRIALS_SHOWN]])
@@ -496,9 +500,21 @@ def _best_row(result, objective: str) -> dict:
     return frame.loc[frame[objective].idxmax()].to_dict()
 
 
-def _is_live(result) -> bool:
-    """Did Ray stop this trial mid-flight (Ctrl-C)? Its metrics say done=False then."""
-    return not (result.metrics or {}).get("done", False)
+def trials_ray_resumes(results) -> set[str]:
+    """Ids of the trials `--resume` runs on: those Ray's saved experiment state leaves short of TERMINATED or
+    ERROR (errored ones are retried, and were tagged errored). Read from that state, not from the trials' last
+    results: ASHA stopping a trial marks its last result done=True at once, but Ray records the trial
+    TERMINATED only once that epoch's checkpoint is saved; Ctrl-C in between leaves it RUNNING in the state,
+    and --resume trains it on. (The statuses in `results` do not tell either: Ray's cleanup after Ctrl-C sets
+    the running trials' in-memory status to TERMINATED once the state is saved.)"""
+    try:
+        saved = tune.ExperimentAnalysis(results.experiment_path, storage_filesystem=results.filesystem).trials
+    except Exception as err:  # state unreadable (storage away): the last results are the best guess left
+        print(f"lunartune tune: warning: Ray's experiment state in {results.experiment_path} unreadable "
+              f"({type(err).__name__}: {err}); trials whose last result is not done count as unfinished",
+              file=sys.stderr)
+        return {r.metrics["trial_id"] for r in results if r.metrics and not r.metrics.get("done")}
+    return {t.trial_id for t in saved if t.status not in (Trial.TERMINATED, Trial.ERROR)}
 
 
 # ---------------------------------------------------------------------------------------------

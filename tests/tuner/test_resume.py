@@ -2,6 +2,7 @@
 sweep left no Ray processes behind."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -14,10 +15,11 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from ray.tune import ExperimentAnalysis, ResultGrid
 
 from _procs import MARK, RAY_EXIT_S, describe, marked_pids, wait_gone
 from tuner import tracking
-from tuner.sweep import SweepConfig, run_sweep
+from tuner.sweep import SweepConfig, run_sweep, sync_to_mlflow, trials_ray_resumes
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = 8  # enough that the sweep cannot finish between "2 trials done" and the SIGINT landing
@@ -104,3 +106,51 @@ def test_sigint_then_resume_does_not_rerun_finished_trials(local_ray, scenes, ti
     # the restored searcher is still the Optuna one, with its trials: every trial told, none left RUNNING
     assert len(study.trials) == SAMPLES
     assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+
+
+def _save_as_running(experiment_path: Path, trial_id: str) -> None:
+    """Rewrite Ray's newest experiment state as Ray saves it when Ctrl-C lands after ASHA stopped `trial_id`
+    but before that epoch's checkpoint was saved: the trial RUNNING, its last result already done=True."""
+    state_file = sorted(experiment_path.glob("experiment_state-*.json"))[-1]
+    state = json.loads(state_file.read_text())
+    for entry in state["trial_data"]:
+        trial = json.loads(entry[0])
+        if trial["trial_id"] == trial_id:
+            trial["status"] = "RUNNING"
+            entry[0] = json.dumps(trial)
+    state_file.write_text(json.dumps(state))
+
+
+@pytest.mark.slow
+def test_a_trial_ray_will_resume_is_not_tagged_finished_though_its_last_result_says_done(
+        local_ray, scenes, tmp_path, run_paths):
+    # lr 1e-9 learns nothing, so ASHA (grace 1, reduction 2) stops it at epoch 1; lr 3e-2 runs both epochs
+    space = tmp_path / "asha.yaml"
+    space.write_text("params:\n  lr: {low: 1.0e-9, high: 3.0e-2, log: true}\n"
+                     "fixed: {backbone: unet_scratch, optimizer: adam, scratch_width: 8, scratch_depth: 3}\n"
+                     "points_to_evaluate:\n  - {lr: 3.0e-2}\n  - {lr: 1.0e-9}\n")
+    cfg = SweepConfig(space=str(space), data=str(scenes), samples=2, max_epochs=2, grace_epochs=1, reduction_factor=2,
+                      concurrency=1, seed=0, experiment="race", device="cpu")
+    first = run_sweep(cfg, run_paths)
+    assert first.statuses == {"completed": 1, "pruned": 1}
+    uri = run_paths.tracking_uri
+    children = {float(r.data.params["lr"]): r for r in tracking.child_runs(uri, first.experiment_id, first.parent_run_id)}
+    pruned = children[1e-9]
+    _save_as_running(Path(first.results_path), pruned.data.tags[tracking.TRIAL_ID_TAG])
+    tracking.client(uri).set_tag(pruned.info.run_id, tracking.STATUS_TAG, tracking.RUNNING)  # its callback never ran
+
+    results = ResultGrid(ExperimentAnalysis(first.results_path))
+    assert {r.metrics["trial_id"]: r.metrics["done"] for r in results} == {
+        r.data.tags[tracking.TRIAL_ID_TAG]: True for r in children.values()}  # both last results say done
+    resumable = trials_ray_resumes(results)
+    assert resumable == {pruned.data.tags[tracking.TRIAL_ID_TAG]}
+    target = tracking.TrackingTarget(uri, first.experiment_id, first.parent_run_id)
+    assert sync_to_mlflow(results, target, max_epochs=2, objective="val_miou", resumable=resumable) == []
+    tags = {lr: tracking.client(uri).get_run(r.info.run_id).data.tags[tracking.STATUS_TAG] for lr, r in children.items()}
+    assert tags == {3e-2: "completed", 1e-9: tracking.RUNNING}, "a trial --resume runs on must not be tagged finished"
+
+    resumed = run_sweep(SweepConfig(experiment="race", resume=True), run_paths)  # Ray runs the "RUNNING" one on
+    assert resumed.statuses == {"completed": 2}
+    history = tracking.client(uri).get_metric_history(pruned.info.run_id, "val_miou")
+    assert [m.step for m in history] == [1, 2]
+    assert tracking.client(uri).get_run(pruned.info.run_id).data.tags[tracking.STATUS_TAG] == "completed"
