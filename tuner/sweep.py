@@ -505,8 +505,8 @@ def trials_ray_resumes(results) -> set[str]:
     ERROR (errored ones are retried, and were tagged errored). Read from that state, not from the trials' last
     results: ASHA stopping a trial marks its last result done=True at once, but Ray records the trial
     TERMINATED only once that epoch's checkpoint is saved; Ctrl-C in between leaves it RUNNING in the state,
-    and --resume trains it on. (The statuses in `results` do not tell either: Ray's cleanup after Ctrl-C sets
-    the running trials' in-memory status to TERMINATED once the state is saved.)"""
+    and --resume trains it on. (The statuses in `results` do not tell either: after the final save, Ray's
+    cleanup, TuneController._cleanup_trials in Ray 2.x, stops the running trials and sets them TERMINATED.)"""
     try:
         saved = tune.ExperimentAnalysis(results.experiment_path, storage_filesystem=results.filesystem).trials
     except Exception as err:  # state unreadable (storage away): the last results are the best guess left
