@@ -5,6 +5,7 @@
     python bench/sim2real.py --styles realistic --seed 1 --out /tmp/s2r-1      # one style, another seed
     python bench/sim2real.py --seeds 0,1,2,3,4 --out /tmp/s2r-5   # the mean of five seeds, ~80 min
     python bench/sim2real.py --seeds 0,1,2,3,4,5 --jobs 8 --device cuda   # many cores and a GPU: 8 runs at a time
+    python bench/sim2real.py --styles realistic --seeds 0,1,2 --loss ce_dice --out /tmp/s2r-dice   # a recipe variant
     python bench/sim2real.py --merge /tmp/s2r-5/sim2real.json /tmp/s2r-1/sim2real.json --out /tmp/s2r-6   # one result
 
 One fixed recipe - smp U-Net VGG11, no pretrained weights, dropout 0.1, AdamW lr 1e-3, batch 8, cross-entropy,
@@ -48,7 +49,8 @@ from data_pipeline.synth import generate, render_scene  # noqa: E402
 import rock_recall  # noqa: E402  (bench/rock_recall.py, beside this file)
 from models import ConfigError, ModelConfig, TrainConfig, build, validate_image_size  # noqa: E402
 from models.checkpoint import save_checkpoint  # noqa: E402
-from models.losses import make_loss  # noqa: E402
+from models.config import LOSSES  # noqa: E402
+from models.losses import make_loss, median_frequency_weights  # noqa: E402
 from models.training import evaluate, make_optimizer, resolve_device, seed_everything, train_one_epoch  # noqa: E402
 from tuner.cli import _size  # noqa: E402  (the CLI's own N / HxW parser)
 from tuner.evaluate import KEEP_WORST, evaluate_model, find_eval_sets, write_figures, write_json_atomic  # noqa: E402
@@ -61,6 +63,7 @@ STYLES = ("realistic", "simple")
 SCENE_SIZE = (480, 720)  # (H, W) scenes are generated at: the real renders' own size
 SEED = 0  # default --seed: scenes, split, initial weights and batch order; both styles get the same ones
 SHOWN = 4  # scenes per row of sim2real_scenes.png
+RECIPE_LOSS = "ce"  # the recipe's; --loss measures another (a variant of the recipe, recorded in the JSON)
 OWN_VAL_SHARE = 0.15  # own-domain val scenes generated on top of the training scenes, as a share of them
 TABLE_METRICS = ("iou_ground", "iou_sky", "iou_small_rocks", "iou_large_rocks", "miou", "rock_miou", "pixel_acc")
 # The issue's targets (README, "How well generated scenes transfer"): (eval set, metric, of what, comparison,
@@ -75,14 +78,14 @@ TARGETS = (
 )
 
 
-def recipe(epochs: int, seed: int = SEED) -> tuple[ModelConfig, TrainConfig]:
+def recipe(epochs: int, seed: int = SEED, loss: str = RECIPE_LOSS) -> tuple[ModelConfig, TrainConfig]:
     model = ModelConfig(backbone="vgg11", arch="unet", encoder_weights="none", dropout=0.1)
-    train = TrainConfig(epochs=epochs, batch_size=8, lr=1e-3, optimizer="adamw", loss="ce", seed=seed)
+    train = TrainConfig(epochs=epochs, batch_size=8, lr=1e-3, optimizer="adamw", loss=loss, seed=seed)
     return model, train
 
 
 def train_on(style: str, scenes: int, epochs: int, size: tuple[int, int], workdir: Path, device,
-             seed: int = SEED, workers: int = 0) -> tuple:
+             seed: int = SEED, workers: int = 0, loss: str = RECIPE_LOSS) -> tuple:
     """(model, metrics on the generator's own val split, seconds) for one generator style; `workers` processes
     generate the scenes (0: every core)."""
     val_scenes = own_val_scenes(scenes)
@@ -92,10 +95,11 @@ def train_on(style: str, scenes: int, epochs: int, size: tuple[int, int], workdi
     loaders = dp.make_loaders(dp.DataConfig(root=str(root), image_size=size, batch_size=8, seed=seed, progress=False,
                                             val_fraction=val_scenes / (scenes + val_scenes), test_fraction=0.0))
     assert loaders.split_sizes["train"] == scenes, loaders.split_sizes
-    model_cfg, train_cfg = recipe(epochs, seed)
+    model_cfg, train_cfg = recipe(epochs, seed, loss)
     seed_everything(seed)
     model = build(model_cfg).to(device)
-    loss_fn, optimizer = make_loss(train_cfg), make_optimizer(model, train_cfg)
+    weights = median_frequency_weights(loaders.class_frequencies) if loss == "weighted_ce" else None
+    loss_fn, optimizer = make_loss(train_cfg, weights), make_optimizer(model, train_cfg)
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         stats = train_one_epoch(model, loaders.train, optimizer, loss_fn, device, epoch=epoch,
@@ -133,9 +137,9 @@ def score(model, size: tuple[int, int], eval_sets: dict, device, figures: Path, 
             for name, s in scores.items()}
 
 
-def save_model(model, size: tuple[int, int], epochs: int, seed: int, val: dict, path: Path) -> Path:
+def save_model(model, size: tuple[int, int], epochs: int, seed: int, loss: str, val: dict, path: Path) -> Path:
     """A lunartune checkpoint (`lunartune evaluate --model PATH`, `bench/rock_recall.py --model PATH`)."""
-    model_cfg, train_cfg = recipe(epochs, seed)
+    model_cfg, train_cfg = recipe(epochs, seed, loss)
     return save_checkpoint(path, model, model_cfg, train_cfg, classes=dp.class_table(), image_size=size,
                            normalization={"mean": dp.IMAGENET_MEAN, "std": dp.IMAGENET_STD}, epoch=epochs,
                            metrics={k: v for k, v in val.items() if isinstance(v, float)})
@@ -166,6 +170,9 @@ def format_table(results: dict) -> str:
     styles = [s for s in STYLES if s in results]
     first = results[styles[0]]["scores"]
     seeds = results.get("seeds", [])
+    loss = results.get("recipe", {}).get("loss", RECIPE_LOSS)
+    if loss != RECIPE_LOSS:
+        lines.append(f"a variant of the recipe: loss {loss} (the recipe's: {RECIPE_LOSS})")
     if len(seeds) > 1:
         lines.append(f"mean over seeds {', '.join(map(str, seeds))}")
     for name in first:
@@ -237,7 +244,7 @@ def run(args) -> dict:
     <out>/seed<N>/ and results[style] holds the mean over seeds (results["per_seed"] the rest)."""
     device = resolve_device(args.device)
     eval_sets = real_eval_sets(Path(args.data))
-    model_cfg, train_cfg = recipe(args.epochs, args.seeds[0])
+    model_cfg, train_cfg = recipe(args.epochs, args.seeds[0], args.loss)
     results = {"recipe": {**model_cfg.to_dict(), **train_cfg.to_dict(), "scenes": args.scenes,
                           "own_val_scenes": own_val_scenes(args.scenes),
                           "image_size": list(args.size), "scene_size": list(SCENE_SIZE)},
@@ -375,11 +382,12 @@ def train_and_score_alone(args, style: str, seed: int, workdir: Path, out: Path,
 
 def train_and_score(args, style: str, seed: int, eval_sets: dict, device, workdir: Path, out: Path,
                     workers: int = 0) -> dict:
-    model, val, seconds = train_on(style, args.scenes, args.epochs, args.size, workdir, device, seed, workers)
+    model, val, seconds = train_on(style, args.scenes, args.epochs, args.size, workdir, device, seed, workers,
+                                   args.loss)
     scores = {"synthetic-val": val}
     scores.update(score(model, args.size, eval_sets, device, out / style, f"trained on {args.scenes} {style} scenes"))
     if args.save_models:
-        save_model(model, args.size, args.epochs, seed, val, out / style / "model.pt")
+        save_model(model, args.size, args.epochs, seed, args.loss, val, out / style / "model.pt")
     return {"train_seconds": round(seconds, 1),
             "scores": {n: {k: clean_all(v) for k, v in m.items()} for n, m in scores.items()}}
 
@@ -421,6 +429,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", "--seeds", dest="seeds", type=_seeds, default=[SEED],
                         help="scenes, split, initial weights and batch order; a comma-separated list (0,1,2) "
                              "trains every style once per seed and reports the mean and each seed's mIoU")
+    parser.add_argument("--loss", choices=LOSSES, default=RECIPE_LOSS,
+                        help=f"training loss (default {RECIPE_LOSS}, the recipe's); another one measures a variant "
+                             "of the recipe, recorded as such in the JSON (--merge will not mix them)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs (seed x style) trained at once, each in its own process with an equal share of "

@@ -121,6 +121,24 @@ def test_several_seeds_report_their_mean_and_each_seed(tmp_path, capsys):
     assert (parallel / "seed2" / "simple" / "worst_kaggle-eval-small-renders.png").is_file()
 
 
+@pytest.mark.slow  # two tiny simple-style models: ~1 min on 2 cores
+@pytest.mark.skipif(not (SHARED_DATA / "kaggle-eval-small").is_dir(),
+                    reason=f"{SHARED_DATA} absent (the shared real data sits beside the repo as ../shared)")
+def test_another_loss_trains_another_model_recorded_as_a_variant_of_the_recipe(tmp_path, capsys):
+    bench = load_bench()
+    tiny = ["--styles", "simple", "--seed", "1", "--scenes", "8", "--epochs", "1", "--size", "64x96"]
+    assert bench.main([*tiny, "--out", str(tmp_path / "ce")]) == 0
+    assert "a variant of the recipe" not in capsys.readouterr().out
+    assert bench.main([*tiny, "--loss", "weighted_ce", "--out", str(tmp_path / "weighted")]) == 0
+    assert "a variant of the recipe: loss weighted_ce (the recipe's: ce)" in capsys.readouterr().out
+    runs = {name: json.loads((tmp_path / name / "sim2real.json").read_text()) for name in ("ce", "weighted")}
+    assert runs["ce"]["recipe"]["loss"] == "ce" and runs["weighted"]["recipe"]["loss"] == "weighted_ce"
+    name = "synthetic-val"  # same scenes, weights and batch order: only the loss differs, so must the model
+    assert runs["weighted"]["simple"]["scores"][name] != runs["ce"]["simple"]["scores"][name]
+    with pytest.raises(ValueError, match=re.escape("another recipe (loss differ)")):
+        bench.merge([tmp_path / "ce" / "sim2real.json", tmp_path / "weighted" / "sim2real.json"])
+
+
 def test_mean_of_results_averages_numbers_keeps_counts_and_names():
     mean_tree = load_bench().mean_tree
     runs = [{"miou": 0.5, "images": 40, "worst": ["a"], "recall": None, "band": {"recall": None, "rocks": 3}},
@@ -190,6 +208,7 @@ def test_merge_refuses_runs_that_are_not_one_experiment(tmp_path):
     (["--styles", "realistic,photoreal"], "--styles: unknown photoreal"),
     (["--size", "60x90"], "multiples of 32"),  # a size the encoder cannot take
     (["--jobs", "0"], "--jobs: expected an integer >= 1"),
+    (["--loss", "hinge"], "--loss: invalid choice: 'hinge'"),
 ])
 def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys, args, message):
     bench = load_bench()
