@@ -7,7 +7,8 @@ run dir while `tune --resume` starts the same trials again. So the driver labels
 (an environment variable that gcs_server, raylet, agents and workers all inherit) with the sweep's lock
 file and its own pid, and the next sweep of that experiment, once it holds the lock, stops every labelled
 process whose driver is not itself. Holding the lock is what makes that safe: no other live sweep of this
-experiment can own them. Linux only (/proc); elsewhere nothing is found and Ray's own fate-sharing is all.
+experiment can own them. The same label lets a sweep stop what its own Ray left running after ray.shutdown()
+(stop_own). Linux only (/proc); elsewhere nothing is found and Ray's own fate-sharing is all.
 """
 from __future__ import annotations
 
@@ -41,6 +42,15 @@ def labelled(lock: Path):
 
 def find(lock: Path) -> dict[int, int]:
     """{pid: driver pid} of live processes labelled for `lock` by a driver other than this process."""
+    return {pid: driver for pid, driver in _labelled_for(lock).items() if driver != os.getpid()}
+
+
+def find_own(lock: Path) -> list[int]:
+    """Pids of live processes labelled for `lock` by this process (the private Ray it started)."""
+    return [pid for pid, driver in _labelled_for(lock).items() if driver == os.getpid()]
+
+
+def _labelled_for(lock: Path) -> dict[int, int]:
     prefix = f"{LABEL}={Path(lock).resolve()}#".encode()
     found = {}
     for entry in PROC.iterdir() if PROC.is_dir() else ():
@@ -52,9 +62,7 @@ def find(lock: Path) -> dict[int, int]:
             continue
         for var in environ:
             if var.startswith(prefix):
-                driver = int(var[len(prefix):] or 0)
-                if driver != os.getpid():
-                    found[int(entry.name)] = driver
+                found[int(entry.name)] = int(var[len(prefix):] or 0)
                 break
     return found
 
@@ -62,16 +70,35 @@ def find(lock: Path) -> dict[int, int]:
 def stop(lock: Path, grace_s: float = 10.0) -> dict[int, int]:
     """SIGTERM the leftovers of `lock`, SIGKILL those alive after `grace_s`; returns what was found."""
     found = find(lock)
-    alive = found
+    _terminate(lambda: list(find(lock)), grace_s)
+    return found
+
+
+def stop_own(lock: Path, settle_s: float = 5.0, grace_s: float = 5.0) -> list[int]:
+    """After ray.shutdown(): give our private Ray's processes `settle_s` to exit, then stop the rest.
+
+    ray.shutdown() kills gcs_server and raylet; the agents and workers exit on their own once they notice,
+    but an agent that sees its raylet gone first tries to report that to the (also gone) GCS, and on a
+    loaded machine CI saw the dashboard and runtime-env agents still alive 30 s after the CLI exited.
+    Returns the pids that had to be stopped."""
+    deadline = time.monotonic() + settle_s
+    while (left := find_own(lock)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _terminate(lambda: find_own(lock), grace_s)
+    return left
+
+
+def _terminate(alive_now, grace_s: float) -> None:
+    """SIGTERM what `alive_now()` lists, SIGKILL what is still listed after `grace_s`."""
+    alive = alive_now()
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        if not alive:
+            return
         for pid in alive:
             try:
                 os.kill(pid, sig)
             except OSError:  # gone already
                 pass
         deadline = time.monotonic() + wait_s
-        while (alive := find(lock)) and time.monotonic() < deadline:
+        while (alive := alive_now()) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if not alive:
-            break
-    return found

@@ -74,3 +74,17 @@ def test_the_label_is_the_resolved_lock_path_and_is_inherited_only_inside_labell
     finally:
         child.kill()
         child.wait()
+
+
+def test_stop_own_lets_this_drivers_processes_exit_then_stops_the_rest_and_only_those(spawn, tmp_path):
+    lock = tmp_path / "x.lock"
+    exiting = spawn(leftovers.label_value(lock, os.getpid()), "import time; time.sleep(0.5)")  # like a worker
+    lingering = spawn(leftovers.label_value(lock, os.getpid()))  # like an agent still reporting to a gone GCS
+    another_drivers = spawn(leftovers.label_value(lock, 4_000_000))
+    assert sorted(leftovers.find_own(lock)) == sorted([exiting.pid, lingering.pid])
+
+    assert leftovers.stop_own(lock, settle_s=5, grace_s=5) == [lingering.pid]
+    assert exiting.wait(timeout=5) == 0, "a process that exits within settle_s is not signalled"
+    assert lingering.wait(timeout=5) == -signal.SIGTERM
+    assert another_drivers.poll() is None, "another driver's processes are stop()'s business, not stop_own()'s"
+    assert leftovers.find_own(lock) == []
