@@ -31,7 +31,7 @@ from data_pipeline.errors import DataError
 STYLES = {"realistic": synth_realistic.render, "simple": synth_simple.render}
 MIN_SIZE = 48  # smallest height or width, px: below it rocks and horizon no longer fit
 MANIFEST = "lunartune_synth.json"
-MANIFEST_VERSION = 7  # bump when the generator's output changes for the same parameters
+MANIFEST_VERSION = 8  # bump when the generator's output changes for the same parameters
 BOX_COLUMNS = ("Frame", "TopLeftCornerX", "TopLeftCornerY", "Length", "Height")
 PNG_COMPRESS_LEVEL = 1  # fastest zlib level: encoding, not rendering, would otherwise dominate
 CHUNK_SIZE = 8  # scenes handed to a worker at a time

@@ -7,8 +7,11 @@ faces, as in the Kaggle renders, cut at the ground-contact line (partly buried).
 rocks) are rounder (many shallow cuts), taller and mostly lighter, and come as near as 2.5 m, as in the
 renders: that look is what tells the two classes apart there. Labelling follows the
 Kaggle masks: "large" by physical radius; small rocks only near the camera and only from a few pixels
-on screen. Rocks below that label size are not drawn at all (the regolith texture stands for them):
-look-alike unlabelled pebbles stopped the sim2real recipe from learning small rocks (README).
+on screen. Near rocks below that label size are not drawn (the regolith texture stands for them):
+look-alike unlabelled pebbles among the labelled rocks stopped the sim2real recipe from learning small
+rocks (README). Beyond the small-rock range the field goes on out to 40 m as unlabelled pebbles, drawn
+and shaded like any rock but labelled ground, as the real masks leave the pebble-strewn far ground: the
+model learns that a rock-like speck far off is not a rock (fewer false rocks on the real renders).
 Rocks are drawn one by one, far to near, each casting its shadow first.
 """
 from __future__ import annotations
@@ -24,11 +27,13 @@ if TYPE_CHECKING:
     from data_pipeline.synth_realistic import View
 
 GROUND, SKY, SMALL_ROCK, LARGE_ROCK = 0, 1, 2, 3
-LABEL_MIN_RADIUS_PX = 16.0  # smaller rocks on screen (at 720 px width) are unlabelled, not drawn: the Kaggle
+LABEL_MIN_RADIUS_PX = 16.0  # smaller rocks on screen (at 720 px width) are unlabelled: the Kaggle
 # masks label few, blob-sized small rocks (median ~0.2 % of the frame, ~8 per frame), not specks
 LARGE_ROCK_RADIUS_M = 0.5  # physical radius from which a rock counts as "large"
-SMALL_ROCK_FAR_M = 10.0  # small rocks are labelled (and drawn) only this near: in the real masks they
+SMALL_ROCK_FAR_M = 10.0  # small rocks are labelled only this near: in the real masks they
 # vanish with distance (2 of 348 lie near the horizon) while large rocks are labelled to the horizon
+PEBBLE_FAR_M = 40.0  # beyond SMALL_ROCK_FAR_M the field goes on to here as pebbles drawn but labelled ground
+PEBBLE_MIN_PX = 4.0  # smallest pebble drawn, radius px at 720 px width (smaller ones: regolith texture)
 MIN_ROCK_RADIUS_M = 0.03  # smallest field rock scattered
 FIELD_DENSITY = 25.0  # median field rocks >= MIN_ROCK_RADIUS_M per m^2 (some fields rockier): ~1.5x the
 # real masks' labelled small rocks per frame, more to learn from in a short training run
@@ -65,6 +70,7 @@ class Rocks:
     ry_top: np.ndarray  # visible height above the contact point, px (low: partly buried)
     ry_bottom: np.ndarray  # foreshortened half-depth of the footprint, px
     albedo: np.ndarray  # brightness relative to the regolith; overlaps it, so no colour rule works
+    labelled: np.ndarray  # False for a pebble: drawn like a rock, labelled ground
 
     def take(self, keep: np.ndarray) -> "Rocks":
         return Rocks(*(getattr(self, f)[keep] for f in self.__dataclass_fields__))
@@ -78,21 +84,22 @@ def scatter_rocks(rng: np.random.Generator, view: View) -> Rocks:
     """
     near = view.focal * view.cam_height / max(view.height - float(view.horizon.min()), 1.0)
     half_width = view.width / 2 / view.focal * 1.15  # lateral extent per metre of depth, with margin
-    # field rocks are labelled only within SMALL_ROCK_FAR_M, so only that strip of ground gets them
+    # field rocks are labelled within SMALL_ROCK_FAR_M; beyond, out to PEBBLE_FAR_M, they are pebbles
     density = np.exp(rng.normal(np.log(FIELD_DENSITY), 0.6))  # rocks >= MIN_ROCK_RADIUS_M per m^2
-    area = half_width * max(SMALL_ROCK_FAR_M ** 2 - near ** 2, 0)
+    area = half_width * max(PEBBLE_FAR_M ** 2 - near ** 2, 0)
     field_count = min(rng.poisson(density * area), 100_000)
     field = truncated_power_law(rng, rng.uniform(*FIELD_ALPHA), MIN_ROCK_RADIUS_M, LARGE_ROCK_RADIUS_M, field_count)
     boulder_count = rng.poisson(np.exp(rng.normal(np.log(BOULDERS_PER_SCENE), 0.7)))
     boulders = LARGE_ROCK_RADIUS_M * (MAX_ROCK_RADIUS_M / LARGE_ROCK_RADIUS_M) ** rng.uniform(
         0, 1, boulder_count) ** 1.5  # log-uniform, skewed towards the small end
-    x, z = ground_positions(rng, near, SMALL_ROCK_FAR_M, half_width, field_count)
+    x, z = ground_positions(rng, near, PEBBLE_FAR_M, half_width, field_count)
     bx, bz = ground_positions(rng, max(near, BOULDER_NEAR_M), BOULDER_FAR_M, half_width, boulder_count)
     x, z, radius = np.concatenate([x, bx]), np.concatenate([z, bz]), np.concatenate([field, boulders])
     radius_px = view.focal * radius / z
-    keep = labelled(view, radius, z, radius_px)
-    x, z, radius, radius_px = x[keep], z[keep], radius[keep], radius_px[keep]
-    return cull_and_sort(view, shape_rocks(rng, view, x, z, radius, radius_px))
+    label = labelled(view, radius, z, radius_px)
+    keep = label | pebbles(view, radius, z, radius_px, label)
+    x, z, radius, radius_px, label = x[keep], z[keep], radius[keep], radius_px[keep], label[keep]
+    return cull_and_sort(view, shape_rocks(rng, view, x, z, radius, radius_px, label))
 
 
 def truncated_power_law(rng, alpha: float, low: float, high: float, count: int) -> np.ndarray:
@@ -107,13 +114,19 @@ def labelled(view: View, radius, z, radius_px) -> np.ndarray:
     return big_enough & ((radius >= LARGE_ROCK_RADIUS_M) | (z < SMALL_ROCK_FAR_M))
 
 
+def pebbles(view: View, radius, z, radius_px, label) -> np.ndarray:
+    """Unlabelled field rocks drawn anyway: beyond the small-rock range and at least PEBBLE_MIN_PX on screen."""
+    seen = radius_px >= PEBBLE_MIN_PX * view.px_scale
+    return ~label & (radius < LARGE_ROCK_RADIUS_M) & (z >= SMALL_ROCK_FAR_M) & seen
+
+
 def ground_positions(rng, near: float, far: float, half_width: float, count: int):
     """Uniform positions over the ground area in view between depths near and far."""
     z = np.sqrt(rng.uniform(near ** 2, max(far, near) ** 2, count))
     return rng.uniform(-1, 1, count) * half_width * z, z
 
 
-def shape_rocks(rng, view: View, x, z, radius, radius_px) -> Rocks:
+def shape_rocks(rng, view: View, x, z, radius, radius_px, label) -> Rocks:
     n = len(z)
     col, row = view.project(x, z)
     rx = radius_px * rng.uniform(0.8, 1.35, n)
@@ -123,7 +136,7 @@ def shape_rocks(rng, view: View, x, z, radius, radius_px) -> Rocks:
     # some sites have rocks darker than their regolith (the renders), some brighter (Chang'e-3)
     albedo = rng.uniform(0.8, 1.2) * rng.uniform(0.85, 1.15, n)
     albedo = np.where(boulder, albedo * rng.uniform(*BOULDER_ALBEDO, n), albedo)
-    return Rocks(x, z, radius, radius_px, col, row, rx, ry_top, ry_bottom, albedo)
+    return Rocks(x, z, radius, radius_px, col, row, rx, ry_top, ry_bottom, albedo, label)
 
 
 def cull_and_sort(view: View, rocks: Rocks) -> Rocks:
@@ -154,7 +167,7 @@ def draw(rng: np.random.Generator, view: View, radiance, mask, instances) -> Non
         cast_shadow(view, rocks, i, shadow_level, radiance)
         window, inside, shade = rock_pixels(view, rocks, i, polyhedra[i], grain, bounce)
         radiance[window][inside] = shade
-        mask[window][inside] = LARGE_ROCK if large[i] else SMALL_ROCK
+        mask[window][inside] = GROUND if not rocks.labelled[i] else LARGE_ROCK if large[i] else SMALL_ROCK
         instances[window][inside] = i + 1 if large[i] else 0
 
 
