@@ -77,7 +77,8 @@ class Rocks:
 
 
 def scatter_rocks(rng: np.random.Generator, view: View) -> Rocks:
-    """The labelled rocks in view: a field of small rocks plus a few boulders, with their screen shapes.
+    """The rocks in view: a field of small rocks plus a few boulders, with their screen shapes; the field's
+    unlabelled far pebbles among them (labelled False).
 
     The Kaggle masks hold ~2 large rocks per frame but dozens of small ones: the field's power law
     stops below the large-rock size, and boulders are a separate, sparse population.
@@ -153,7 +154,11 @@ def height_m(rocks: Rocks) -> np.ndarray:
 
 def draw(rng: np.random.Generator, view: View, radiance, mask, instances) -> None:
     """Scatter rocks and paint them into radiance (HxW float32), mask and the large-rock instances."""
-    rocks = scatter_rocks(rng, view)
+    paint(rng, view, scatter_rocks(rng, view), radiance, mask, instances)
+
+
+def paint(rng: np.random.Generator, view: View, rocks: Rocks, radiance, mask, instances) -> None:
+    """Paint `rocks` (sorted far to near), each after its cast shadow; a pebble's pixels stay ground."""
     shadow_level = rng.uniform(0.03, 0.2)  # no atmosphere: shadows are lit only by the regolith
     grain = slopes(fractal_texture(rng, 128, 2.2))
     grain = grain / grain.std()
