@@ -50,7 +50,7 @@ import rock_recall  # noqa: E402  (bench/rock_recall.py, beside this file)
 from models import ConfigError, ModelConfig, TrainConfig, build, validate_image_size  # noqa: E402
 from models.checkpoint import save_checkpoint  # noqa: E402
 from models.config import LOSSES  # noqa: E402
-from models.losses import make_loss, median_frequency_weights  # noqa: E402
+from models.losses import make_loss  # noqa: E402
 from models.training import evaluate, make_optimizer, resolve_device, seed_everything, train_one_epoch  # noqa: E402
 from tuner.cli import _size  # noqa: E402  (the CLI's own N / HxW parser)
 from tuner.evaluate import KEEP_WORST, evaluate_model, find_eval_sets, write_figures, write_json_atomic  # noqa: E402
@@ -98,8 +98,8 @@ def train_on(style: str, scenes: int, epochs: int, size: tuple[int, int], workdi
     model_cfg, train_cfg = recipe(epochs, seed, loss)
     seed_everything(seed)
     model = build(model_cfg).to(device)
-    weights = median_frequency_weights(loaders.class_frequencies) if loss == "weighted_ce" else None
-    loss_fn, optimizer = make_loss(train_cfg, weights), make_optimizer(model, train_cfg)
+    loss_fn = make_loss(train_cfg, loaders.class_frequencies).to(device)  # weighted_ce: its weights on the device
+    optimizer = make_optimizer(model, train_cfg)
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         stats = train_one_epoch(model, loaders.train, optimizer, loss_fn, device, epoch=epoch,

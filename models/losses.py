@@ -64,15 +64,16 @@ class FocalLoss(nn.Module):
         return (-(1 - log_p.exp()) ** self.gamma * log_p).mean()
 
 
-def make_loss(train_cfg: TrainConfig, class_weights: torch.Tensor | None = None) -> nn.Module:
-    """The loss `train_cfg.loss` names; `weighted_ce` needs `class_weights` (see median_frequency_weights)."""
+def make_loss(train_cfg: TrainConfig, class_frequencies=None) -> nn.Module:
+    """The loss `train_cfg.loss` names; `weighted_ce` weighs the classes by the training split's pixel
+    `class_frequencies` (median_frequency_weights), which the other losses ignore."""
     name = train_cfg.loss
     if name == "ce":
         return nn.CrossEntropyLoss()
     if name == "weighted_ce":
-        if class_weights is None:
-            raise ConfigError("TrainConfig.loss", name, "class_weights from the training split for weighted_ce")
-        return nn.CrossEntropyLoss(weight=torch.as_tensor(class_weights, dtype=torch.float32))
+        if class_frequencies is None:
+            raise ConfigError("TrainConfig.loss", name, "class_frequencies of the training split for weighted_ce")
+        return nn.CrossEntropyLoss(weight=median_frequency_weights(class_frequencies))
     if name == "dice":
         return DiceLoss()
     if name == "ce_dice":

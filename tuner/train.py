@@ -119,7 +119,7 @@ def run(job: TrainJob) -> dict:
     import data_pipeline
     from models import build
     from models.checkpoint import save_checkpoint
-    from models.losses import make_loss, median_frequency_weights
+    from models.losses import make_loss
     from models.training import (evaluate, make_optimizer, make_scheduler, prepare_model, resolve_device,
                                  seed_everything, train_one_epoch)
 
@@ -127,8 +127,7 @@ def run(job: TrainJob) -> dict:
     seed_everything(job.train.seed)
     device = resolve_device(job.train.device)
     model = prepare_model(build(job.model), device, job.train)
-    weights = median_frequency_weights(loaders.class_frequencies) if job.train.loss == "weighted_ce" else None
-    loss_fn = make_loss(job.train, weights).to(device)
+    loss_fn = make_loss(job.train, loaders.class_frequencies).to(device)
     optimizer = make_optimizer(model, job.train)
     scheduler = make_scheduler(optimizer, job.train, steps_per_epoch=len(loaders.train))
     classes = data_pipeline.class_table()

@@ -24,7 +24,7 @@ import data_pipeline
 from data_pipeline import DataConfig
 from models import ModelConfig, TrainConfig, build, validate, validate_train
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from models.losses import make_loss, median_frequency_weights
+from models.losses import make_loss
 from models.training import (DivergedError, evaluate, make_optimizer, make_scheduler, prepare_model,
                              resolve_device, seed_everything, train_one_epoch)
 from tuner import tracking
@@ -66,8 +66,7 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     loaders = data_pipeline.make_loaders(data_cfg)
     device = resolve_device(train_cfg.device)
     model = prepare_model(build(model_cfg), device, train_cfg)
-    weights = median_frequency_weights(loaders.class_frequencies) if train_cfg.loss == "weighted_ce" else None
-    loss_fn = make_loss(train_cfg, weights).to(device)
+    loss_fn = make_loss(train_cfg, loaders.class_frequencies).to(device)
     optimizer = make_optimizer(model, train_cfg)
     scheduler = make_scheduler(optimizer, train_cfg, steps_per_epoch=len(loaders.train))
     tracking.bound_http_retries()

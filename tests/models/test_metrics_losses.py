@@ -79,12 +79,14 @@ def test_losses():
     # focal with gamma 0 is plain cross-entropy; gamma > 0 down-weights easy pixels
     assert make_loss(TrainConfig(loss="focal", focal_gamma=0.0))(logits, target) == pytest.approx(float(ce), rel=1e-5)
     assert make_loss(TrainConfig(loss="focal"))(logits, target) < ce
-    weights = torch.tensor([1.0, 1.0, 1.0, 5.0])
-    weighted = make_loss(TrainConfig(loss="weighted_ce"), weights)(logits, target)
-    assert weighted == pytest.approx(float(F.cross_entropy(logits, target, weight=weights)))
+    frequencies = [0.5, 0.3, 0.15, 0.05]  # the training split's pixel shares: median 0.225
+    weights = torch.tensor([0.45, 0.75, 1.5, 4.5])
+    weighted = make_loss(TrainConfig(loss="weighted_ce"), frequencies)(logits, target)
+    assert weighted == pytest.approx(float(F.cross_entropy(logits, target, weight=weights)), rel=1e-5)
+    assert make_loss(TrainConfig(loss="ce"), frequencies)(logits, target) == pytest.approx(float(ce))
     perfect = F.one_hot(target, 4).permute(0, 3, 1, 2).float() * 50
     assert DiceLoss()(perfect, target) < 1e-3 < DiceLoss()(logits, target)
     both = make_loss(TrainConfig(loss="ce_dice"))(logits, target)
     assert both == pytest.approx(float(ce + DiceLoss()(logits, target)), rel=1e-5)
-    with pytest.raises(ConfigError, match="class_weights"):
+    with pytest.raises(ConfigError, match="class_frequencies"):
         make_loss(TrainConfig(loss="weighted_ce"))
