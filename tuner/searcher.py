@@ -5,12 +5,17 @@ a finished one, and the stock OptunaSearch tells it COMPLETE with its early-rung
 1-epoch score as a final score and compares it with 10-epoch ones. Here a trial that ends before
 `max_t` (or that says it diverged) is told PRUNED at the step it reached; TPE still uses PRUNED trials
 (ranked by how far they got), while importance and GP samplers rightly skip them.
+
+A trial retried from a checkpoint older than its last report (a worker killed between its report and
+Ray's save; a resumed sweep) reports those epochs again: Optuna keeps the first value, and here says
+nothing instead of warning "already reported" once per repeated epoch.
 """
 from __future__ import annotations
 
 import math
 
 from optuna.trial import TrialState
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 DIVERGED = "diverged"  # result flag a trainable sets when its loss went non-finite (it then stops itself)
@@ -25,6 +30,13 @@ class PruningAwareOptunaSearch(OptunaSearch):
         self._max_t = max_t
         self._time_attr = time_attr
 
+    def on_trial_result(self, trial_id: str, result: dict):
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and trial_id not in self._completed_trials and \
+                int(result[TRAINING_ITERATION]) in _reported_steps(ot_trial):
+            return
+        super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         stopped_early = bool(result) and (result.get(DIVERGED) or result.get(self._time_attr, self._max_t) < self._max_t)
         if error or not stopped_early or trial_id in self._completed_trials:
@@ -37,9 +49,13 @@ class PruningAwareOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         step, value = int(result[self._time_attr]), result.get(self.metric)
         # on_trial_result normally reported this step already; a value is needed for TPE to rank it
-        if value is not None and math.isfinite(value) and step not in ot_trial.storage.get_trial(
-                ot_trial._trial_id).intermediate_values:
+        if value is not None and math.isfinite(value) and step not in _reported_steps(ot_trial):
             ot_trial.report(value, step)
         ot_trial.set_user_attr(STATUS_ATTR, DIVERGED if result.get(DIVERGED) else "pruned")
         self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
+
+
+def _reported_steps(ot_trial) -> dict:
+    """{step: value} the study's storage holds for this trial (also what an earlier driver reported)."""
+    return ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values

@@ -1,6 +1,8 @@
 """PRUNED-aware OptunaSearch: ASHA-stopped and diverged trials reach Optuna as PRUNED, not COMPLETE."""
 from __future__ import annotations
 
+import warnings
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -91,3 +93,17 @@ def test_asha_stops_reach_optuna_as_pruned_in_a_real_ray_sweep(local_ray, tmp_pa
     assert len(pruned) == len(stopped)
     assert all(max(t.intermediate_values) < MAX_T for t in pruned)
     assert all(t.state == TrialState.COMPLETE for t in trials if t not in pruned)
+
+
+def test_an_epoch_reported_again_keeps_its_first_value_without_a_warning():
+    """A trial retried from an older checkpoint reports epoch 2 again: the first value stays, no warning."""
+    searcher = _searcher(PruningAwareOptunaSearch, max_t=MAX_T)
+    searcher.suggest("retried")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Optuna's "already reported" would raise here
+        for step, score in ((1, 0.1), (2, 0.2), (2, 0.25), (3, 0.3), (4, 0.4)):
+            searcher.on_trial_result("retried", {"score": score, "training_iteration": step})
+    searcher.on_trial_complete("retried", {"score": 0.4, "training_iteration": MAX_T})
+    (trial,) = searcher._ot_study.get_trials()
+    assert trial.intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4})
+    assert trial.state == TrialState.COMPLETE
