@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import data_pipeline as dp  # noqa: E402
-from data_pipeline.synth import generate, render_scene  # noqa: E402
+from data_pipeline.synth import MANIFEST_VERSION, generate, render_scene  # noqa: E402
 import rock_recall  # noqa: E402  (bench/rock_recall.py, beside this file)
 from models import ConfigError, ModelConfig, TrainConfig, build, validate_image_size  # noqa: E402
 from models.checkpoint import save_checkpoint  # noqa: E402
@@ -173,6 +173,8 @@ def format_table(results: dict) -> str:
     loss = results.get("recipe", {}).get("loss", RECIPE_LOSS)
     if loss != RECIPE_LOSS:
         lines.append(f"a variant of the recipe: loss {loss} (the recipe's: {RECIPE_LOSS})")
+    if "generator" in results.get("recipe", {}):
+        lines.append(f"generated scenes: {results['recipe']['generator']}")
     if len(seeds) > 1:
         lines.append(f"mean over seeds {', '.join(map(str, seeds))}")
     for name in first:
@@ -247,7 +249,9 @@ def run(args) -> dict:
     model_cfg, train_cfg = recipe(args.epochs, args.seeds[0], args.loss)
     results = {"recipe": {**model_cfg.to_dict(), **train_cfg.to_dict(), "scenes": args.scenes,
                           "own_val_scenes": own_val_scenes(args.scenes),
-                          "image_size": list(args.size), "scene_size": list(SCENE_SIZE)},
+                          "image_size": list(args.size), "scene_size": list(SCENE_SIZE),
+                          # scenes of another generator version are another experiment: --merge refuses them
+                          "generator": f"MANIFEST_VERSION {MANIFEST_VERSION}"},
                "seeds": list(args.seeds),
                "machine": {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
                            "threads": torch.get_num_threads(), "jobs": args.jobs}}

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from data_pipeline.synth import MANIFEST_VERSION
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -46,7 +48,9 @@ def test_tiny_sim2real_writes_the_table_json_and_grid(tmp_path, capsys):
     assert results["recipe"]["backbone"] == "vgg11" and results["recipe"]["dropout"] == 0.1
     assert results["recipe"]["image_size"] == [64, 96] and results["recipe"]["scenes"] == 16 and results["recipe"]["seed"] == 3
     assert results["recipe"]["own_val_scenes"] == 2
+    assert results["recipe"]["generator"] == f"MANIFEST_VERSION {MANIFEST_VERSION}"
     table = capsys.readouterr().out
+    assert f"generated scenes: MANIFEST_VERSION {MANIFEST_VERSION}" in table
     assert "kaggle-fullsize-eval/photos (1 images)" in table and "iou_small_rocks" in table and "gain" in table
     assert "rock recall by contrast" in table and "recall realistic" in table
     renders = {style: results[style]["scores"]["kaggle-eval-small/renders"] for style in ("realistic", "simple")}
@@ -147,14 +151,15 @@ def test_mean_of_results_averages_numbers_keeps_counts_and_names():
                                "band": {"recall": None, "rocks": 3}}
 
 
-def fake_run(seeds: list[int], scores: dict, scenes: int = 400) -> dict:
+def fake_run(seeds: list[int], scores: dict, scenes: int = 400, generator: str = "MANIFEST_VERSION 8") -> dict:
     """A sim2real.json of the shape run() writes: scores = {style: [renders mIoU per seed]}."""
     def one(miou):
         return {"scores": {"kaggle-eval-small/renders": {
             "images": 40, "iou_ground": 0.8, "iou_sky": 0.9, "iou_small_rocks": 0.3, "iou_large_rocks": None,
             "miou": miou, "rock_miou": 0.3, "pixel_acc": 0.9, "worst": ["x"]}}}
     per_seed = {str(seed): {style: one(v[i]) for style, v in scores.items()} for i, seed in enumerate(seeds)}
-    run = {"recipe": {"scenes": scenes, "seed": seeds[0]}, "seeds": seeds, "machine": {"device": "cpu"}}
+    run = {"recipe": {"scenes": scenes, "seed": seeds[0], "generator": generator}, "seeds": seeds,
+           "machine": {"device": "cpu"}}
     if len(seeds) > 1:
         run["per_seed"] = per_seed
     run.update({style: per_seed[str(seeds[0])][style] for style in scores} if len(seeds) == 1 else {})
@@ -187,6 +192,7 @@ def test_merge_refuses_runs_that_are_not_one_experiment(tmp_path):
     bench = load_bench()
     files = {"a": fake_run([0], {"realistic": [0.5], "simple": [0.4]}),
              "other_recipe": fake_run([1], {"realistic": [0.5], "simple": [0.4]}, scenes=16),
+             "other_generator": fake_run([1], {"realistic": [0.5], "simple": [0.4]}, generator="MANIFEST_VERSION 7"),
              "same_seed": fake_run([0], {"simple": [0.4]}),
              "half": fake_run([5], {"simple": [0.4]})}
     for name, run in files.items():
@@ -194,6 +200,7 @@ def test_merge_refuses_runs_that_are_not_one_experiment(tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     path = lambda name: tmp_path / f"{name}.json"
     for names, message in ((["a", "other_recipe"], "another recipe (scenes differ)"),
+                           (["a", "other_generator"], "another recipe (generator differ)"),
                            (["a", "same_seed"], "seed 0 of style simple is in an earlier file too"),
                            (["a", "half"], "seed 5 lacks style realistic"),
                            (["a", "broken"], "broken.json: not a sim2real.json"),
