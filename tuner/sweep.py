@@ -284,8 +284,8 @@ def _fit(cfg: SweepConfig, paths: RunPaths, space, data_cfg, target, results_pat
     finally:
         if started_here:
             ray.shutdown()
-        if started_here and not cfg.address:  # Ray's agents may outlive it (see leftovers.stop_own)
-            leftovers.stop_own(_lock_path(paths, cfg.experiment))
+            if not cfg.address:  # our private Ray's agents may outlive it (see leftovers.stop_own)
+                leftovers.stop_own(_lock_path(paths, cfg.experiment))
 
 
 def _configure_ray_output() -> None:
