@@ -126,7 +126,7 @@ def test_rock_labels_look_like_the_real_masks():
         assert theirs[key] / 1.4 < ours[key] < theirs[key] * 1.4, f"{key}: ours {ours[key]:.5f}, real {theirs[key]:.5f}"
     # boulders are bigger on screen on purpose (they come nearer and stand taller): measured 1.6x the real
     # median (2.4x before the far pebbles shifted the random stream: the median of a few boulders a scene moves). Boulders sized like the real ones were not learned at all
-    # by bench/sim2real.py's 6-epoch recipe (large-rock IoU 0.00, even on its own val scenes) (README)
+    # by bench/sim2real.py's 6-epoch recipe (large-rock IoU 0.00, even on its own val scenes) (docs/sim2real.md)
     key = "large_median_area"
     assert theirs[key] / 1.6 < ours[key] < theirs[key] * 4, f"{key}: ours {ours[key]:.5f}, real {theirs[key]:.5f}"
     # denser than the real set on purpose (measured 14.3 vs 8.7 per frame: more rocks to learn from), same order
@@ -257,7 +257,7 @@ def test_rocks_are_lit_about_as_in_the_real_renders():
     percentile 0.74 x the ground's median). Without the highlight cap ours peaked at 0.90 (nearly white),
     which a model learns as "bright blob = rock". Bounce light of 5-20 % left shadowed sides black (0.41);
     5-40 % on every face lights them (0.65; 0.60 since the far pebbles, shaded but labelled ground) and, as
-    the price, brightens lit faces too (0.84, now 0.83; 0.80 before): it scored +0.013 real-render mIoU over seven seeds of bench/sim2real.py (README)."""
+    the price, brightens lit faces too (0.84, now 0.83; 0.80 before): it scored +0.013 real-render mIoU over seven seeds of bench/sim2real.py (docs/sim2real.md)."""
     real = _luminance_stats((s.image, s.mask) for s in load_eval_set(REAL_CLEAN.parents[1], "render"))
     ours = _luminance_stats((s.image, s.mask) for s in (render_scene(0, i, (240, 360)) for i in range(1, 61)))
     assert real == pytest.approx((0.65, 0.74, 0.74), abs=0.02)  # measured on the real renders
