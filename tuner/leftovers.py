@@ -7,8 +7,8 @@ run dir while `tune --resume` starts the same trials again. So the driver labels
 (an environment variable that gcs_server, raylet, agents and workers all inherit) with the sweep's lock
 file and its own pid, and the next sweep of that experiment, once it holds the lock, stops every labelled
 process whose driver is not itself. Holding the lock is what makes that safe: no other live sweep of this
-experiment can own them. The same label lets a sweep stop what its own Ray left running after ray.shutdown()
-(stop_own). Linux only (/proc); elsewhere nothing is found and Ray's own fate-sharing is all.
+experiment can own them. The same label lets a sweep stop what is still running after its ray.shutdown()
+(stop_after_shutdown). Linux only (/proc); elsewhere nothing is found and Ray's own fate-sharing is all.
 """
 from __future__ import annotations
 
@@ -45,11 +45,6 @@ def find(lock: Path) -> dict[int, int]:
     return {pid: driver for pid, driver in _labelled_for(lock).items() if driver != os.getpid()}
 
 
-def find_own(lock: Path) -> list[int]:
-    """Pids of live processes labelled for `lock` by this process (the private Ray it started)."""
-    return [pid for pid, driver in _labelled_for(lock).items() if driver == os.getpid()]
-
-
 def _labelled_for(lock: Path) -> dict[int, int]:
     prefix = f"{LABEL}={Path(lock).resolve()}#".encode()
     found = {}
@@ -74,17 +69,18 @@ def stop(lock: Path, grace_s: float = 10.0) -> dict[int, int]:
     return found
 
 
-def stop_own(lock: Path, settle_s: float = 5.0, grace_s: float = 5.0) -> list[int]:
-    """After ray.shutdown(): give our private Ray's processes `settle_s` to exit, then stop the rest.
+def stop_after_shutdown(lock: Path, settle_s: float = 5.0, grace_s: float = 5.0) -> list[int]:
+    """After ray.shutdown(): give the processes labelled for `lock` `settle_s` to exit, then stop the rest.
 
     ray.shutdown() kills gcs_server and raylet; the agents and workers exit on their own once they notice,
     but an agent that sees its raylet gone first tries to report that to the (also gone) GCS, and on a
     loaded machine CI saw the dashboard and runtime-env agents still alive 30 s after the CLI exited.
-    Returns the pids that had to be stopped."""
+    Every driver's processes count, not only ours: we still hold the lock, so any labelled by another
+    driver are a killed sweep's that outlived the stop at the start. Returns the pids that had to be stopped."""
     deadline = time.monotonic() + settle_s
-    while (left := find_own(lock)) and time.monotonic() < deadline:
+    while (left := list(_labelled_for(lock))) and time.monotonic() < deadline:
         time.sleep(0.2)
-    _terminate(lambda: find_own(lock), grace_s)
+    _terminate(lambda: list(_labelled_for(lock)), grace_s)
     return left
 
 

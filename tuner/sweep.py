@@ -284,8 +284,15 @@ def _fit(cfg: SweepConfig, paths: RunPaths, space, data_cfg, target, results_pat
     finally:
         if started_here:
             ray.shutdown()
-            if not cfg.address:  # our private Ray's agents may outlive it (see leftovers.stop_own)
-                leftovers.stop_own(_lock_path(paths, cfg.experiment))
+            if not cfg.address:  # our private Ray's agents may outlive it (see leftovers.stop_after_shutdown)
+                _stop_after_shutdown(_lock_path(paths, cfg.experiment))
+
+
+def _stop_after_shutdown(lock: Path) -> None:
+    stopped = leftovers.stop_after_shutdown(lock)
+    if stopped:  # said, so that a log shows which processes Ray left and that they were stopped
+        print(f"lunartune tune: stopped {len(stopped)} Ray processes still running after ray.shutdown() "
+              f"(pids {', '.join(map(str, sorted(stopped)))})", file=sys.stderr)
 
 
 def _configure_ray_output() -> None:

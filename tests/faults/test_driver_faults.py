@@ -56,7 +56,7 @@ def test_sigkilled_driver_resumes_without_rerunning_and_a_second_sweep_is_refuse
     assert survivor.wait(timeout=1) == -signal.SIGTERM, "--resume must stop the killed sweep's leftovers"
     assert f"left running by the killed sweep (driver pid {proc.pid})" in out, out[-4000:]
     left = wait_gone(sweeps.mark, RAY_EXIT_S)  # Ray stops its processes asynchronously after the CLI exits
-    assert not left, f"the resumed sweep left Ray processes behind for {RAY_EXIT_S} s:\n{describe(left)}"
+    assert not left, f"the resumed sweep left Ray processes behind for {RAY_EXIT_S} s:\n{describe(left)}\n{out[-3000:]}"
     histories = epoch_histories(uri, "killed")  # also: still exactly one parent run
     assert len(histories) == SAMPLES and all(steps == [1, 2] for steps in histories.values()), histories
     rows = trial_rows(run_dir / "ray")

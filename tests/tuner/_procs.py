@@ -68,11 +68,21 @@ def wait_gone(mark: str, timeout_s: float) -> list[int]:
 
 
 def describe(pids: list[int]) -> str:
-    """One line per pid: its command line (for an assertion message), or "(gone)"."""
-    out = []
-    for pid in pids:
-        try:
-            out.append(f"{pid}: {Path(f'/proc/{pid}/cmdline').read_bytes().replace(bytes(1), b' ').decode().strip()[:150]}")
-        except OSError:
-            out.append(f"{pid}: (gone)")
-    return "\n".join(out)
+    """One line per pid for an assertion message: command line, parent, state and the sweep label that
+    tuner.leftovers looks for (which driver's Ray it belongs to), or "(gone)"."""
+    return "\n".join(_describe(pid) for pid in pids)
+
+
+def _describe(pid: int) -> str:
+    proc = Path(f"/proc/{pid}")
+    try:
+        command = (proc / "cmdline").read_bytes().replace(bytes(1), b" ").decode().strip()[:150]
+        status = dict(line.split(":\t", 1) for line in (proc / "status").read_text().splitlines() if ":\t" in line)
+    except OSError:
+        return f"{pid}: (gone)"
+    try:
+        label = next((var.decode() for var in (proc / "environ").read_bytes().split(b"\0")
+                      if var.startswith(b"LUNARTUNE_SWEEP=")), "no sweep label")
+    except OSError as err:
+        label = f"environment unreadable: {err.strerror}"
+    return f"{pid}: {command} [ppid {status.get('PPid', '?')}, {status.get('State', '?')}, {label}]"

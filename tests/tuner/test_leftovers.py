@@ -1,4 +1,5 @@
-"""tuner.leftovers on real processes: it stops exactly the processes labelled for this lock by another driver."""
+"""tuner.leftovers on real processes: it stops exactly the processes labelled for this lock (at a sweep's start:
+by another driver; after its ray.shutdown(): by any)."""
 from __future__ import annotations
 
 import os
@@ -76,15 +77,16 @@ def test_the_label_is_the_resolved_lock_path_and_is_inherited_only_inside_labell
         child.wait()
 
 
-def test_stop_own_lets_this_drivers_processes_exit_then_stops_the_rest_and_only_those(spawn, tmp_path):
+def test_after_shutdown_processes_get_time_to_exit_then_every_one_labelled_for_the_lock_is_stopped(spawn, tmp_path):
     lock = tmp_path / "x.lock"
     exiting = spawn(leftovers.label_value(lock, os.getpid()), "import time; time.sleep(0.5)")  # like a worker
     lingering = spawn(leftovers.label_value(lock, os.getpid()))  # like an agent still reporting to a gone GCS
-    another_drivers = spawn(leftovers.label_value(lock, 4_000_000))
-    assert sorted(leftovers.find_own(lock)) == sorted([exiting.pid, lingering.pid])
+    killed_drivers = spawn(leftovers.label_value(lock, 4_000_000))  # outlived the stop at the sweep's start
+    other_experiment = spawn(leftovers.label_value(tmp_path / "y.lock", os.getpid()))
+    unlabelled = spawn(None)
 
-    assert leftovers.stop_own(lock, settle_s=5, grace_s=5) == [lingering.pid]
+    assert sorted(leftovers.stop_after_shutdown(lock, settle_s=5, grace_s=5)) == sorted([lingering.pid,
+                                                                                        killed_drivers.pid])
     assert exiting.wait(timeout=5) == 0, "a process that exits within settle_s is not signalled"
-    assert lingering.wait(timeout=5) == -signal.SIGTERM
-    assert another_drivers.poll() is None, "another driver's processes are stop()'s business, not stop_own()'s"
-    assert leftovers.find_own(lock) == []
+    assert lingering.wait(timeout=5) == killed_drivers.wait(timeout=5) == -signal.SIGTERM
+    assert other_experiment.poll() is None and unlabelled.poll() is None, "only processes labelled for this lock"
