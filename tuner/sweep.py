@@ -276,16 +276,18 @@ def _fit(cfg: SweepConfig, paths: RunPaths, space, data_cfg, target, results_pat
     if started_here and cfg.address:
         ray.init(address=cfg.address)
     elif started_here:  # a private Ray: never join a cluster someone else started by accident
-        with leftovers.labelled(_lock_path(paths, cfg.experiment)):  # its processes inherit the label
-            ray.init(address="local", num_cpus=max(1, math.ceil(cfg.concurrency * cfg.cpus_per_trial)),
-                     include_dashboard=False)
+        lock = _lock_path(paths, cfg.experiment)
+        with leftovers.labelled(lock):  # its processes inherit the label
+            context = ray.init(address="local", num_cpus=max(1, math.ceil(cfg.concurrency * cfg.cpus_per_trial)),
+                               include_dashboard=False)
+        leftovers.record_session(lock, context.address_info["session_dir"])
     try:
         return _tuner(cfg, paths, space, data_cfg, target, results_path).fit()
     finally:
         if started_here:
             ray.shutdown()
             if not cfg.address:  # our private Ray's agents may outlive it (see leftovers.stop_after_shutdown)
-                _stop_after_shutdown(_lock_path(paths, cfg.experiment))
+                _stop_after_shutdown(lock)
 
 
 def _stop_after_shutdown(lock: Path) -> None:

@@ -84,9 +84,100 @@ def test_after_shutdown_processes_get_time_to_exit_then_every_one_labelled_for_t
     killed_drivers = spawn(leftovers.label_value(lock, 4_000_000))  # outlived the stop at the sweep's start
     other_experiment = spawn(leftovers.label_value(tmp_path / "y.lock", os.getpid()))
     unlabelled = spawn(None)
+    leftovers.record_session(lock, tmp_path / "session_ours")
 
     assert sorted(leftovers.stop_after_shutdown(lock, settle_s=5, grace_s=5)) == sorted([lingering.pid,
                                                                                         killed_drivers.pid])
     assert exiting.wait(timeout=5) == 0, "a process that exits within settle_s is not signalled"
     assert lingering.wait(timeout=5) == killed_drivers.wait(timeout=5) == -signal.SIGTERM
     assert other_experiment.poll() is None and unlabelled.poll() is None, "only processes labelled for this lock"
+    assert not leftovers.sessions_file(lock).exists(), "the sweep's sessions are forgotten once it is stopped"
+
+
+APPEND_AND_SLEEP = "import sys, time; f = open(sys.argv[1], {mode!r}); print('ready', flush=True); time.sleep(120)"
+
+
+def test_processes_writing_into_a_recorded_ray_session_are_leftovers_though_unlabelled(tmp_path):
+    """Ray's agents overwrite part of their environment with their process title, label or not; their
+    session's log files, open for writing, still say whose they are. Someone reading those logs is spared."""
+    lock, dead_driver = tmp_path / "x.lock", 4_000_000
+    session, other_session = tmp_path / "session_a", tmp_path / "session_b"
+    for folder in (session, other_session):
+        (folder / "logs").mkdir(parents=True)
+    leftovers.record_session(lock, session, driver_pid=dead_driver)
+    log, other_log = session / "logs" / "dashboard_agent.log", other_session / "logs" / "agent.log"
+
+    def start(path: Path, mode: str) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", APPEND_AND_SLEEP.format(mode=mode), str(path)],
+                                env={k: v for k, v in os.environ.items() if k != leftovers.LABEL},
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        return proc
+
+    writer, reader, elsewhere = start(log, "a"), None, None
+    try:
+        reader, elsewhere = start(log, "r"), start(other_log, "a")
+        assert leftovers.find(lock) == {writer.pid: dead_driver}
+        assert leftovers.stop(lock, grace_s=5) == {writer.pid: dead_driver}
+        assert writer.wait(timeout=5) == -signal.SIGTERM
+        assert reader.poll() is None and elsewhere.poll() is None
+        assert not leftovers.sessions_file(lock).exists(), "a stopped driver's sessions are forgotten"
+    finally:
+        for proc in (writer, reader, elsewhere):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+
+
+RAY_DRIVER = """
+import sys, time, ray
+from tuner import leftovers
+lock = sys.argv[1]
+with leftovers.labelled(lock):
+    context = ray.init(address="local", num_cpus=1, include_dashboard=False)
+leftovers.record_session(lock, context.address_info["session_dir"])
+print("ready", flush=True)
+time.sleep(300)
+"""
+
+
+def _title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except OSError:
+        return "(gone)"
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_a_killed_drivers_real_ray_agents_are_found_and_stopped(tmp_path):
+    lock = tmp_path / "sweeps" / "x.lock"
+    lock.parent.mkdir()
+    driver = subprocess.Popen([sys.executable, "-c", RAY_DRIVER, str(lock)], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    found = {}
+    try:
+        assert driver.stdout.readline().strip() == "ready"
+        found = leftovers.find(lock)
+        titles = {_title(pid) for pid in found}
+        assert {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= titles, titles  # the ones CI saw left over
+        assert set(found.values()) == {driver.pid}
+        driver.kill()
+        driver.wait()
+        leftovers.stop(lock, grace_s=5)
+        assert not [pid for pid in found if _running(pid)], [_title(pid) for pid in found if _running(pid)]
+    finally:
+        driver.kill()
+        driver.wait()
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
