@@ -9,6 +9,11 @@ a finished one, and the stock OptunaSearch tells it COMPLETE with its early-rung
 A trial retried from a checkpoint older than its last report (a worker killed between its report and
 Ray's save; a resumed sweep) reports those epochs again: Optuna keeps the first value, and here says
 nothing instead of warning "already reported" once per repeated epoch.
+
+A driver killed after it told Optuna a trial ended but before Ray saved this searcher's state leaves the
+study with that trial finished while the restored searcher still has it running: `--resume` hands Ray's
+rerun of it here again. Optuna keeps what it was told first; here that is not an error (it made the trial
+fail three times, "errored" though it had completed).
 """
 from __future__ import annotations
 
@@ -32,12 +37,17 @@ class PruningAwareOptunaSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict):
         ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is not None and trial_id not in self._completed_trials and \
-                int(result[TRAINING_ITERATION]) in _reported_steps(ot_trial):
-            return
+        if ot_trial is not None and trial_id not in self._completed_trials:
+            stored = _stored(ot_trial)
+            if stored.state.is_finished() or int(result[TRAINING_ITERATION]) in stored.intermediate_values:
+                return
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and trial_id not in self._completed_trials and _stored(ot_trial).state.is_finished():
+            self._completed_trials.add(trial_id)  # an earlier driver told Optuna already: that stays
+            return
         stopped_early = bool(result) and (result.get(DIVERGED) or result.get(self._time_attr, self._max_t) < self._max_t)
         if error or not stopped_early or trial_id in self._completed_trials:
             if result and not error and trial_id in self._ot_trials:
@@ -49,13 +59,13 @@ class PruningAwareOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         step, value = int(result[self._time_attr]), result.get(self.metric)
         # on_trial_result normally reported this step already; a value is needed for TPE to rank it
-        if value is not None and math.isfinite(value) and step not in _reported_steps(ot_trial):
+        if value is not None and math.isfinite(value) and step not in _stored(ot_trial).intermediate_values:
             ot_trial.report(value, step)
         ot_trial.set_user_attr(STATUS_ATTR, DIVERGED if result.get(DIVERGED) else "pruned")
         self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
 
-def _reported_steps(ot_trial) -> dict:
-    """{step: value} the study's storage holds for this trial (also what an earlier driver reported)."""
-    return ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values
+def _stored(ot_trial):
+    """The trial as the study's storage holds it: state and reported steps, also an earlier driver's."""
+    return ot_trial.storage.get_trial(ot_trial._trial_id)

@@ -107,3 +107,27 @@ def test_an_epoch_reported_again_keeps_its_first_value_without_a_warning():
     (trial,) = searcher._ot_study.get_trials()
     assert trial.intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4})
     assert trial.state == TrialState.COMPLETE
+
+
+@pytest.mark.parametrize("steps", [MAX_T, 2], ids=["completed", "pruned"])
+def test_a_trial_an_earlier_driver_finished_is_handed_over_again_after_a_restore(tmp_path, steps):
+    """The driver was killed after telling Optuna, before Ray saved the searcher: the restored searcher still
+    has the trial running while the study has it finished. Ray reruns it; that must not make it fail."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    killed = _searcher(PruningAwareOptunaSearch, max_t=MAX_T, storage=storage, study_name="s")
+    killed.suggest("t")
+    for step in range(1, steps + 1):
+        killed.on_trial_result("t", {"score": 0.1 * step, "training_iteration": step})
+    killed.save(str(tmp_path / "searcher.pkl"))  # Ray's last save of the searcher before the kill
+    killed.on_trial_complete("t", {"score": 0.1 * steps, "training_iteration": steps})
+    told = optuna.load_study(study_name="s", storage=storage).trials[0]
+
+    resumed = _searcher(PruningAwareOptunaSearch, max_t=MAX_T, storage=storage, study_name="s")
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    for step in range(1, MAX_T + 1):  # Ray's rerun reports from the checkpoint on, maybe past where it stopped
+        resumed.on_trial_result("t", {"score": 0.5, "training_iteration": step})
+    resumed.on_trial_complete("t", {"score": 0.5, "training_iteration": MAX_T})
+    (trial,) = optuna.load_study(study_name="s", storage=storage).trials
+    assert (trial.state, trial.value, trial.intermediate_values, trial.user_attrs) == \
+        (told.state, told.value, told.intermediate_values, told.user_attrs)
+    assert trial.state == (TrialState.COMPLETE if steps == MAX_T else TrialState.PRUNED)
