@@ -272,11 +272,10 @@ def _new_sweep_state(cfg: SweepConfig, paths: RunPaths, space, manifest, experim
 def _fit(cfg: SweepConfig, paths: RunPaths, space, data_cfg, target, results_path: str):
     """Start (or join) Ray, build the Tuner (or restore it) and run it; Ray is shut down if we started it."""
     _configure_ray_output()
-    started_here = not ray.is_initialized()
+    started_here, lock = not ray.is_initialized(), _lock_path(paths, cfg.experiment)
     if started_here and cfg.address:
         ray.init(address=cfg.address)
     elif started_here:  # a private Ray: never join a cluster someone else started by accident
-        lock = _lock_path(paths, cfg.experiment)
         with leftovers.labelled(lock):  # its processes inherit the label
             context = ray.init(address="local", num_cpus=max(1, math.ceil(cfg.concurrency * cfg.cpus_per_trial)),
                                include_dashboard=False)
