@@ -94,10 +94,12 @@ def test_after_shutdown_processes_get_time_to_exit_then_every_one_labelled_for_t
     assert not leftovers.sessions_file(lock).exists(), "the sweep's sessions are forgotten once it is stopped"
 
 
-APPEND_AND_SLEEP = "import sys, time; f = open(sys.argv[1], {mode!r}); print('ready', flush=True); time.sleep(120)"
+def _opens(path: Path, mode: str) -> str:
+    """Code for a process that opens `path` in `mode`, says so, and sleeps holding it open."""
+    return f"import time; f = open({str(path)!r}, {mode!r}); print('ready', flush=True); time.sleep(120)"
 
 
-def test_processes_writing_into_a_recorded_ray_session_are_leftovers_though_unlabelled(tmp_path):
+def test_processes_writing_into_a_recorded_ray_session_are_leftovers_though_unlabelled(spawn, tmp_path):
     """Ray's agents overwrite part of their environment with their process title, label or not; their
     session's log files, open for writing, still say whose they are. Someone reading those logs is spared."""
     lock, dead_driver = tmp_path / "x.lock", 4_000_000
@@ -105,28 +107,17 @@ def test_processes_writing_into_a_recorded_ray_session_are_leftovers_though_unla
     for folder in (session, other_session):
         (folder / "logs").mkdir(parents=True)
     leftovers.record_session(lock, session, driver_pid=dead_driver)
-    log, other_log = session / "logs" / "dashboard_agent.log", other_session / "logs" / "agent.log"
+    log = session / "logs" / "dashboard_agent.log"
+    writer = spawn(None, _opens(log, "a"))
+    assert writer.stdout.readline().strip() == "ready"  # the log exists now, for the reader
+    reader, elsewhere = spawn(None, _opens(log, "r")), spawn(None, _opens(other_session / "logs" / "agent.log", "a"))
+    assert reader.stdout.readline().strip() == elsewhere.stdout.readline().strip() == "ready"
 
-    def start(path: Path, mode: str) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-c", APPEND_AND_SLEEP.format(mode=mode), str(path)],
-                                env={k: v for k, v in os.environ.items() if k != leftovers.LABEL},
-                                stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
-        return proc
-
-    writer, reader, elsewhere = start(log, "a"), None, None
-    try:
-        reader, elsewhere = start(log, "r"), start(other_log, "a")
-        assert leftovers.find(lock) == {writer.pid: dead_driver}
-        assert leftovers.stop(lock, grace_s=5) == {writer.pid: dead_driver}
-        assert writer.wait(timeout=5) == -signal.SIGTERM
-        assert reader.poll() is None and elsewhere.poll() is None
-        assert not leftovers.sessions_file(lock).exists(), "a stopped driver's sessions are forgotten"
-    finally:
-        for proc in (writer, reader, elsewhere):
-            if proc is not None:
-                proc.kill()
-                proc.wait()
+    assert leftovers.find(lock) == {writer.pid: dead_driver}
+    assert leftovers.stop(lock, grace_s=5) == {writer.pid: dead_driver}
+    assert writer.wait(timeout=5) == -signal.SIGTERM
+    assert reader.poll() is None and elsewhere.poll() is None
+    assert not leftovers.sessions_file(lock).exists(), "a stopped driver's sessions are forgotten"
 
 
 RAY_DRIVER = """
