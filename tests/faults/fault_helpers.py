@@ -24,7 +24,7 @@ TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
 sys.path.insert(0, str(TESTS / "tuner"))  # _procs, test_cluster, test_mlflow_server, test_resume helpers
 
-from _procs import (MARK, RAY_EXIT_S, describe, free_port, marked_pids, session_members,  # noqa: E402,F401
+from _procs import (MARK, RAY_EXIT_S, describe, free_port, session_members, started,  # noqa: E402,F401
                     terminate_session, wait_gone)
 
 
@@ -45,22 +45,23 @@ def slow_space(tmp_path):
     return str(path)
 
 
-def kill_marked(mark: str) -> int:
-    """SIGKILL every process carrying `mark`; returns how many there were."""
-    pids = marked_pids(mark)
+def kill_started(mark: str, sessions=()) -> int:
+    """SIGKILL every process `started(mark, sessions)` finds; returns how many there were."""
+    pids = started(mark, sessions)
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
     deadline = time.monotonic() + 10
-    while marked_pids(mark) and time.monotonic() < deadline:
+    while started(mark, sessions) and time.monotonic() < deadline:
         time.sleep(0.2)
     return len(pids)
 
 
 class Sweeps:
-    """Starts `python -m tuner.cli ...` processes (own session, marked env); teardown kills what is left."""
+    """Starts `python -m tuner.cli ...` processes (own session, marked env); teardown kills what is left.
+    Every process in `procs` runs in a session of its own (start_new_session): `sessions()` are their ids."""
 
     def __init__(self, env: dict | None = None):
         self.mark = uuid.uuid4().hex
@@ -80,12 +81,15 @@ class Sweeps:
         proc = self.start(run_dir, *args)
         return wait_exit(proc, timeout_s), proc.log.read_text()
 
+    def sessions(self) -> list[int]:
+        return [proc.pid for proc in self.procs]
+
     def cleanup(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        kill_marked(self.mark)
+        kill_started(self.mark, self.sessions())
 
 
 @pytest.fixture

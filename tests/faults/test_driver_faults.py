@@ -57,7 +57,8 @@ def test_sigkilled_driver_resumes_without_rerunning_and_a_second_sweep_is_refuse
     assert f"left running by the killed sweep (driver pid {proc.pid})" in out, out[-4000:]
     # a trial Optuna was told had ended, though Ray's saved state still had it running, is no error either
     assert f"sweep killed: {SAMPLES} completed\n" in out, out[-4000:]
-    left = wait_gone(sweeps.mark, RAY_EXIT_S)  # Ray stops its processes asynchronously after the CLI exits
+    # Ray stops its processes asynchronously after the CLI exits; the killed driver's must be gone too
+    left = wait_gone(sweeps.mark, RAY_EXIT_S, sweeps.sessions())
     assert not left, f"the resumed sweep left Ray processes behind for {RAY_EXIT_S} s:\n{describe(left)}\n{out[-3000:]}"
     histories = epoch_histories(uri, "killed")  # also: still exactly one parent run
     assert len(histories) == SAMPLES and all(steps == [1, 2] for steps in histories.values()), histories

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 # In the environment of every process a test starts; Ray's gcs_server, raylet, workers and agents inherit
-# it from the driver, so it finds exactly the processes a test's sweep started, whatever their session.
+# it from the driver, so it finds exactly the processes a test's sweep started, whatever their session
+# (an agent's may be overwritten by its process title: started() also asks the session).
 MARK = "LUNARTUNE_FAULT_MARK"
 RAY_EXIT_S = 30  # after a CLI exits, its Ray (gcs_server, raylet, workers, agents) must be gone by then:
 # Ray stops them asynchronously (workers exit once their raylet goes), so none is checked at the exit itself
@@ -21,16 +22,22 @@ def free_port() -> int:
 
 
 def session_members(sid: int) -> list[int]:
-    """Pids in session `sid`: the `ray start` we launched with start_new_session and everything it spawned."""
+    """Live pids in session `sid`: a process we launched with start_new_session and everything it spawned
+    (Ray's gcs_server, raylet, workers and agents stay in the driver's session; zombies are left out: they
+    are dead, only not yet reaped by whatever adopted them)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if os.getsid(int(entry.name)) == sid:
+                if os.getsid(int(entry.name)) == sid and not _zombie(entry):
                     pids.append(int(entry.name))
             except OSError:  # exited meanwhile
                 pass
     return pids
+
+
+def _zombie(proc: Path) -> bool:
+    return (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"  # after "(comm)": the state
 
 
 def terminate_session(sid: int) -> None:
@@ -59,10 +66,21 @@ def marked_pids(mark: str) -> list[int]:
     return pids
 
 
-def wait_gone(mark: str, timeout_s: float) -> list[int]:
-    """Pids still carrying `mark` once they are all gone or `timeout_s` has passed (polling)."""
+def started(mark: str, sessions=()) -> list[int]:
+    """Pids a test started: those carrying MARK=mark, and the members of `sessions` (session ids of processes
+    it started with start_new_session). Both, because Ray's agents overwrite part of their environment with
+    their process title (setproctitle), at times the mark with it; a session id survives that."""
+    pids = set(marked_pids(mark))
+    for sid in sessions:
+        pids.update(session_members(sid))
+    pids.discard(os.getpid())
+    return sorted(pids)
+
+
+def wait_gone(mark: str, timeout_s: float, sessions=()) -> list[int]:
+    """Pids `started(mark, sessions)` still finds once they are all gone or `timeout_s` has passed (polling)."""
     deadline = time.monotonic() + timeout_s
-    while (left := marked_pids(mark)) and time.monotonic() < deadline:
+    while (left := started(mark, sessions)) and time.monotonic() < deadline:
         time.sleep(0.5)
     return left
 

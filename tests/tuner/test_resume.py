@@ -17,7 +17,7 @@ import pytest
 from optuna.trial import TrialState
 from ray.tune import ExperimentAnalysis, ResultGrid
 
-from _procs import MARK, RAY_EXIT_S, describe, marked_pids, wait_gone
+from _procs import MARK, RAY_EXIT_S, describe, started, wait_gone
 from tuner import tracking
 from tuner.sweep import SweepConfig, run_sweep, sync_to_mlflow, trials_ray_resumes
 
@@ -36,13 +36,14 @@ def _finished_in_study(db: Path) -> int:
 
 
 def _interrupt_after(proc: subprocess.Popen, db: Path, finished: int, timeout_s: float, mark: str = "") -> list[int]:
-    """SIGINT `proc` once `finished` trials are done; returns the pids carrying `mark` just before."""
+    """SIGINT `proc` once `finished` trials are done; returns the pids carrying `mark` just before (only
+    those: a lost mark must not pass for one that reached Ray)."""
     deadline = time.monotonic() + timeout_s
     while _finished_in_study(db) < finished:
         assert proc.poll() is None, f"the sweep ended early:\n{proc.communicate()[1][-3000:]}"
         assert time.monotonic() < deadline, "no trial finished in time"
         time.sleep(0.5)
-    running = marked_pids(mark) if mark else []
+    running = started(mark) if mark else []
     proc.send_signal(signal.SIGINT)
     return running
 
@@ -67,17 +68,17 @@ def test_sigint_then_resume_does_not_rerun_finished_trials(local_ray, scenes, ti
                "--device", "cpu", "--experiment", "resume"]
     mark = uuid.uuid4().hex  # inherited by the Ray processes the CLI starts: finds exactly those
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", MARK: mark})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", MARK: mark}, start_new_session=True)
     try:
         running = _interrupt_after(proc, run_paths.optuna_db, finished=2, timeout_s=240, mark=mark)
         _, stderr = proc.communicate(timeout=120)
-        left = wait_gone(mark, RAY_EXIT_S)
+        left = wait_gone(mark, RAY_EXIT_S, [proc.pid])  # and its session: an agent's mark may be overwritten
         described = describe(left)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        _kill(marked_pids(mark))  # whatever a failure left: not into the resume below or other tests
+        _kill(started(mark, [proc.pid]))  # whatever a failure left: not into the resume below or other tests
     assert proc.returncode == 130, f"{stderr[-3000:]}\nmarked processes left after {RAY_EXIT_S} s:\n{described}"
     assert "--experiment resume --resume" in stderr
     assert len(running) > 2, f"the mark must reach Ray's processes (else the check below proves nothing): {running}"
