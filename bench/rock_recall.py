@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         model, info, _ = load_model(args.model, resolve_run_paths(args.run_dir, None))
-        eval_sets, _ = find_eval_sets(args.data)
+        eval_sets = find_eval_sets(args.data).sets
     except (CliError, dp.DataError) as err:
         parser.error(str(err))
     device = resolve_device(args.device)

@@ -120,7 +120,7 @@ def real_eval_sets(data: Path) -> dict:
     """{"kaggle-eval-small/renders": EvalSet, ...} for every folder of EVAL_FOLDERS present."""
     sets = {}
     for folder in EVAL_FOLDERS:
-        groups, _ = find_eval_sets(data / folder)
+        groups = find_eval_sets(data / folder).sets
         sets.update({f"{folder}/{group}": samples for group, samples in groups.items()})
     return sets
 

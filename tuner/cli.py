@@ -163,6 +163,10 @@ def _model_consumers(sub) -> None:
     evaluate.add_argument("--metric-prefix", default="real_",
                           help="prefix of the metrics logged to the model's MLflow run (real_renders_miou, ...)")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    evaluate.add_argument("--exclude", default=None, metavar="NAMES",
+                          help="render frames and photos to leave out, comma-separated (e.g. 5206,TCAM21)")
+    evaluate.add_argument("--exclude-mismatches", action="store_true",
+                          help="leave out the frames the data set's mismatch_IDs.txt lists")
     evaluate.set_defaults(handler="tuner.evaluate:main")
 
     report = sub.add_parser("report", help="PNG figures and report.md for a sweep")

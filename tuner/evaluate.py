@@ -7,6 +7,9 @@ Two groups, each scored from ONE confusion matrix over every pixel of its masks 
     photos    real_moon_images/<name>.png with g_<name>.png (hand-made masks, nearest palette colour);
               a photo of another size than its mask is resized to the mask
 
+--exclude NAMES leaves out render frames and photos (masks seen to contradict their image), and
+--exclude-mismatches the frames the data set's own mismatch_IDs.txt lists; the JSON's "excluded" says which.
+
 The model sees each image resized to its checkpoint's input size (or --image-size); its logits are resized
 back to the mask's size. Output: a table on stderr, JSON on stdout (and in --json), figures in --out; when
 the model came from MLflow, `<prefix><group>_<metric>` metrics (prefix "real_") are logged to its run.
@@ -21,6 +24,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterable, NamedTuple
 
 from tuner.cli import CliError
 from tuner.settings import RunPaths
@@ -34,8 +38,19 @@ TABLE_METRICS = ("iou_ground", "iou_sky", "iou_small_rocks", "iou_large_rocks", 
 
 # ----------------------------------------------------------------------------- the data folder
 
-def find_eval_sets(root: str | Path) -> tuple[dict, list[Path]]:
-    """({group: EvalSet}, renders that have no mask) for a Kaggle-layout folder; CliError if it has nothing to score."""
+class EvalData(NamedTuple):
+    sets: dict  # {group: EvalSet}: what is scored
+    unmasked: list[Path]  # renders with neither a clean nor a ground mask: not scored
+    excluded: dict  # {name: why}: frames listed in mismatch_IDs.txt, and the names given to `exclude`
+
+
+def find_eval_sets(root: str | Path, exclude: Iterable[str] = (), exclude_mismatches: bool = False) -> EvalData:
+    """The groups to score in a Kaggle-layout folder; CliError if it has nothing to score.
+
+    exclude: render frames ("0034", or 34) and photos ("TCAM21") to leave out, e.g. masks seen to contradict
+    their image; a name that is in neither group is an error (a typo would otherwise go unnoticed).
+    exclude_mismatches: leave out the frames the data set's own mismatch_IDs.txt lists, as training can.
+    """
     from data_pipeline import DataError, EvalSet, find_real_photos
 
     root = Path(root).expanduser()
@@ -43,32 +58,58 @@ def find_eval_sets(root: str | Path) -> tuple[dict, list[Path]]:
         raise CliError(f"--data {root}: no such folder (expected the Kaggle layout: images/render + "
                        f"images/clean or images/ground, and/or real_moon_images with g_* masks)")
     try:
-        renders, unmasked = _render_samples(root)
+        renders, unmasked, mismatched = _render_samples(root, exclude_mismatches)
         photos = find_real_photos(root)
     except DataError as err:
         raise CliError(str(err)) from None
-    sets = {name: EvalSet(s) for name, s in ((RENDERS, renders), (PHOTOS, photos)) if s}
+    groups = {name: s for name, s in ((RENDERS, renders), (PHOTOS, photos)) if s}
+    groups, named = _without(groups, list(exclude), root)
+    sets = {name: EvalSet(s) for name, s in groups.items() if s}
     if not sets:
         raise CliError(f"--data {root}: nothing to score: no render/mask pairs under images/ and no real "
-                       f"photos with g_* masks under real_moon_images/")
-    return sets, unmasked
+                       f"photos with g_* masks under real_moon_images/" + (" left after --exclude" if named else ""))
+    return EvalData(sets, unmasked, {**mismatched, **named})
 
 
-def _render_samples(root: Path) -> tuple[list, list[Path]]:
-    """Each render with its clean mask, else its ground mask; and the renders with neither."""
+def _render_samples(root: Path, exclude_mismatches: bool) -> tuple[list, list[Path], dict]:
+    """Each render with its clean mask, else its ground mask; the renders with neither; {frame: why} for
+    the frames mismatch_IDs.txt excluded."""
     from data_pipeline.kaggle import MASK_DIRS, RENDER_DIR, scan_pairs
 
     if not (root / RENDER_DIR).is_dir():
-        return [], []
-    by_frame, renders = {}, None
+        return [], [], {}
+    by_frame, renders, mismatched = {}, None, {}
     for source in ("ground", "clean"):  # clean last: it wins where a frame has both
         if (root / MASK_DIRS[source]).is_dir():
-            scan = scan_pairs(root, source)
+            scan = scan_pairs(root, source, exclude_mismatches)
             by_frame.update({s.image: s for s in scan.samples})
+            mismatched.update({f: f"listed in {scan.mismatch_file.name}" for f in scan.excluded_frames})
             unpaired = set(scan.renders_without_mask)
             renders = unpaired if renders is None else renders & unpaired
     unmasked = sorted(renders if renders is not None else (root / RENDER_DIR).glob("render*.png"))
-    return sorted(by_frame.values(), key=lambda s: int(s.frame)), unmasked
+    return sorted(by_frame.values(), key=lambda s: int(s.frame)), unmasked, mismatched
+
+
+def _without(groups: dict, names: list[str], root: Path) -> tuple[dict, dict]:
+    """`groups` without the samples `names` name, and {name: "--exclude"} for them."""
+    def named(sample) -> str | None:
+        frame = sample.frame
+        return next((n for n in names if n == frame or (n.isdigit() and frame.isdigit() and int(n) == int(frame))), None)
+
+    kept, found = {}, {}
+    for group, samples in groups.items():
+        kept[group] = []
+        for sample in samples:
+            name = named(sample)
+            if name is None:
+                kept[group].append(sample)
+            else:
+                found[name] = sample.frame
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise CliError(f"--exclude {','.join(missing)}: no render frame or real photo of that name in {root} "
+                       f"(names as the results give them: a frame number such as 0034, a photo such as TCAM21)")
+    return kept, {frame: "--exclude" for frame in found.values()}
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -248,15 +289,23 @@ def _checked_image_size(info: dict, size) -> tuple[int, int] | None:
         raise CliError(f"--image-size: {err}") from None
 
 
+def _names(value: str | None) -> list[str]:
+    """--exclude 5206,9189,TCAM21 -> ["5206", "9189", "TCAM21"]."""
+    return [name.strip() for name in (value or "").split(",") if name.strip()]
+
+
 def main(args, paths: RunPaths) -> int:
     from data_pipeline import DataError
     from models.training import resolve_device
     from tuner.model_spec import load_model
     from tuner.predict import staged_output
 
-    eval_sets, unmasked = find_eval_sets(args.data)
+    eval_sets, unmasked, excluded = find_eval_sets(args.data, _names(args.exclude), args.exclude_mismatches)
     for path in unmasked:
         print(f"lunartune evaluate: warning: {path} has no clean or ground mask; not scored", file=sys.stderr)
+    if excluded:
+        print(f"lunartune evaluate: left out {len(excluded)}: " + ", ".join(f"{name} ({why})" for name, why in excluded.items()),
+              file=sys.stderr)
     model, info, resolved = load_model(args.model, paths)
     image_size = _checked_image_size(info, args.image_size)
     device = resolve_device(getattr(args, "device", "auto"))
@@ -267,7 +316,7 @@ def main(args, paths: RunPaths) -> int:
         raise CliError(f"{err} (nothing was written)") from None
     header = {"model": resolved.description, "checkpoint": str(resolved.checkpoint_path), "run_id": resolved.run_id,
               "data": str(Path(args.data).expanduser().resolve()), "image_size": list(image_size or info["image_size"]),
-              "device": str(device), "unscored": [str(p) for p in unmasked]}
+              "device": str(device), "unscored": [str(p) for p in unmasked], "excluded": excluded}
     results = results_json(scores, eval_sets, header)
     if args.out:
         with staged_output(Path(args.out)) as staging:

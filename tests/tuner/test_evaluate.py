@@ -197,6 +197,40 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(checkpoint, data, tmp_pat
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".figs", ".m.json"))]
 
 
+def test_excluded_frames_and_photos_are_not_scored_and_are_named(checkpoint, data, tmp_path, capsys):
+    root, truth = data
+    assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--exclude", "1, PCAM1") == 0  # 1 = frame 0001
+    printed = capsys.readouterr()
+    results = json.loads(printed.out)
+    assert results["excluded"] == {"0001": "--exclude", "PCAM1": "--exclude"}
+    assert "left out 2: 0001 (--exclude), PCAM1 (--exclude)" in printed.err
+    assert list(results["groups"]) == ["renders"]  # the only photo was left out
+    renders = results["groups"]["renders"]
+    want = expected_metrics(checkpoint, root, truth, ["0002"])
+    assert renders["images"] == 1 and renders["pixels"] == want["pixels"] == 64 * 96
+    assert renders["metrics"]["miou"] == pytest.approx(want["miou"], abs=1e-12)
+
+
+def test_exclude_mismatches_leaves_out_the_frames_the_data_sets_list_names(checkpoint, data, tmp_path, capsys):
+    root, _ = data
+    (root / "mismatch_IDs.txt").write_text("2\n")
+    assert run_cli(tmp_path, "--model", checkpoint, "--data", root) == 0  # the list is used only on request
+    assert json.loads(capsys.readouterr().out)["groups"]["renders"]["images"] == 2
+    assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--exclude-mismatches") == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results["excluded"] == {"0002": "listed in mismatch_IDs.txt"}
+    assert results["groups"]["renders"]["images"] == 1 and results["groups"]["renders"]["pixels"] == 48 * 72
+
+
+def test_excluding_a_name_that_is_not_there_is_an_error_naming_it(checkpoint, data, tmp_path, capsys):
+    root, _ = data
+    report = tmp_path / "m.json"
+    assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--exclude", "0002,TCAM99", "--json", report) == 1
+    err = capsys.readouterr().err
+    assert "--exclude TCAM99: no render frame or real photo of that name in" in err and str(root) in err
+    assert not report.exists()
+
+
 def test_a_model_from_mlflow_gets_the_metrics_on_its_run(checkpoint, data, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
