@@ -63,7 +63,7 @@ def find_eval_sets(root: str | Path, exclude: Iterable[str] = (), exclude_mismat
     except DataError as err:
         raise CliError(str(err)) from None
     groups = {name: s for name, s in ((RENDERS, renders), (PHOTOS, photos)) if s}
-    groups, named = _without(groups, list(exclude), root)
+    groups, named = _without(groups, list(exclude), root, mismatched)
     sets = {name: EvalSet(s) for name, s in groups.items() if s}
     if not sets:
         raise CliError(f"--data {root}: nothing to score: no render/mask pairs under images/ and no real "
@@ -90,26 +90,23 @@ def _render_samples(root: Path, exclude_mismatches: bool) -> tuple[list, list[Pa
     return sorted(by_frame.values(), key=lambda s: int(s.frame)), unmasked, mismatched
 
 
-def _without(groups: dict, names: list[str], root: Path) -> tuple[dict, dict]:
-    """`groups` without the samples `names` name, and {name: "--exclude"} for them."""
-    def named(sample) -> str | None:
-        frame = sample.frame
-        return next((n for n in names if n == frame or (n.isdigit() and frame.isdigit() and int(n) == int(frame))), None)
-
-    kept, found = {}, {}
-    for group, samples in groups.items():
-        kept[group] = []
-        for sample in samples:
-            name = named(sample)
-            if name is None:
-                kept[group].append(sample)
-            else:
-                found[name] = sample.frame
-    missing = [n for n in names if n not in found]
+def _without(groups: dict, names: list[str], root: Path, already: dict) -> tuple[dict, dict]:
+    """`groups` without the samples `names` name, and {frame: "--exclude"} for them; a name of a frame
+    `already` left out (mismatch_IDs.txt) is no error."""
+    kept = {group: [s for s in samples if not any(_names_frame(n, s.frame) for n in names)]
+            for group, samples in groups.items()}
+    found = {s.frame: "--exclude" for samples in groups.values() for s in samples
+             if any(_names_frame(n, s.frame) for n in names)}
+    missing = [n for n in names if not any(_names_frame(n, frame) for frame in [*found, *already])]
     if missing:
         raise CliError(f"--exclude {','.join(missing)}: no render frame or real photo of that name in {root} "
                        f"(names as the results give them: a frame number such as 0034, a photo such as TCAM21)")
-    return kept, {frame: "--exclude" for frame in found.values()}
+    return kept, found
+
+
+def _names_frame(name: str, frame: str) -> bool:
+    """"0034", "34" and 0034 name render frame 0034; "TCAM21" names photo TCAM21."""
+    return name == frame or (name.isdigit() and frame.isdigit() and int(name) == int(frame))
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -220,6 +220,9 @@ def test_exclude_mismatches_leaves_out_the_frames_the_data_sets_list_names(check
     results = json.loads(capsys.readouterr().out)
     assert results["excluded"] == {"0002": "listed in mismatch_IDs.txt"}
     assert results["groups"]["renders"]["images"] == 1 and results["groups"]["renders"]["pixels"] == 48 * 72
+    # naming a listed frame again is no error (it is left out once, for the list)
+    assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--exclude-mismatches", "--exclude", "2") == 0
+    assert json.loads(capsys.readouterr().out)["excluded"] == {"0002": "listed in mismatch_IDs.txt"}
 
 
 def test_excluding_a_name_that_is_not_there_is_an_error_naming_it(checkpoint, data, tmp_path, capsys):
