@@ -50,6 +50,7 @@ SYNTHETIC = "synthetic"
 MAX_FAILURES = 2  # a crashed trial is retried this often, from its last checkpoint
 CHECKPOINTS_KEPT = 2  # per trial, best by the objective (Ray also keeps the latest, for resuming)
 TOP_TRIALS_SHOWN = 5
+ERROR_CHARS = 500  # of an errored trial's error, in the summary and in MLflow's error tag
 _EXPERIMENT_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -95,6 +96,7 @@ class SweepResult:
     statuses: dict[str, int]  # trials per final status (completed / pruned / diverged / errored / unfinished)
     top_trials: list[dict] = field(default_factory=list)  # best first: trial, backbone, objective, epochs, status
     mlflow_incomplete: list[str] = field(default_factory=list)  # what MLflow still lacks (it was away); --resume fills it
+    errors: dict[str, str] = field(default_factory=dict)  # errored trial's folder in results_path -> its error
 
 
 def sweep_config_from_args(args) -> SweepConfig:
@@ -317,7 +319,7 @@ def _tuner(cfg: SweepConfig, paths: RunPaths, space, data_cfg, target, results_p
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT, checkpoint_score_attribute=cfg.objective,
                                                 checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-        callbacks=[TrialStatusCallback(target.uri, target.experiment_id, target.parent_run_id, cfg.max_epochs)]))
+        callbacks=[TrialStatusCallback(target, cfg.max_epochs)]))
 
 
 def _trial_setup(cfg: SweepConfig, data_cfg, target):
@@ -380,26 +382,59 @@ def _reporter(cfg: SweepConfig, space):
 # ---------------------------------------------------------------------------------------------
 
 class TrialStatusCallback(Callback):
-    """Driver side: when Ray knows how a trial ended, tag its child run completed/pruned/diverged/errored."""
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, max_epochs: int):
-        self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
-        self.max_epochs = max_epochs
+    """Driver side: when Ray knows how a trial ended, tag its child run completed/pruned/diverged/errored.
+    An errored run also gets its error; a trial that died before opening its run gets one here, so that
+    MLflow lists every trial and says why it failed."""
+    def __init__(self, target: tracking.TrackingTarget, max_epochs: int):
+        self.target, self.max_epochs = target, max_epochs
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, trial_status(trial.last_result, None, self.max_epochs))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(trial, "errored")
+        self._finish(trial, "errored", describe_error(_saved_error(trial)))
 
-    def _finish(self, trial, status: str) -> None:
+    def _finish(self, trial, status: str, error: str | None = None) -> None:
         try:
             run_id = (trial.last_result or {}).get(RUN_ID) or tracking.find_child_run(
-                self.uri, self.experiment_id, self.parent_run_id, trial.trial_id)
-            if run_id:  # a trial that failed before opening its run has nothing to tag
-                tracking.finish_child_run(self.uri, run_id, status)
+                self.target.uri, self.target.experiment_id, self.target.parent_run_id, trial.trial_id)
+            if not run_id and status == "errored":
+                run_id = _open_errored_run(self.target, trial.trial_id, trial_name(trial), trial.config)
+            if run_id:
+                tracking.finish_child_run(self.target.uri, run_id, status, error)
         except Exception as err:  # MLflow away: never stop the sweep for it; sync_to_mlflow tags it later
             print(f"lunartune tune: warning: MLflow: trial {trial.trial_id} not tagged {status} "
                   f"({type(err).__name__}); it will be after the sweep or on --resume", file=sys.stderr)
+
+
+def _saved_error(trial) -> BaseException | None:
+    """The exception Ray saved for a failed trial (None if it saved none, or it cannot be read back)."""
+    try:
+        return trial.get_pickled_error() or trial.get_error()
+    except Exception:
+        return None
+
+
+def _open_errored_run(target: tracking.TrackingTarget, trial_id: str, name: str, config: dict | None) -> str:
+    """A child run for a trial that failed before opening its own (say, its model could not be built)."""
+    config = config or {}
+    tags = {tracking.BACKBONE_TAG: canonical_backbone(config["backbone"])} if "backbone" in config else {}
+    return tracking.open_child_run(target, trial_id, name, config, tags)
+
+
+def describe_error(err: BaseException | None) -> str:
+    """'WeightsError: /x/bad.pt: ...': the exception that ended a trial, on one line. Ray wraps a trainable's
+    exception in a RayTaskError (`cause` is the original) or, read back from error.txt, in a TuneError holding
+    the whole traceback, whose last unindented line is the original's."""
+    if err is None:
+        return "unknown error (Ray saved none)"
+    cause = getattr(err, "cause", None)
+    root = cause if isinstance(cause, BaseException) else err
+    text = str(root).strip()
+    if "Traceback (most recent call last)" in text:
+        return [line for line in text.splitlines() if line.strip() and not line[0].isspace()][-1][:ERROR_CHARS]
+    first = text.splitlines()[0] if text else ""
+    return f"{type(root).__name__}: {first}"[:ERROR_CHARS]
 
 
 def trial_status(last_result: dict | None, error, max_epochs: int) -> str:
@@ -435,7 +470,13 @@ def sync_to_mlflow(results, target, max_epochs: int, objective: str, resumable: 
 def _sync_trial(result, target, max_epochs: int, objective: str, resumable: set[str]) -> None:
     frame, last = result.metrics_dataframe, result.metrics or {}
     if frame is None or EPOCH not in frame or not last.get("trial_id"):
-        return  # never reported an epoch: nothing to log
+        if result.error is not None and result.path:  # failed before its first epoch: list it, with why
+            name, trial_id = Path(result.path).name.rsplit("_", 1)  # sweep.trial_dirname
+            run_id = (tracking.find_child_run(target.uri, target.experiment_id, target.parent_run_id, trial_id)
+                      or _open_errored_run(target, trial_id, name, result.config))
+            if tracking.client(target.uri).get_run(run_id).data.tags.get(tracking.STATUS_TAG) == tracking.RUNNING:
+                tracking.finish_child_run(target.uri, run_id, "errored", describe_error(result.error))
+        return
     trial_id = last["trial_id"]
     run_id = last.get(RUN_ID) or tracking.find_child_run(target.uri, target.experiment_id, target.parent_run_id, trial_id)
     if not run_id:  # the trial ran while MLflow was away the whole time
@@ -452,7 +493,7 @@ def _sync_trial(result, target, max_epochs: int, objective: str, resumable: set[
         return  # stopped by Ctrl-C: --resume continues it
     status = trial_status(last, result.error, max_epochs)
     if tracking.client(target.uri).get_run(run_id).data.tags.get(tracking.STATUS_TAG) == tracking.RUNNING:
-        tracking.finish_child_run(target.uri, run_id, status)
+        tracking.finish_child_run(target.uri, run_id, status, result.error and describe_error(result.error))
 
 
 def _sync_best_checkpoint(result, uri: str, run_id: str, objective: str) -> None:
@@ -481,13 +522,15 @@ def _fail_orphaned_study_trials(paths: RunPaths, experiment: str) -> None:
 def _summarise(cfg: SweepConfig, results, experiment_id: str, target, results_path: str,
                resumable: set[str]) -> SweepResult:
     finished = results.num_terminated + results.num_errors
-    rows = []
+    rows, errors = [], {}
     for result in results:
         metrics, config = result.metrics or {}, result.config or {}  # None for a trial that never started
         best = _best_row(result, cfg.objective)
         status = trial_status(metrics, result.error, cfg.max_epochs)
         if metrics.get("trial_id") in resumable:
             status = "unfinished"  # Ctrl-C stopped it mid-flight; --resume continues it
+        if status == "errored":
+            errors[Path(result.path or "?").name] = describe_error(result.error)
         rows.append({"trial": metrics.get("trial_id") or Path(result.path or "?").name,
                      "backbone": config.get("backbone", ""), "objective": best.get(cfg.objective, float("nan")),
                      "epochs": metrics.get(EPOCH, 0), "status": status, "config": config, "metrics": best})
@@ -499,7 +542,7 @@ def _summarise(cfg: SweepConfig, results, experiment_id: str, target, results_pa
         tracking_uri=target.uri, results_path=results_path, interrupted=finished < cfg.samples or bool(resumable),
         best_config=top["config"], best_metrics=top["metrics"], best_run_id=top["metrics"].get(RUN_ID),
         statuses=statuses, top_trials=[{k: v for k, v in r.items() if k not in ("config", "metrics")}
-                                       for r in rows[:TOP_TRIALS_SHOWN]])
+                                       for r in rows[:TOP_TRIALS_SHOWN]], errors=errors)
 
 
 def _best_row(result, objective: str) -> dict:
@@ -603,6 +646,9 @@ def format_summary(result: SweepResult, cfg: SweepConfig, paths: RunPaths) -> st
     for row in result.top_trials:
         lines.append(f"  {row['trial']:>14}  {row['backbone']:<26} {cfg.objective} {row['objective']:.4f}  "
                      f"epochs {row['epochs']}  {row['status']}")
+    if result.errors:
+        lines.append("errored trials (the traceback is in error.txt in the trial's folder under Ray results):")
+        lines += [f"  {folder}: {error}" for folder, error in sorted(result.errors.items())]
     if result.best_config:
         lines.append(f"best config: {json.dumps(result.best_config, sort_keys=True, default=str)}")
     lines += [f"Ray results:   {result.results_path}",

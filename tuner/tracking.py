@@ -31,6 +31,7 @@ RUN_NAME_TAG = "mlflow.runName"
 TRIAL_ID_TAG = "ray_trial_id"
 BACKBONE_TAG = "backbone"
 STATUS_TAG = "status"  # children: completed | pruned | errored | diverged (| running); parent: running | finished | interrupted
+ERROR_TAG = "error"  # errored children: the exception that ended the trial, one line (Ray's error.txt has the rest)
 CHECKPOINT_TAG = "best_checkpoint"  # artifact path of the best checkpoint inside the child run
 CHECKPOINT_ARTIFACT = "checkpoint/best.pt"
 MODEL_CONFIG_ARTIFACT = "model_config.json"
@@ -111,10 +112,13 @@ def start_parent_run(uri: str, experiment_id: str, run_name: str, params: dict, 
 
 
 def reopen_run(uri: str, run_id: str) -> None:
-    """A resumed sweep continues its parent run (and an interrupted trial its child run)."""
+    """A resumed sweep continues its parent run (and an interrupted or errored trial its child run: the
+    error it ended with no longer stands)."""
     mlflow = client(uri)
     mlflow.update_run(run_id, status="RUNNING")
     mlflow.set_tag(run_id, STATUS_TAG, RUNNING)
+    if ERROR_TAG in mlflow.get_run(run_id).data.tags:
+        mlflow.delete_tag(run_id, ERROR_TAG)
 
 
 def end_parent_run(uri: str, run_id: str, interrupted: bool, summary: dict) -> None:
@@ -124,10 +128,12 @@ def end_parent_run(uri: str, run_id: str, interrupted: bool, summary: dict) -> N
     mlflow.set_terminated(run_id, status="KILLED" if interrupted else "FINISHED")
 
 
-def finish_child_run(uri: str, run_id: str, status: str) -> None:
-    """Driver side, once Ray knows how the trial ended: tag the status and end the run."""
+def finish_child_run(uri: str, run_id: str, status: str, error: str | None = None) -> None:
+    """Driver side, once Ray knows how the trial ended: tag the status (and the error) and end the run."""
     mlflow = client(uri)
     mlflow.set_tag(run_id, STATUS_TAG, status)
+    if error:
+        mlflow.set_tag(run_id, ERROR_TAG, error)
     mlflow.set_terminated(run_id, status=_RUN_STATUS[status])
 
 

@@ -1,0 +1,65 @@
+"""A trial that fails every try ends `errored` and says why: in the sweep's summary, in its MLflow run (which
+the driver opens if the trial never could), and in Ray's error.txt; `--resume` retries it once fixed."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+from ray import tune
+
+from models import ModelConfig, build
+from tuner import tracking
+from tuner.sweep import SweepConfig, format_summary, run_sweep, sync_to_mlflow
+from tuner.trainable import train_trial
+
+
+def _children(paths, result) -> list:
+    return tracking.child_runs(paths.tracking_uri, result.experiment_id, result.parent_run_id)
+
+
+@pytest.mark.slow
+def test_a_trial_that_cannot_build_its_model_errors_and_says_why(local_ray, scenes, tmp_path, run_paths):
+    """An encoder weights file that exists (the up-front check passes) but holds no weights: every try of the
+    trial fails building its model, before it opens its MLflow run. The sweep ends and says why; MLflow
+    lists the trial, tagged errored with the error."""
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a torch file")
+    space = tmp_path / "broken.yaml"
+    space.write_text("params:\n  lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n"
+                     f"fixed: {{backbone: vgg11, encoder_weights: '{broken}'}}\n")
+    cfg = SweepConfig(space=str(space), data=str(scenes), samples=1, max_epochs=2, concurrency=1, device="cpu",
+                      experiment="broken")
+    result = run_sweep(cfg, run_paths)
+    assert result.statuses == {"errored": 1} and not result.interrupted
+    ((folder, error),) = result.errors.items()
+    assert error.startswith(f"WeightsError: {broken}: cannot read encoder weights"), error
+    assert "\n" not in error and folder.startswith("vgg11-t001_")
+    assert "WeightsError" in (Path(result.results_path) / folder / "error.txt").read_text()
+    assert f"{folder}: {error}" in format_summary(result, cfg, run_paths)
+    (run,) = _children(run_paths, result)
+    assert (run.info.run_name, run.info.status, run.data.params["backbone"]) == ("vgg11-t001", "FAILED", "vgg11")
+    assert run.data.tags[tracking.STATUS_TAG] == "errored" and run.data.tags[tracking.ERROR_TAG] == error
+
+    # MLflow away while the trial failed (here: its run gone): filling MLflow in from Ray's results lists it
+    tracking.client(run_paths.tracking_uri).delete_run(run.info.run_id)
+    results = tune.Tuner.restore(result.results_path, trainable=train_trial).get_results()
+    target = tracking.TrackingTarget(run_paths.tracking_uri, result.experiment_id, result.parent_run_id)
+    assert sync_to_mlflow(results, target, cfg.max_epochs, cfg.objective, resumable=set()) == []
+    (again,) = _children(run_paths, result)
+    assert again.info.run_id != run.info.run_id and again.info.run_name == "vgg11-t001"
+    assert again.data.tags[tracking.STATUS_TAG] == "errored" and again.data.tags[tracking.ERROR_TAG] == error
+
+    # the cause fixed, --resume retries the errored trial in the same run, which no longer says "error"
+    torch.save(build(ModelConfig(backbone="vgg11")).encoder.state_dict(), broken)
+    resumed = run_sweep(replace(cfg, resume=True), run_paths)
+    assert resumed.statuses == {"completed": 1} and not resumed.errors
+    (done,) = _children(run_paths, resumed)
+    assert done.info.run_id == again.info.run_id and done.data.tags[tracking.STATUS_TAG] == "completed"
+    assert tracking.ERROR_TAG not in done.data.tags
+    # Optuna was told FAIL when the trial errored and cannot reopen a finished trial (README: what survives)
+    study = optuna.load_study(study_name="broken", storage=f"sqlite:///{run_paths.optuna_db}")
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
