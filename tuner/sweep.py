@@ -26,7 +26,7 @@ import pandas as pd
 import ray
 from optuna.trial import TrialState
 from ray import tune
-from ray.tune import Callback, CLIReporter
+from ray.tune import Callback, CLIReporter, TuneError
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
@@ -431,7 +431,7 @@ def describe_error(err: BaseException | None) -> str:
     cause = getattr(err, "cause", None)
     root = cause if isinstance(cause, BaseException) else err
     text = str(root).strip()
-    if "Traceback (most recent call last)" in text:
+    if isinstance(root, TuneError) and "\n" in text:  # error.txt's text: the last unindented line is the error
         return [line for line in text.splitlines() if line.strip() and not line[0].isspace()][-1][:ERROR_CHARS]
     first = text.splitlines()[0] if text else ""
     return f"{type(root).__name__}: {first}"[:ERROR_CHARS]

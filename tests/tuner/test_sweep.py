@@ -7,13 +7,15 @@ import math
 import optuna
 import pytest
 from optuna.trial import TrialState
+from ray.exceptions import RayTaskError
+from ray.tune import TuneError
 
 from models.checkpoint import load_checkpoint
 from tuner import tracking
 from tuner.cli import CliError, build_parser
 from tuner.promote import best_of_history
 from tuner.settings import RunPaths
-from tuner.sweep import SweepConfig, run_sweep, sweep_config_from_args
+from tuner.sweep import SweepConfig, describe_error, run_sweep, sweep_config_from_args
 
 
 def _cfg(space, scenes, **kw) -> SweepConfig:
@@ -73,6 +75,17 @@ def test_a_bad_space_fails_before_anything_starts(scenes, tmp_path, run_paths):
 def test_resume_without_a_started_sweep_is_a_clear_error(scenes, run_paths):
     with pytest.raises(CliError, match="--resume: no sweep of experiment 'test'"):
         run_sweep(_cfg("smoke", scenes, resume=True), run_paths)
+
+
+def test_an_errored_trial_is_described_by_its_root_cause_on_one_line():
+    full = OSError(28, "No space left on device")
+    wrapped = RayTaskError("train", "Traceback (most recent call last):\n  ...", full).as_instanceof_cause()
+    assert describe_error(wrapped) == "OSError: [Errno 28] No space left on device"
+    error_txt = ("Failure # 1 (occurred at 2026-11-29_19-11-02)\nray::ImplicitFunc.train() (pid=9, ip=127.0.0.1)\n"
+                 '  File "trainable.py", line 95, in train_trial\nOSError: [Errno 28] No space left on device\n')
+    assert describe_error(TuneError(error_txt)) == "OSError: [Errno 28] No space left on device"
+    assert describe_error(ValueError("first line\nsecond")) == "ValueError: first line"
+    assert describe_error(None) == "unknown error (Ray saved none)"
 
 
 # -- real sweeps --------------------------------------------------------------------------------------
