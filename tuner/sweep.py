@@ -36,7 +36,7 @@ import search_spaces
 from data_pipeline import DataError
 from data_pipeline.synth import generate
 from models import ConfigError, ModelConfig, TrainConfig, WeightsError, canonical_backbone
-from tuner import leftovers, tracking
+from tuner import disk, leftovers, tracking
 from tuner.cli import EXIT_INCOMPLETE, EXIT_INTERRUPTED, CliError
 from tuner.searcher import DIVERGED, PruningAwareOptunaSearch
 from tuner.settings import RunPaths
@@ -162,6 +162,7 @@ def _run_locked(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
     space = _load_space(cfg)
     tracking.check_reachable(paths.tracking_uri)  # before any data work: an unreachable server fails in <= 10 s
     _warn_about_storage(cfg)
+    _warn_about_disk(cfg, paths, space)
     data_cfg, manifest = _prepare_data(cfg, paths)
     experiment_id = tracking.get_or_create_experiment(
         paths.tracking_uri, cfg.experiment,
@@ -235,6 +236,16 @@ def _warn_about_storage(cfg: SweepConfig) -> None:
               f"local path {cfg.storage or '<run-dir>/ray'}. Every node must see the same folder: give "
               f"--storage s3://bucket/prefix or a shared (NFS) path, and keep --data and the run dir on "
               f"shared storage too.", file=sys.stderr)
+
+
+def _warn_about_disk(cfg: SweepConfig, paths: RunPaths, space) -> None:
+    if _is_uri(cfg.storage):
+        return  # object storage: its free space is not ours to see
+    folder = Path(cfg.storage or paths.ray_results).expanduser()
+    need = disk.sweep_checkpoint_bytes(space, cfg.samples, cfg.max_epochs, CHECKPOINTS_KEPT)
+    warning = disk.disk_warning(need, disk.free_bytes(folder), folder)
+    if warning:
+        print(f"lunartune tune: warning: {warning}", file=sys.stderr)
 
 
 def _prepare_data(cfg: SweepConfig, paths: RunPaths):

@@ -1,0 +1,55 @@
+"""The sweep's up-front disk check: its estimate against real checkpoint files, and its warning."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from data_pipeline import DataError
+from models import ModelConfig, TrainConfig, build
+from models.checkpoint import save_checkpoint
+from search_spaces import resolve
+from tuner import disk
+from tuner.space import load_space
+from tuner.sweep import CHECKPOINTS_KEPT, SweepConfig, run_sweep
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_real_checkpoint_is_the_weights_plus_the_optimizers_state(tmp_path, optimizer):
+    model_cfg = ModelConfig(backbone="unet_scratch", scratch_width=8, scratch_depth=3)
+    train_cfg = TrainConfig(optimizer=optimizer, momentum=0.9)
+    model = build(model_cfg)
+    opt = (torch.optim.Adam(model.parameters()) if optimizer == "adam"
+           else torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    model(torch.rand(2, 3, 32, 32)).mean().backward()
+    opt.step()  # the optimizer's state exists from its first step on
+    path = save_checkpoint(tmp_path / "trial.pt", model, model_cfg, train_cfg, classes=[], image_size=(32, 32),
+                           normalization={"mean": [0.5] * 3, "std": [0.2] * 3}, epoch=1, metrics={}, optimizer=opt)
+    tensors = disk.weight_bytes(model_cfg) * (1 + disk.OPTIMIZER_STATE[optimizer])
+    assert tensors < path.stat().st_size < tensors + 100_000  # + configs, metrics, pickle framing
+
+
+def test_the_estimate_takes_the_largest_model_and_hungriest_optimizer_of_the_space():
+    space = load_space(resolve("smoke"))  # unet_scratch or vgg11, adam or sgd
+    vgg11 = disk.weight_bytes(ModelConfig(backbone="vgg11"))
+    built = build(ModelConfig(backbone="vgg11")).state_dict().values()  # on the CPU, for real
+    assert vgg11 == sum(t.numel() * t.element_size() for t in built)
+    assert disk.weight_bytes(ModelConfig(backbone="unet_scratch")) < vgg11 / 10
+    # 2 epochs: each trial keeps 2 checkpoints (weights + Adam's two moments) and the best weights in MLflow
+    estimate = disk.sweep_checkpoint_bytes
+    assert estimate(space, samples=6, max_epochs=2, kept=CHECKPOINTS_KEPT) == 6 * (2 * 3 + 1) * vgg11
+    assert estimate(space, samples=6, max_epochs=9, kept=CHECKPOINTS_KEPT) == 6 * (3 * 3 + 1) * vgg11
+
+
+def test_the_warning_names_both_sizes_and_the_folder(tmp_path):
+    assert disk.free_bytes(tmp_path / "not" / "yet") == disk.free_bytes(tmp_path) > 0
+    assert disk.disk_warning(10**9, 2 * 10**9, tmp_path) is None
+    warning = disk.disk_warning(5 * 10**9, 2 * 10**9, tmp_path)
+    assert f"up to 5.0 GB of checkpoints, but only 2.0 GB are free under {tmp_path}" in warning
+
+
+def test_a_sweep_that_may_not_fit_warns_before_it_starts(tmp_path, run_paths, capsys):
+    cfg = SweepConfig(space="smoke", data=str(tmp_path / "no-data"), samples=10**6, device="cpu")
+    with pytest.raises(DataError):  # what comes after the check stops the sweep before Ray starts
+        run_sweep(cfg, run_paths)
+    err = capsys.readouterr().err
+    assert "lunartune tune: warning: this sweep may write up to" in err and str(run_paths.ray_results) in err
