@@ -26,7 +26,7 @@ def weight_bytes(cfg: ModelConfig) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
-def choices(space, name: str, default) -> list:
+def possible_values(space, name: str, default) -> list:
     """Every value `name` can take in the space: its choices, its fixed value, else the default (a range
     gives both ends)."""
     for param in space.params:
@@ -42,10 +42,10 @@ def sweep_checkpoint_bytes(space, samples: int, max_epochs: int, kept: int) -> i
     fixed = {k: v for k, v in space.fixed_values.items() if k in _MODEL_FIELDS}
     default = ModelConfig()
     models = [ModelConfig(**{**fixed, "backbone": backbone, "arch": arch})
-              for backbone in choices(space, "backbone", default.backbone)
-              for arch in choices(space, "arch", default.arch)]
+              for backbone in possible_values(space, "backbone", default.backbone)
+              for arch in possible_values(space, "arch", default.arch)]
     weights = max(weight_bytes(m) for m in models)
-    state = max(OPTIMIZER_STATE.get(o, 2) for o in choices(space, "optimizer", "adamw"))
+    state = max(OPTIMIZER_STATE.get(o, 2) for o in possible_values(space, "optimizer", "adamw"))
     checkpoints = min(max_epochs, kept + 1)
     return samples * (checkpoints * weights * (1 + state) + weights)
 

@@ -442,8 +442,9 @@ def describe_error(err: BaseException | None) -> str:
     cause = getattr(err, "cause", None)
     root = cause if isinstance(cause, BaseException) else err
     text = str(root).strip()
-    if isinstance(root, TuneError) and "\n" in text:  # error.txt's text: the last unindented line is the error
-        return [line for line in text.splitlines() if line.strip() and not line[0].isspace()][-1][:ERROR_CHARS]
+    unindented = [line for line in text.splitlines() if line.strip() and not line[0].isspace()]
+    if isinstance(root, TuneError) and len(unindented) > 1:  # error.txt's text: its last unindented line
+        return unindented[-1][:ERROR_CHARS]
     first = text.splitlines()[0] if text else ""
     return f"{type(root).__name__}: {first}"[:ERROR_CHARS]
 
@@ -504,7 +505,8 @@ def _sync_trial(result, target, max_epochs: int, objective: str, resumable: set[
         return  # stopped by Ctrl-C: --resume continues it
     status = trial_status(last, result.error, max_epochs)
     if tracking.client(target.uri).get_run(run_id).data.tags.get(tracking.STATUS_TAG) == tracking.RUNNING:
-        tracking.finish_child_run(target.uri, run_id, status, result.error and describe_error(result.error))
+        error = describe_error(result.error) if result.error is not None else None
+        tracking.finish_child_run(target.uri, run_id, status, error)
 
 
 def _sync_best_checkpoint(result, uri: str, run_id: str, objective: str) -> None:
