@@ -14,17 +14,24 @@ A driver killed after it told Optuna a trial ended but before Ray saved this sea
 study with that trial finished while the restored searcher still has it running: `--resume` hands Ray's
 rerun of it here again. Optuna keeps what it was told first; here that is not an error (it made the trial
 fail three times, "errored" though it had completed).
+
+An errored trial was told FAIL, and Optuna cannot reopen a finished trial; when `--resume` runs it again to
+its end (resume_errored), its result goes into the study as a new finished trial with the same parameters
+(user attribute `lunartune_retry_of`: the failed trial's number), so TPE learns from the retry. Ray's
+ConcurrencyLimiter drops that completion (the trial is no longer live to it): RetryPassingLimiter passes it.
 """
 from __future__ import annotations
 
 import math
 
-from optuna.trial import TrialState
+from optuna.trial import TrialState, create_trial
 from ray.tune.result import TRAINING_ITERATION
+from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 DIVERGED = "diverged"  # result flag a trainable sets when its loss went non-finite (it then stops itself)
 STATUS_ATTR = "lunartune_status"  # Optuna user attribute: completed | pruned | diverged
+RETRY_ATTR = "lunartune_retry_of"  # Optuna user attribute: number of the FAILed trial this one reruns
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
@@ -37,6 +44,11 @@ class PruningAwareOptunaSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict):
         ot_trial = self._ot_trials.get(trial_id)
+        if self._is_failed_retry(trial_id):
+            value, values = result.get(self.metric), self._retried().setdefault(trial_id, {})
+            if values is not None and value is not None and math.isfinite(value):  # a step's first report stays
+                values.setdefault(int(result[self._time_attr]), value)
+            return
         if ot_trial is not None and trial_id not in self._completed_trials:
             stored = _stored(ot_trial)
             if stored.state.is_finished() or int(result[TRAINING_ITERATION]) in stored.intermediate_values:
@@ -44,6 +56,10 @@ class PruningAwareOptunaSearch(OptunaSearch):
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if self._is_failed_retry(trial_id):
+            if result and not error and self._retried().get(trial_id, {}) is not None:
+                self._add_retry(trial_id, result)
+            return
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None and trial_id not in self._completed_trials and _stored(ot_trial).state.is_finished():
             self._completed_trials.add(trial_id)  # an earlier driver told Optuna already: that stays
@@ -64,6 +80,44 @@ class PruningAwareOptunaSearch(OptunaSearch):
         ot_trial.set_user_attr(STATUS_ATTR, DIVERGED if result.get(DIVERGED) else "pruned")
         self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
+
+
+    def _is_failed_retry(self, trial_id: str) -> bool:
+        """Is this a trial Optuna was told FAIL (it errored) that Ray runs again?"""
+        ot_trial = self._ot_trials.get(trial_id)
+        return trial_id in self._completed_trials and ot_trial is not None and \
+            _stored(ot_trial).state == TrialState.FAIL
+
+    def _retried(self) -> dict:
+        """trial id -> {step: value} reported by a retry of a FAILed trial, or None once the retry is in the
+        study (saved with the searcher)."""
+        if not hasattr(self, "_retry_values"):  # a searcher restored from before this attribute existed
+            self._retry_values = {}
+        return self._retry_values
+
+    def _add_retry(self, trial_id: str, result: dict) -> None:
+        failed = _stored(self._ot_trials[trial_id])
+        values = self._retried().get(trial_id) or {}
+        self._retried()[trial_id] = None  # in the study from now on
+        step, value = int(result[self._time_attr]), result.get(self.metric)
+        if value is not None and math.isfinite(value):
+            values.setdefault(step, value)
+        stopped_early = bool(result.get(DIVERGED)) or step < self._max_t
+        status = DIVERGED if result.get(DIVERGED) else "pruned" if stopped_early else "completed"
+        self._ot_study.add_trial(create_trial(
+            params=failed.params, distributions=failed.distributions, intermediate_values=values,
+            state=TrialState.PRUNED if stopped_early else TrialState.COMPLETE,
+            value=None if stopped_early else value, user_attrs={STATUS_ATTR: status, RETRY_ATTR: failed.number}))
+
+
+class RetryPassingLimiter(ConcurrencyLimiter):
+    """ConcurrencyLimiter that hands the searcher the completion of a trial it knows but no longer counts as
+    live: an errored trial `--resume` ran again (the stock limiter drops it, so Optuna never heard)."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id not in self.live_trials and trial_id in getattr(self.searcher, "_ot_trials", {}):
+            return self.searcher.on_trial_complete(trial_id, result=result, error=error)
+        return super().on_trial_complete(trial_id, result=result, error=error)
 
 
 def _stored(ot_trial):

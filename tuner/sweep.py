@@ -29,7 +29,6 @@ from ray import tune
 from ray.tune import Callback, CLIReporter, TuneError
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import ConcurrencyLimiter
 
 import data_pipeline
 import search_spaces
@@ -38,7 +37,7 @@ from data_pipeline.synth import generate
 from models import ConfigError, ModelConfig, TrainConfig, WeightsError, canonical_backbone
 from tuner import disk, leftovers, tracking
 from tuner.cli import EXIT_INCOMPLETE, EXIT_INTERRUPTED, CliError
-from tuner.searcher import DIVERGED, PruningAwareOptunaSearch
+from tuner.searcher import DIVERGED, PruningAwareOptunaSearch, RetryPassingLimiter
 from tuner.settings import RunPaths
 from tuner.space import SpaceError, check_against_models, define_by_run, load_space
 from tuner.trainable import (EPOCH, RUN_ID, STATE_FILE, TrialSetup, is_epoch_metric, train_trial,
@@ -345,7 +344,7 @@ def _tune_config(cfg: SweepConfig, paths: RunPaths, space):
         study_name=cfg.experiment, points_to_evaluate=points, max_t=cfg.max_epochs, time_attr=EPOCH)
     scheduler = (ASHAScheduler(time_attr=EPOCH, max_t=cfg.max_epochs, grace_period=cfg.grace_epochs,
                                reduction_factor=cfg.reduction_factor) if cfg.use_asha else FIFOScheduler())
-    return tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.concurrency),
+    return tune.TuneConfig(search_alg=RetryPassingLimiter(searcher, max_concurrent=cfg.concurrency),
                            scheduler=scheduler, num_samples=cfg.samples, metric=cfg.objective, mode="max",
                            reuse_actors=True,  # a new trial skips the worker's ~3-10 s of torch/smp imports
                            trial_name_creator=trial_name, trial_dirname_creator=trial_dirname)

@@ -13,6 +13,7 @@ from ray import tune
 
 from models import ModelConfig, build
 from tuner import tracking
+from tuner.searcher import RETRY_ATTR
 from tuner.sweep import SweepConfig, format_summary, run_sweep, sync_to_mlflow
 from tuner.trainable import train_trial
 
@@ -60,6 +61,9 @@ def test_a_trial_that_cannot_build_its_model_errors_and_says_why(local_ray, scen
     (done,) = _children(run_paths, resumed)
     assert done.info.run_id == again.info.run_id and done.data.tags[tracking.STATUS_TAG] == "completed"
     assert tracking.ERROR_TAG not in done.data.tags
-    # Optuna was told FAIL when the trial errored and cannot reopen a finished trial (README: what survives)
-    study = optuna.load_study(study_name="broken", storage=f"sqlite:///{run_paths.optuna_db}")
-    assert [t.state for t in study.trials] == [TrialState.FAIL]
+    # Optuna was told FAIL when the trial errored and cannot reopen it: the retry is a new trial, same params
+    failed, retry = optuna.load_study(study_name="broken", storage=f"sqlite:///{run_paths.optuna_db}").trials
+    assert (failed.state, retry.state, retry.params) == (TrialState.FAIL, TrialState.COMPLETE, failed.params)
+    assert retry.user_attrs[RETRY_ATTR] == failed.number and sorted(retry.intermediate_values) == [1, 2]
+    assert retry.value == pytest.approx(max(float(m.value) for m in tracking.client(run_paths.tracking_uri)
+                                            .get_metric_history(done.info.run_id, "val_miou")))

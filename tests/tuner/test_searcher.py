@@ -8,7 +8,7 @@ import pytest
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from tuner.searcher import DIVERGED, STATUS_ATTR, PruningAwareOptunaSearch
+from tuner.searcher import DIVERGED, RETRY_ATTR, STATUS_ATTR, PruningAwareOptunaSearch, RetryPassingLimiter
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 MAX_T = 4
@@ -131,3 +131,38 @@ def test_a_trial_an_earlier_driver_finished_is_handed_over_again_after_a_restore
     assert (trial.state, trial.value, trial.intermediate_values, trial.user_attrs) == \
         (told.state, told.value, told.intermediate_values, told.user_attrs)
     assert trial.state == (TrialState.COMPLETE if steps == MAX_T else TrialState.PRUNED)
+
+
+@pytest.mark.parametrize("steps", [MAX_T, 2], ids=["completed", "pruned"])
+def test_an_errored_trial_run_again_by_resume_enters_the_study_as_a_new_trial(tmp_path, steps):
+    """Told FAIL when it errored; `--resume` (resume_errored) runs it again from the restored searcher.
+    Optuna cannot reopen it, so the retry's result is added as a finished trial with the same parameters."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+
+    def limited():  # as the sweep wires it: the stock ConcurrencyLimiter would drop the retry's completion
+        return RetryPassingLimiter(_searcher(PruningAwareOptunaSearch, max_t=MAX_T, storage=storage,
+                                             study_name="s"), max_concurrent=2)
+    first = limited()
+    first.suggest("t")
+    first.on_trial_result("t", {"score": 0.1, "training_iteration": 1})
+    first.on_trial_complete("t", None, error=True)
+    first.save(str(tmp_path / "searcher.pkl"))
+
+    resumed = limited()
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    resumed.set_state(first.get_state())  # Ray restores the limiter's own state (no live trials) too
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for step in range(1, steps + 1):
+            resumed.on_trial_result("t", {"score": 0.2 * step, "training_iteration": step})
+    resumed.on_trial_complete("t", {"score": 0.2 * steps, "training_iteration": steps})
+    failed, retry = optuna.load_study(study_name="s", storage=storage).trials
+    assert failed.state == TrialState.FAIL and retry.params == failed.params
+    assert retry.user_attrs[RETRY_ATTR] == failed.number
+    assert retry.intermediate_values == pytest.approx({s: 0.2 * s for s in range(1, steps + 1)})
+    if steps == MAX_T:
+        assert (retry.state, retry.value, retry.user_attrs[STATUS_ATTR]) == (TrialState.COMPLETE, 0.8, "completed")
+    else:
+        assert (retry.state, retry.user_attrs[STATUS_ATTR]) == (TrialState.PRUNED, "pruned")
+    resumed.on_trial_complete("t", {"score": 0.9, "training_iteration": MAX_T})  # Ray tells it once; never twice
+    assert len(optuna.load_study(study_name="s", storage=storage).trials) == 2
