@@ -81,7 +81,6 @@ class PruningAwareOptunaSearch(OptunaSearch):
         self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
-
     def _is_failed_retry(self, trial_id: str) -> bool:
         """Is this a trial Optuna was told FAIL (it errored) that Ray runs again?"""
         ot_trial = self._ot_trials.get(trial_id)
