@@ -44,7 +44,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict):
         ot_trial = self._ot_trials.get(trial_id)
-        if self._is_failed_retry(trial_id):
+        if self.is_failed_retry(trial_id):
             value, values = result.get(self.metric), self._retried().setdefault(trial_id, {})
             if values is not None and value is not None and math.isfinite(value):  # a step's first report stays
                 values.setdefault(int(result[self._time_attr]), value)
@@ -56,7 +56,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if self._is_failed_retry(trial_id):
+        if self.is_failed_retry(trial_id):
             if result and not error and self._retried().get(trial_id, {}) is not None:
                 self._add_retry(trial_id, result)
             return
@@ -66,7 +66,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
             return
         stopped_early = bool(result) and (result.get(DIVERGED) or result.get(self._time_attr, self._max_t) < self._max_t)
         if error or not stopped_early or trial_id in self._completed_trials:
-            if result and not error and trial_id in self._ot_trials:
+            if result and not error and trial_id in self._ot_trials and trial_id not in self._completed_trials:
                 self._ot_trials[trial_id].set_user_attr(STATUS_ATTR, "completed")
             return super().on_trial_complete(trial_id, result, error)
         self._tell_pruned(trial_id, result)
@@ -81,7 +81,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
-    def _is_failed_retry(self, trial_id: str) -> bool:
+    def is_failed_retry(self, trial_id: str) -> bool:
         """Is this a trial Optuna was told FAIL (it errored) that Ray runs again?"""
         ot_trial = self._ot_trials.get(trial_id)
         return trial_id in self._completed_trials and ot_trial is not None and \
@@ -110,11 +110,13 @@ class PruningAwareOptunaSearch(OptunaSearch):
 
 
 class RetryPassingLimiter(ConcurrencyLimiter):
-    """ConcurrencyLimiter that hands the searcher the completion of a trial it knows but no longer counts as
-    live: an errored trial `--resume` ran again (the stock limiter drops it, so Optuna never heard)."""
+    """ConcurrencyLimiter that hands the searcher the completion of an errored trial `--resume` ran again: the
+    stock limiter drops it (the trial is no longer live to it), so Optuna never heard. Only that one: other
+    completions of trials it does not count as live (a finished trial Ray runs on after a restore) stay
+    dropped, as before."""
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if trial_id not in self.live_trials and trial_id in getattr(self.searcher, "_ot_trials", {}):
+        if trial_id not in self.live_trials and self.searcher.is_failed_retry(trial_id):
             return self.searcher.on_trial_complete(trial_id, result=result, error=error)
         return super().on_trial_complete(trial_id, result=result, error=error)
 
