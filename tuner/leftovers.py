@@ -175,7 +175,12 @@ def _forget_sessions(lock: Path, keep_driver: int | None) -> None:
 
 
 def _terminate(alive_now, grace_s: float) -> None:
-    """SIGTERM what `alive_now()` lists, SIGKILL what is still listed after `grace_s`."""
+    """SIGTERM what `alive_now()` lists, SIGKILL what is still running after `grace_s`.
+
+    A process that is exiting has let go of its memory (its environ and open files read empty, so
+    `alive_now()` no longer lists it) some time before it is gone; CI saw one still running right after a
+    stop returned. So a signalled process counts as alive until /proc says it has exited."""
+    signalled: set[int] = set()
     alive = alive_now()
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         if not alive:
@@ -183,8 +188,22 @@ def _terminate(alive_now, grace_s: float) -> None:
         for pid in alive:
             try:
                 os.kill(pid, sig)
+                signalled.add(pid)
             except OSError:  # gone already
                 pass
         deadline = time.monotonic() + wait_s
-        while (alive := alive_now()) and time.monotonic() < deadline:
+        while (alive := _still_running(alive_now(), signalled)) and time.monotonic() < deadline:
             time.sleep(0.2)
+
+
+def _still_running(listed, signalled: set[int]) -> list[int]:
+    return sorted(set(listed) | {pid for pid in signalled if not _exited(pid)})
+
+
+def _exited(pid: int) -> bool:
+    """True once `pid` is gone or a zombie (exited, waiting for its parent to reap it)."""
+    try:
+        state = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")

@@ -120,6 +120,22 @@ def test_processes_writing_into_a_recorded_ray_session_are_leftovers_though_unla
     assert not leftovers.sessions_file(lock).exists(), "a stopped driver's sessions are forgotten"
 
 
+def test_stop_returns_only_once_a_process_that_let_go_of_its_marks_has_exited(spawn, tmp_path):
+    """An exiting process drops what marks it (its memory, its open files) before it is gone: CI saw a Ray agent
+    still running, its cmdline already empty, right after stop() returned. Here, one closes its session log on
+    SIGTERM and takes a second to exit."""
+    lock, session = tmp_path / "x.lock", tmp_path / "session"
+    (session / "logs").mkdir(parents=True)
+    leftovers.record_session(lock, session, driver_pid=4_000_000)
+    slow_exit = spawn(None, "import signal, sys, time\n"
+                            f"log = open({str(session / 'logs' / 'agent.log')!r}, 'a')\n"
+                            "def bye(*_):\n    log.close(); time.sleep(1.5); sys.exit(3)\n"
+                            "signal.signal(signal.SIGTERM, bye)\nprint('ready', flush=True)\ntime.sleep(120)\n")
+    assert slow_exit.stdout.readline().strip() == "ready"
+    assert leftovers.stop(lock, grace_s=5) == {slow_exit.pid: 4_000_000}
+    assert slow_exit.poll() == 3, "stop() returned while the process was still exiting"
+
+
 RAY_DRIVER = """
 import sys, time, ray
 from tuner import leftovers
