@@ -61,6 +61,15 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
+def describe_device(device: torch.device, amp: bool = False) -> str:
+    """What a run trained on, for people comparing runs: "cpu", or "cuda:0 NVIDIA H200 (bf16 autocast)"."""
+    if device.type != "cuda":
+        return str(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return f"cuda:{index} {torch.cuda.get_device_name(index)}" + (f" ({precision} autocast)" if amp else "")
+
+
 def uses_cuda_extras(device: torch.device, enabled: bool) -> bool:
     """AMP and channels_last are CUDA-only: this is the one place that rule lives."""
     return enabled and device.type == "cuda"

@@ -121,6 +121,8 @@ def check_sweep_config(cfg: SweepConfig) -> None:
         ("--concurrency", cfg.concurrency >= 1, "an integer >= 1"),
         ("--cpus-per-trial", cfg.cpus_per_trial > 0, "a number > 0"),
         ("--gpus-per-trial", cfg.gpus_per_trial >= 0, "a number >= 0"),
+        ("--device", cfg.gpus_per_trial > 0 or not cfg.device.startswith("cuda"),
+         "auto or cpu when --gpus-per-trial is 0 (a trial may use only the GPUs Ray gives it)"),
         ("--synthetic-count", cfg.synthetic_count >= 1, "an integer >= 1"),
         ("--experiment", bool(cfg.experiment) and set(cfg.experiment) <= _EXPERIMENT_CHARS,
          "a name of letters, digits, '.', '_' or '-'"),
@@ -334,7 +336,15 @@ def _tuner(cfg: SweepConfig, paths: RunPaths, space, data_cfg, target, results_p
 
 def _trial_setup(cfg: SweepConfig, data_cfg, target):
     return TrialSetup(data=data_cfg, model=ModelConfig(), objective=cfg.objective, tracking=target,
-                      train=TrainConfig(epochs=cfg.max_epochs, seed=cfg.seed, device=cfg.device))
+                      train=TrainConfig(epochs=cfg.max_epochs, seed=cfg.seed, device=trial_device(cfg)))
+
+
+def trial_device(cfg: SweepConfig) -> str:
+    """A trial trains on the GPU Ray gave it (its only visible one, cuda:0), or on the CPU when it asked for
+    none: "auto" must not pick up a GPU that Ray left visible but did not give (other trials may hold it)."""
+    if cfg.device == "auto":
+        return "cuda" if cfg.gpus_per_trial > 0 else "cpu"
+    return cfg.device
 
 
 def _tune_config(cfg: SweepConfig, paths: RunPaths, space):

@@ -25,8 +25,8 @@ from data_pipeline import DataConfig
 from models import ModelConfig, TrainConfig, build, validate, validate_train
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.losses import make_loss
-from models.training import (DivergedError, evaluate, make_optimizer, make_scheduler, prepare_model,
-                             resolve_device, seed_everything, train_one_epoch)
+from models.training import (DivergedError, describe_device, evaluate, make_optimizer, make_scheduler,
+                             prepare_model, resolve_device, seed_everything, train_one_epoch, uses_cuda_extras)
 from tuner import tracking
 from tuner.searcher import DIVERGED
 
@@ -71,7 +71,7 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     scheduler = make_scheduler(optimizer, train_cfg, steps_per_epoch=len(loaders.train))
     tracking.bound_http_retries()
     epoch, best, run_id = _restore(tune.get_checkpoint(), model, optimizer, scheduler)
-    run = ChildRun(setup, run_id, lambda: _open_child_run(model_cfg, train_cfg, setup))
+    run = ChildRun(setup, run_id, lambda: _open_child_run(model_cfg, train_cfg, setup, device))
     run.attempt("child run", lambda: run.log_epoch({}, 0))  # opened now if MLflow is there, else later
     names, extras = list(data_pipeline.CLASS_NAMES), dict(amp=train_cfg.amp, channels_last=train_cfg.channels_last)
     for epoch in range(epoch + 1, train_cfg.epochs + 1):
@@ -207,10 +207,11 @@ def _kept_checkpoints(checkpoint, storage) -> list:
     return [tune.Checkpoint(folder, filesystem=fs) for folder in newest_first]
 
 
-def _open_child_run(model_cfg: ModelConfig, train_cfg: TrainConfig, setup: TrialSetup) -> str:
+def _open_child_run(model_cfg: ModelConfig, train_cfg: TrainConfig, setup: TrialSetup, device) -> str:
     context = tune.get_context()
     params = {**model_cfg.to_dict(), **train_cfg.to_dict(), "image_size": "x".join(map(str, setup.data.image_size))}
-    tags = {tracking.BACKBONE_TAG: model_cfg.backbone, "ray_node_id": ray.get_runtime_context().get_node_id()}
+    tags = {tracking.BACKBONE_TAG: model_cfg.backbone, "ray_node_id": ray.get_runtime_context().get_node_id(),
+            "device": describe_device(device, uses_cuda_extras(device, train_cfg.amp))}
     # the run is named like the Ray trial (sweep.trial_name: "vgg11-t007"), so the two are easy to match
     return tracking.open_child_run(setup.tracking, context.get_trial_id(), context.get_trial_name(), params, tags)
 

@@ -8,7 +8,7 @@ from models import ModelConfig, TrainConfig, build
 from models.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, restore_training_state,
                                save_checkpoint)
 from models.losses import make_loss
-from models.training import (DivergedError, evaluate, lr_factor, make_optimizer, make_scheduler,
+from models.training import (DivergedError, describe_device, evaluate, lr_factor, make_optimizer, make_scheduler,
                              recalibrate_batchnorm, resolve_device, seed_everything, train_one_epoch)
 
 CPU = torch.device("cpu")
@@ -79,6 +79,15 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="TrainConfig.device"):
             resolve_device("cuda")
+
+
+def test_describe_device_names_the_gpu_and_the_autocast_precision():
+    assert describe_device(CPU) == describe_device(CPU, amp=True) == "cpu"
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        assert describe_device(torch.device("cuda")) == f"cuda:0 {name}"
+        assert describe_device(torch.device("cuda:0"), amp=True) in (f"cuda:0 {name} (bf16 autocast)",
+                                                                     f"cuda:0 {name} (fp16 autocast)")
 
 
 def _save(path, model, model_cfg, train_cfg=TrainConfig(), **kw):

@@ -15,7 +15,7 @@ from tuner import tracking
 from tuner.cli import CliError, build_parser
 from tuner.promote import best_of_history
 from tuner.settings import RunPaths
-from tuner.sweep import SweepConfig, describe_error, run_sweep, sweep_config_from_args
+from tuner.sweep import SweepConfig, describe_error, run_sweep, sweep_config_from_args, trial_device
 
 
 def _cfg(space, scenes, **kw) -> SweepConfig:
@@ -50,10 +50,18 @@ def test_flags_become_a_sweep_config():
     (["--grace-epochs", "5", "--max-epochs", "4"], "--grace-epochs=5"),
     (["--reduction-factor", "1"], "--reduction-factor=1"),
     (["--experiment", "a/b"], "--experiment='a/b'"),
+    (["--device", "cuda:1"], "--device='cuda:1': expected auto or cpu when --gpus-per-trial is 0"),
 ])
 def test_bad_flags_are_clear_errors(flags, says):
     with pytest.raises(CliError, match=says):
         sweep_config_from_args(_args(*flags))
+
+
+def test_a_trial_uses_a_gpu_only_when_ray_gives_it_one():
+    """With no GPU per trial, "auto" means the CPU even on a GPU machine: Ray may leave the GPUs visible."""
+    assert trial_device(sweep_config_from_args(_args())) == "cpu"
+    assert trial_device(sweep_config_from_args(_args("--gpus-per-trial", "0.25"))) == "cuda"
+    assert trial_device(sweep_config_from_args(_args("--gpus-per-trial", "1", "--device", "cpu"))) == "cpu"
 
 
 def test_unreachable_tracking_server_fails_before_any_trial(scenes, tmp_path):
@@ -142,6 +150,7 @@ def test_smoke_sweep_end_to_end(local_ray, scenes, tmp_path, run_paths):
         assert {"train_loss", "val_loss", "val_rock_miou", "val_iou_small_rocks", "lr", "epoch_seconds"} \
             <= set(run.data.metrics)
         assert run.info.run_name.startswith(run.data.tags[tracking.BACKBONE_TAG] + "-t")
+        assert run.data.tags["device"] == "cpu", "no GPU per trial: Ray hides every GPU from the trial"
         ckpt = load_checkpoint(tracking.download_checkpoint(run_paths.tracking_uri, run.info.run_id, tmp_path / run.info.run_id))
         assert ckpt["model_config"]["backbone"] == run.data.tags[tracking.BACKBONE_TAG]
         assert ckpt["metrics"]["val_miou"] == pytest.approx(max(m.value for m in history))
