@@ -10,6 +10,7 @@ from models.registry import (
     available_backbones,
     build,
     canonical_backbone,
+    check_weights_file,
     validate,
     validate_image_size,
 )
@@ -17,5 +18,6 @@ from models.weights import WeightsError
 
 __all__ = [
     "ALIASES", "ConfigError", "ModelConfig", "TrainConfig", "WeightsError", "available_archs",
-    "available_backbones", "build", "canonical_backbone", "validate", "validate_image_size", "validate_train",
+    "available_backbones", "build", "canonical_backbone", "check_weights_file", "validate", "validate_image_size",
+    "validate_train",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
 from torch import nn
 
 from models import weights
@@ -77,6 +78,17 @@ def validate_image_size(cfg: ModelConfig, image_size: tuple[int, int]) -> tuple[
     return tuple(image_size)
 
 
+def check_weights_file(cfg: ModelConfig) -> None:
+    """WeightsError naming the file unless cfg's encoder weights file reads and fits its encoder; checked
+    on a weightless copy of the model on the meta device, so nothing but the file is loaded."""
+    cfg = validate(cfg)
+    if not weights.is_weights_file(cfg.encoder_weights):
+        return
+    with torch.device("meta"):
+        skeleton = build(replace(cfg, encoder_weights=weights.NONE))
+    weights.check_encoder_file(skeleton.encoder, cfg.encoder_weights, cfg.backbone)
+
+
 def build(cfg: ModelConfig) -> nn.Module:
     """The model `cfg` describes, with its encoder weights loaded (WeightsError if they cannot be had)."""
     cfg = validate(cfg)
@@ -89,7 +101,7 @@ def build(cfg: ModelConfig) -> nn.Module:
         return build_smp(cfg.arch, cfg.backbone, timm_kwargs=overlay, **smp_args)
     model = build_smp(cfg.arch, cfg.backbone, **smp_args)
     if cfg.encoder_weights == weights.IMAGENET:
-        weights.load_encoder_file(model.encoder, weights.imagenet_file(cfg.backbone))
+        weights.load_encoder_file(model.encoder, weights.imagenet_file(cfg.backbone), cfg.backbone)
     elif cfg.encoder_weights != weights.NONE:
-        weights.load_encoder_file(model.encoder, cfg.encoder_weights)
+        weights.load_encoder_file(model.encoder, cfg.encoder_weights, cfg.backbone)
     return model

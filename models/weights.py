@@ -14,6 +14,7 @@ encoders drop their heads. Anything else that does not fit is a WeightsError nam
 """
 from __future__ import annotations
 
+import pickle
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -130,8 +131,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt, truncated, or pickled objects weights_only refuses
-        raise WeightsError(f"{path}: cannot read encoder weights ({type(err).__name__}: {err})") from None
+    except pickle.UnpicklingError:  # torch's own text is a page long and suggests weights_only=False
+        raise WeightsError(f"{path}: cannot read encoder weights (not a torch file that loads with "
+                           f"weights_only=True: corrupt, or it pickles objects other than tensors)") from None
+    except Exception as err:  # truncated, not a zip, not safetensors, ...
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise WeightsError(f"{path}: cannot read encoder weights ({type(err).__name__}: {first_line})") from None
     for wrapper in ("state_dict", "model"):  # common training-script wrappers around the state_dict
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -157,8 +162,19 @@ def _listed(keys) -> str:
     return ", ".join(keys[:_MAX_LISTED_KEYS]) + more
 
 
-def load_encoder_file(encoder: nn.Module, path: str | Path) -> None:
-    """Load a weights file into `encoder` after checking every key and shape; WeightsError names the file."""
+def load_encoder_file(encoder: nn.Module, path: str | Path, name: str = "") -> None:
+    """Load a weights file into encoder `name` after checking every key and shape; WeightsError names the file."""
+    nn.Module.load_state_dict(encoder, _fitting_state(encoder, path, name), strict=False)  # checked there
+
+
+def check_encoder_file(encoder: nn.Module, path: str | Path, name: str = "") -> None:
+    """WeightsError naming the file unless it reads and fits encoder `name`, which may live on the meta
+    device (shapes only): a sweep checks its weights files this way before any trial starts."""
+    _fitting_state(encoder, path, name)
+
+
+def _fitting_state(encoder: nn.Module, path: str | Path, name: str) -> dict[str, torch.Tensor]:
+    """The file's tensors that `encoder` takes, once every key and shape has been checked."""
     path = Path(path).expanduser()
     expected = encoder.state_dict()
     state = max(_key_variants(read_state_dict(path)), key=lambda s: len(expected.keys() & s.keys()))
@@ -170,6 +186,6 @@ def load_encoder_file(encoder: nn.Module, path: str | Path) -> None:
     problems = [f"{label}: {_listed(keys)}" for label, keys in
                 (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong_shape)) if keys]
     if problems:
-        raise WeightsError(f"{path}: does not fit the encoder ({len(expected)} tensors); " + "; ".join(problems))
-    fitting = {k: v for k, v in state.items() if k in expected}
-    nn.Module.load_state_dict(encoder, fitting, strict=False)  # strictness was checked above, with reasons
+        encoder_name = f"the {name} encoder" if name else "the encoder"
+        raise WeightsError(f"{path}: does not fit {encoder_name} ({len(expected)} tensors); " + "; ".join(problems))
+    return {k: v for k, v in state.items() if k in expected}

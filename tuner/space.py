@@ -298,8 +298,10 @@ def _parse_points(raw: Any, where: str, space: SearchSpace) -> tuple:
 
 def check_against_models(space: SearchSpace, image_size: tuple[int, int]) -> None:
     """SpaceError naming the file and field for values the models package refuses (an unknown optimizer,
-    dropout >= 1, an image size a backbone cannot take), checked before any trial starts."""
-    from models import ConfigError, ModelConfig, TrainConfig, validate, validate_image_size, validate_train
+    dropout >= 1, an image size a backbone cannot take, an encoder weights file that is unreadable or made
+    for another encoder), checked before any trial starts."""
+    from models import (ConfigError, ModelConfig, TrainConfig, WeightsError, check_weights_file, validate,
+                        validate_image_size, validate_train)
 
     model_fields = {f.name for f in fields(ModelConfig)}
     for name, value, field in _values_to_check(space):
@@ -309,8 +311,12 @@ def check_against_models(space: SearchSpace, image_size: tuple[int, int]) -> Non
             model = validate(ModelConfig(**{k: v for k, v in values.items() if k in model_fields}))
             validate_train(TrainConfig(**{k: v for k, v in values.items() if k in _TRAIN_FIELDS}))
             validate_image_size(model, image_size)
+            check_weights_file(model)
         except ConfigError as err:
             raise SpaceError(f"{space.source}: {field}: {value!r} is refused: {err}") from None
+        except WeightsError as err:  # the file's fault, whichever value was being checked
+            where = field if name == "encoder_weights" else "fixed.encoder_weights"
+            raise SpaceError(f"{space.source}: {where}: {model.encoder_weights!r} is refused: {err}") from None
 
 
 _TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))

@@ -12,8 +12,9 @@ from optuna.trial import TrialState
 from ray import tune
 
 from models import ModelConfig, build
-from tuner import tracking
+from tuner import sweep, tracking
 from tuner.searcher import RETRY_ATTR
+from tuner.space import SpaceError, check_against_models
 from tuner.sweep import SweepConfig, format_summary, run_sweep, sync_to_mlflow
 from tuner.trainable import train_trial
 
@@ -23,17 +24,27 @@ def _children(paths, result) -> list:
 
 
 @pytest.mark.slow
-def test_a_trial_that_cannot_build_its_model_errors_and_says_why(local_ray, scenes, tmp_path, run_paths):
-    """An encoder weights file that exists (the up-front check passes) but holds no weights: every try of the
-    trial fails building its model, before it opens its MLflow run. The sweep ends and says why; MLflow
-    lists the trial, tagged errored with the error."""
+def test_a_trial_that_cannot_build_its_model_errors_and_says_why(local_ray, scenes, tmp_path, run_paths, monkeypatch):
+    """An encoder weights file that goes bad after the sweep checked it (another job overwrote it, a disk
+    went bad): every try of the trial fails building its model, before it opens its MLflow run. The sweep
+    ends and says why; MLflow lists the trial, tagged errored with the error."""
     broken = tmp_path / "broken.pt"
+    good_weights = build(ModelConfig(backbone="vgg11")).encoder.state_dict()
     broken.write_bytes(b"not a torch file")
     space = tmp_path / "broken.yaml"
     space.write_text("params:\n  lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n"
                      f"fixed: {{backbone: vgg11, encoder_weights: '{broken}'}}\n")
     cfg = SweepConfig(space=str(space), data=str(scenes), samples=1, max_epochs=2, concurrency=1, device="cpu",
                       experiment="broken")
+    with pytest.raises(SpaceError, match=f"fixed.encoder_weights: '{broken}' is refused: {broken}: cannot read"):
+        run_sweep(cfg, run_paths)  # as it is, the file is refused before anything starts
+
+    def check_then_break(space, image_size):
+        torch.save(good_weights, broken)
+        check_against_models(space, image_size)
+        broken.write_bytes(b"not a torch file")
+
+    monkeypatch.setattr(sweep, "check_against_models", check_then_break)
     result = run_sweep(cfg, run_paths)
     assert result.statuses == {"errored": 1} and not result.interrupted
     ((folder, error),) = result.errors.items()
@@ -55,7 +66,8 @@ def test_a_trial_that_cannot_build_its_model_errors_and_says_why(local_ray, scen
     assert again.data.tags[tracking.STATUS_TAG] == "errored" and again.data.tags[tracking.ERROR_TAG] == error
 
     # the cause fixed, --resume retries the errored trial in the same run, which no longer says "error"
-    torch.save(build(ModelConfig(backbone="vgg11")).encoder.state_dict(), broken)
+    monkeypatch.undo()
+    torch.save(good_weights, broken)
     resumed = run_sweep(replace(cfg, resume=True), run_paths)
     assert resumed.statuses == {"completed": 1} and not resumed.errors
     (done,) = _children(run_paths, resumed)

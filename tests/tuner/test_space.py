@@ -135,6 +135,31 @@ def test_values_the_models_package_refuses_are_caught_before_any_trial(tmp_path)
         check_against_models(space, (48, 48))  # fine for the scratch U-Net, not for smp encoders
 
 
+def test_encoder_weights_files_are_read_and_fitted_before_any_trial(tmp_path):
+    """A file that exists but is no state dict, or is another encoder's, would fail every trial at its start."""
+    import torch
+
+    from models import ModelConfig, build
+    from tuner.space import check_against_models
+
+    vgg11, resnet18, garbage = tmp_path / "vgg11.pt", tmp_path / "resnet18.pt", tmp_path / "garbage.pt"
+    torch.save(build(ModelConfig(backbone="vgg11")).encoder.state_dict(), vgg11)
+    torch.save(build(ModelConfig(backbone="resnet18")).encoder.state_dict(), resnet18)
+    garbage.write_bytes(b"not a torch file")
+    fixed = {"backbone": "vgg11"}
+    check_against_models(_load(tmp_path, {"params": {"lr": {"low": 1e-3, "high": 1e-2}},
+                                          "fixed": {**fixed, "encoder_weights": str(vgg11)}}), (64, 64))
+    space = _load(tmp_path, {"params": {"encoder_weights": {"choices": ["none", str(resnet18)]}}, "fixed": fixed})
+    with pytest.raises(SpaceError, match=rf"params.encoder_weights: '{resnet18}' is refused: {resnet18}: does not "
+                                         r"fit the vgg11 encoder \(16 tensors\); missing keys: features.0.bias"):
+        check_against_models(space, (64, 64))
+    space = _load(tmp_path, {"params": {"lr": {"low": 1e-3, "high": 1e-2}},
+                             "fixed": {**fixed, "encoder_weights": str(garbage)}})
+    with pytest.raises(SpaceError, match=rf"fixed.encoder_weights: '{garbage}' is refused: {garbage}: cannot read "
+                                         r"encoder weights \(not a torch file that loads with weights_only=True"):
+        check_against_models(space, (64, 64))
+
+
 @pytest.mark.parametrize("name", ["default", "vgg11", "smoke"])
 def test_shipped_spaces_pass_the_models_checks_at_64(name):
     from tuner.space import check_against_models
