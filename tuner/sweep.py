@@ -123,6 +123,9 @@ def check_sweep_config(cfg: SweepConfig) -> None:
         ("--gpus-per-trial", cfg.gpus_per_trial >= 0, "a number >= 0"),
         ("--device", cfg.gpus_per_trial > 0 or not cfg.device.startswith("cuda"),
          "auto or cpu when --gpus-per-trial is 0 (a trial may use only the GPUs Ray gives it)"),
+        ("--device", _gpu_index(cfg.device) < max(1, math.ceil(cfg.gpus_per_trial)),
+         f"auto, cpu, cuda or cuda:N with N < {max(1, math.ceil(cfg.gpus_per_trial))}: a trial sees only the "
+         f"GPUs Ray gives it, numbered from 0"),
         ("--synthetic-count", cfg.synthetic_count >= 1, "an integer >= 1"),
         ("--experiment", bool(cfg.experiment) and set(cfg.experiment) <= _EXPERIMENT_CHARS,
          "a name of letters, digits, '.', '_' or '-'"),
@@ -337,6 +340,12 @@ def _tuner(cfg: SweepConfig, paths: RunPaths, space, data_cfg, target, results_p
 def _trial_setup(cfg: SweepConfig, data_cfg, target):
     return TrialSetup(data=data_cfg, model=ModelConfig(), objective=cfg.objective, tracking=target,
                       train=TrainConfig(epochs=cfg.max_epochs, seed=cfg.seed, device=trial_device(cfg)))
+
+
+def _gpu_index(device: str) -> int:
+    """N of "cuda:N" (0 for anything else; a malformed N is left to resolve_device's error)."""
+    index = device.partition("cuda:")[2]
+    return int(index) if device.startswith("cuda:") and index.isdigit() else 0
 
 
 def trial_device(cfg: SweepConfig) -> str:

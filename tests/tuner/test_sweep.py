@@ -51,6 +51,8 @@ def test_flags_become_a_sweep_config():
     (["--reduction-factor", "1"], "--reduction-factor=1"),
     (["--experiment", "a/b"], "--experiment='a/b'"),
     (["--device", "cuda:1"], "--device='cuda:1': expected auto or cpu when --gpus-per-trial is 0"),
+    (["--device", "cuda:1", "--gpus-per-trial", "0.5"], "--device='cuda:1': expected auto, cpu, cuda or cuda:N "
+                                                         "with N < 1: a trial sees only the GPUs Ray gives it"),
 ])
 def test_bad_flags_are_clear_errors(flags, says):
     with pytest.raises(CliError, match=says):
