@@ -9,6 +9,7 @@ from models.registry import (
     available_archs,
     available_backbones,
     build,
+    build_skeleton,
     canonical_backbone,
     check_weights_file,
     validate,
@@ -18,6 +19,6 @@ from models.weights import WeightsError
 
 __all__ = [
     "ALIASES", "ConfigError", "ModelConfig", "TrainConfig", "WeightsError", "available_archs",
-    "available_backbones", "build", "canonical_backbone", "check_weights_file", "validate", "validate_image_size",
-    "validate_train",
+    "available_backbones", "build", "build_skeleton", "canonical_backbone", "check_weights_file", "validate",
+    "validate_image_size", "validate_train",
 ]

@@ -78,15 +78,19 @@ def validate_image_size(cfg: ModelConfig, image_size: tuple[int, int]) -> tuple[
     return tuple(image_size)
 
 
-def check_weights_file(cfg: ModelConfig) -> None:
-    """WeightsError naming the file unless cfg's encoder weights file reads and fits its encoder; checked
-    on a weightless copy of the model on the meta device, so nothing but the file is loaded."""
-    cfg = validate(cfg)
-    if not weights.is_weights_file(cfg.encoder_weights):
-        return
+def build_skeleton(cfg: ModelConfig) -> nn.Module:
+    """The model `cfg` describes without its weights, on the meta device: shapes only, no memory, no file
+    or hub read. For sizing models and checking weights files before anything is trained."""
     with torch.device("meta"):
-        skeleton = build(replace(cfg, encoder_weights=weights.NONE))
-    weights.check_encoder_file(skeleton.encoder, cfg.encoder_weights, cfg.backbone)
+        return build(replace(validate(cfg), encoder_weights=weights.NONE))
+
+
+def check_weights_file(cfg: ModelConfig) -> None:
+    """WeightsError naming the file unless cfg's encoder weights file reads and fits its encoder (checked
+    against a skeleton: nothing but the file is loaded)."""
+    cfg = validate(cfg)
+    if weights.is_weights_file(cfg.encoder_weights):
+        weights.check_encoder_file(build_skeleton(cfg).encoder, cfg.encoder_weights, cfg.backbone)
 
 
 def build(cfg: ModelConfig) -> nn.Module:

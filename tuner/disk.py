@@ -10,20 +10,15 @@ import shutil
 from dataclasses import fields
 from pathlib import Path
 
-import torch
-
-from models import ModelConfig, build
+from models import ModelConfig, build_skeleton
 
 OPTIMIZER_STATE = {"adam": 2, "adamw": 2, "sgd": 1}  # tensors the optimizer keeps per weight (SGD: momentum)
 _MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig))
 
 
 def weight_bytes(cfg: ModelConfig) -> int:
-    """The state dict (weights and BatchNorm statistics) of the model `cfg` describes, in bytes, built on
-    the meta device (no memory used, no weights file read)."""
-    with torch.device("meta"):
-        model = build(ModelConfig(**{**cfg.to_dict(), "encoder_weights": "none"}))
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    """The state dict (weights and BatchNorm statistics) of the model `cfg` describes, in bytes."""
+    return sum(t.numel() * t.element_size() for t in build_skeleton(cfg).state_dict().values())
 
 
 def possible_values(space, name: str, default) -> list:

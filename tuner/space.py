@@ -304,6 +304,7 @@ def check_against_models(space: SearchSpace, image_size: tuple[int, int]) -> Non
                         validate_image_size, validate_train)
 
     model_fields = {f.name for f in fields(ModelConfig)}
+    weights_checked = set()  # a weights file is read once per encoder it may go with, not once per value
     for name, value, field in _values_to_check(space):
         fixed = {k: v for k, v in space.fixed if k != name}
         values = {**fixed, name: value}
@@ -311,7 +312,10 @@ def check_against_models(space: SearchSpace, image_size: tuple[int, int]) -> Non
             model = validate(ModelConfig(**{k: v for k, v in values.items() if k in model_fields}))
             validate_train(TrainConfig(**{k: v for k, v in values.items() if k in _TRAIN_FIELDS}))
             validate_image_size(model, image_size)
-            check_weights_file(model)
+            encoder = (model.backbone, model.arch, model.in_channels, model.encoder_weights)
+            if encoder not in weights_checked:
+                check_weights_file(model)
+                weights_checked.add(encoder)
         except ConfigError as err:
             raise SpaceError(f"{space.source}: {field}: {value!r} is refused: {err}") from None
         except WeightsError as err:  # the file's fault, whichever value was being checked
