@@ -77,5 +77,8 @@ def test_a_trial_that_cannot_build_its_model_errors_and_says_why(local_ray, scen
     failed, retry = optuna.load_study(study_name="broken", storage=f"sqlite:///{run_paths.optuna_db}").trials
     assert (failed.state, retry.state, retry.params) == (TrialState.FAIL, TrialState.COMPLETE, failed.params)
     assert retry.user_attrs[RETRY_ATTR] == failed.number and sorted(retry.intermediate_values) == [1, 2]
-    assert retry.value == pytest.approx(max(float(m.value) for m in tracking.client(run_paths.tracking_uri)
-                                            .get_metric_history(done.info.run_id, "val_miou")))
+    # Optuna gets the last epoch's value, as OptunaSearch tells it for any trial (not the best epoch's)
+    history = tracking.client(run_paths.tracking_uri).get_metric_history(done.info.run_id, "val_miou")
+    last = max(history, key=lambda m: m.step)
+    assert last.step == 2 and retry.value == pytest.approx(last.value)
+    assert retry.intermediate_values == pytest.approx({m.step: m.value for m in history})
