@@ -146,12 +146,17 @@ def open_child_run(target: TrackingTarget, trial_id: str, run_name: str, params:
     existing = find_child_run(target.uri, target.experiment_id, target.parent_run_id, trial_id)
     if existing is not None:
         reopen_run(target.uri, existing)
+        set_tags(target.uri, existing, tags)  # where it runs now (node, device), not where it ran first
         return existing
     run = client(target.uri).create_run(target.experiment_id, run_name=run_name, tags={
         PARENT_TAG: target.parent_run_id, ROLE_TAG: "trial", TRIAL_ID_TAG: trial_id, STATUS_TAG: RUNNING,
         CHECKPOINT_TAG: CHECKPOINT_ARTIFACT, **tags})
     log_params(target.uri, run.info.run_id, params)
     return run.info.run_id
+
+
+def set_tags(uri: str, run_id: str, tags: dict) -> None:
+    client(uri).log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
 
 def find_child_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str) -> str | None:

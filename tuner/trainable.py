@@ -71,7 +71,8 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     scheduler = make_scheduler(optimizer, train_cfg, steps_per_epoch=len(loaders.train))
     tracking.bound_http_retries()
     epoch, best, run_id = _restore(tune.get_checkpoint(), model, optimizer, scheduler)
-    run = ChildRun(setup, run_id, lambda: _open_child_run(model_cfg, train_cfg, setup, device))
+    placement = _placement_tags(device, train_cfg)
+    run = ChildRun(setup, run_id, lambda: _open_child_run(model_cfg, train_cfg, setup, placement), placement)
     run.attempt("child run", lambda: run.log_epoch({}, 0))  # opened now if MLflow is there, else later
     names, extras = list(data_pipeline.CLASS_NAMES), dict(amp=train_cfg.amp, channels_last=train_cfg.channels_last)
     for epoch in range(epoch + 1, train_cfg.epochs + 1):
@@ -118,10 +119,12 @@ class ChildRun:
     Each epoch is logged once: the steps already in MLflow are read once per process (a retried trial
     may retrain an epoch it had logged). A failed call (after MLflow's bounded HTTP retries) is a warning;
     the epoch stays in Ray's results, from which the driver fills MLflow in (tuner.sweep.sync_to_mlflow).
+    A run resumed from a checkpoint gets this process's placement tags (node, device) at first contact.
     """
 
-    def __init__(self, setup: TrialSetup, run_id: str | None, open_run):
+    def __init__(self, setup: TrialSetup, run_id: str | None, open_run, placement: dict):
         self.setup, self.run_id, self._open_run, self._logged = setup, run_id, open_run, None
+        self._placement = placement if run_id is not None else None  # a new run is opened with them
 
     def log(self, metrics: dict, epoch: int) -> bool:
         return self.attempt(f"epoch {epoch} metrics", lambda: self.log_epoch(metrics, epoch))
@@ -129,6 +132,9 @@ class ChildRun:
     def log_epoch(self, metrics: dict, epoch: int) -> None:
         if self.run_id is None:
             self.run_id = self._open_run()
+        if self._placement is not None:
+            tracking.set_tags(self.setup.tracking.uri, self.run_id, self._placement)
+            self._placement = None
         if self._logged is None:
             self._logged = tracking.logged_steps(self.setup.tracking.uri, self.run_id, EPOCH)
         if metrics and epoch not in self._logged:
@@ -207,11 +213,16 @@ def _kept_checkpoints(checkpoint, storage) -> list:
     return [tune.Checkpoint(folder, filesystem=fs) for folder in newest_first]
 
 
-def _open_child_run(model_cfg: ModelConfig, train_cfg: TrainConfig, setup: TrialSetup, device) -> str:
+def _placement_tags(device, train_cfg: TrainConfig) -> dict:
+    """Where this process trains the trial: a resumed trial may run on another node or GPU than before."""
+    return {"ray_node_id": ray.get_runtime_context().get_node_id(),
+            "device": describe_device(device, uses_cuda_extras(device, train_cfg.amp))}
+
+
+def _open_child_run(model_cfg: ModelConfig, train_cfg: TrainConfig, setup: TrialSetup, placement: dict) -> str:
     context = tune.get_context()
     params = {**model_cfg.to_dict(), **train_cfg.to_dict(), "image_size": "x".join(map(str, setup.data.image_size))}
-    tags = {tracking.BACKBONE_TAG: model_cfg.backbone, "ray_node_id": ray.get_runtime_context().get_node_id(),
-            "device": describe_device(device, uses_cuda_extras(device, train_cfg.amp))}
+    tags = {tracking.BACKBONE_TAG: model_cfg.backbone, **placement}
     # the run is named like the Ray trial (sweep.trial_name: "vgg11-t007"), so the two are easy to match
     return tracking.open_child_run(setup.tracking, context.get_trial_id(), context.get_trial_name(), params, tags)
 

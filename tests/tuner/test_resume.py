@@ -103,6 +103,11 @@ def test_sigint_then_resume_does_not_rerun_finished_trials(local_ray, scenes, ti
     for run in after:
         steps = [s for s, _ in _histories(uri, [run])[run.info.run_id]]
         assert steps == sorted(set(steps)) and steps[0] == 1, f"{run.info.run_name}: epochs logged {steps}"
+    # the interrupted trial's run names the node it finished on (this Ray instance's), like the newer runs
+    finished_first = {r.info.run_id for r in done_before}
+    first_node = {r.data.tags["ray_node_id"] for r in done_before}
+    resumed_node = {r.data.tags["ray_node_id"] for r in after if r.info.run_id not in finished_first}
+    assert len(first_node) == 1 and len(resumed_node) == 1 and resumed_node != first_node, (first_node, resumed_node)
     study = optuna.load_study(study_name="resume", storage=f"sqlite:///{run_paths.optuna_db}")
     # the restored searcher is still the Optuna one, with its trials: every trial told, none left RUNNING
     assert len(study.trials) == SAMPLES
