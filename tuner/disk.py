@@ -6,8 +6,9 @@ warns up front when the worst case does not fit; it does not refuse, since prune
 """
 from __future__ import annotations
 
+import os
 import shutil
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from models import ModelConfig, build_skeleton
@@ -30,7 +31,15 @@ def possible_values(space, name: str, default) -> list:
     return [space.fixed_values.get(name, default)]
 
 
-def sweep_checkpoint_bytes(space, samples: int, max_epochs: int, kept: int) -> int:
+@dataclass(frozen=True)
+class CheckpointBytes:
+    """Worst case of what a sweep writes, by where it goes."""
+
+    ray: int  # Ray's results: each trial's kept checkpoints (weights + optimizer state)
+    mlflow: int  # MLflow's artifact store: each trial's best weights
+
+
+def sweep_checkpoint_bytes(space, samples: int, max_epochs: int, kept: int) -> CheckpointBytes:
     """Worst case of what the sweep writes: per trial, up to `kept` + 1 checkpoints in Ray's results (the
     best `kept` and the latest), each the weights plus the optimizer's state, and the best weights in
     MLflow; of the largest model and the hungriest optimizer the space allows."""
@@ -42,21 +51,48 @@ def sweep_checkpoint_bytes(space, samples: int, max_epochs: int, kept: int) -> i
     weights = max(weight_bytes(m) for m in models)
     state = max(OPTIMIZER_STATE.get(o, 2) for o in possible_values(space, "optimizer", "adamw"))
     checkpoints = min(max_epochs, kept + 1)
-    return samples * (checkpoints * weights * (1 + state) + weights)
+    return CheckpointBytes(ray=samples * checkpoints * weights * (1 + state), mlflow=samples * weights)
+
+
+def existing(folder: Path) -> Path:
+    """`folder`, or its nearest existing parent: where it will be created, so on the same disk."""
+    folder = Path(folder).expanduser().resolve()
+    while not folder.exists():
+        folder = folder.parent
+    return folder
 
 
 def free_bytes(folder: Path) -> int:
     """Free space on the disk that holds `folder` (or would: its nearest existing parent)."""
-    folder = Path(folder).expanduser().resolve()
-    while not folder.exists():
-        folder = folder.parent
-    return shutil.disk_usage(folder).free
+    return shutil.disk_usage(existing(folder)).free
 
 
-def disk_warning(need: int, free: int, folder: Path) -> str | None:
-    """The warning to print when `need` bytes may not fit in the `free` bytes under `folder`, else None."""
+def by_disk(needs: dict[Path, int]) -> list[tuple[list[Path], int]]:
+    """Group `folder: bytes` by the disk (filesystem) that holds each folder: ([folders], bytes in all).
+    Ray's results and MLflow's artifacts fill one disk when they share it, two when they do not."""
+    groups: dict[int, tuple[list[Path], int]] = {}
+    for folder, need in needs.items():
+        device = os.stat(existing(folder)).st_dev
+        folders, total = groups.get(device, ([], 0))
+        groups[device] = (folders + [Path(folder)], total + need)
+    return list(groups.values())
+
+
+def disk_warnings(needs: dict[Path, int]) -> list[str]:
+    """One warning per disk on which the `folder: bytes` that go to it may not fit."""
+    warnings = []
+    for folders, need in by_disk(needs):
+        warning = disk_warning(need, free_bytes(folders[0]), folders)
+        if warning:
+            warnings.append(warning)
+    return warnings
+
+
+def disk_warning(need: int, free: int, folders: list[Path]) -> str | None:
+    """The warning to print when `need` bytes may not fit in the `free` bytes of the disk holding `folders`,
+    else None."""
     if need <= free:
         return None
     return (f"this sweep may write up to {need / 1e9:.1f} GB of checkpoints, but only {free / 1e9:.1f} GB are "
-            f"free under {folder}: a trial that cannot save one ends errored (No space left on device). "
-            f"Free some space, give --storage on a larger disk, or run fewer --samples")
+            f"free on the disk of {' and '.join(map(str, folders))}: a trial that cannot save one ends errored "
+            f"(No space left on device). Free some space, give --storage on a larger disk, or run fewer --samples")

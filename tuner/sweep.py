@@ -243,12 +243,13 @@ def _warn_about_storage(cfg: SweepConfig) -> None:
 
 
 def _warn_about_disk(cfg: SweepConfig, paths: RunPaths, space) -> None:
-    if _is_uri(cfg.storage):
-        return  # object storage: its free space is not ours to see
-    folder = Path(cfg.storage or paths.ray_results).expanduser()
-    need = disk.sweep_checkpoint_bytes(space, cfg.samples, cfg.max_epochs, CHECKPOINTS_KEPT)
-    warning = disk.disk_warning(need, disk.free_bytes(folder), folder)
-    if warning:
+    """Object storage and an MLflow server's artifact store are not counted: their free space is not ours
+    to see."""
+    written = disk.sweep_checkpoint_bytes(space, cfg.samples, cfg.max_epochs, CHECKPOINTS_KEPT)
+    needs = {} if _is_uri(cfg.storage) else {Path(cfg.storage or paths.ray_results).expanduser(): written.ray}
+    if paths.uses_embedded_store:
+        needs[paths.mlflow_artifacts] = written.mlflow
+    for warning in disk.disk_warnings(needs):
         print(f"lunartune tune: warning: {warning}", file=sys.stderr)
 
 

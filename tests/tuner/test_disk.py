@@ -1,6 +1,9 @@
 """The sweep's up-front disk check: its estimate against real checkpoint files, and its warning."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -36,17 +39,36 @@ def test_the_estimate_takes_the_largest_model_and_hungriest_optimizer_of_the_spa
     assert disk.weight_bytes(ModelConfig(backbone="unet_scratch")) < vgg11 / 10
     # 2 epochs: each trial keeps 2 checkpoints (weights + Adam's two moments) and the best weights in MLflow
     estimate = disk.sweep_checkpoint_bytes
-    assert estimate(space, samples=6, max_epochs=2, kept=CHECKPOINTS_KEPT) == 6 * (2 * 3 + 1) * vgg11
-    assert estimate(space, samples=6, max_epochs=9, kept=CHECKPOINTS_KEPT) == 6 * (3 * 3 + 1) * vgg11
+    assert estimate(space, samples=6, max_epochs=2, kept=CHECKPOINTS_KEPT) == disk.CheckpointBytes(
+        ray=6 * 2 * 3 * vgg11, mlflow=6 * vgg11)
+    assert estimate(space, samples=6, max_epochs=9, kept=CHECKPOINTS_KEPT).ray == 6 * 3 * 3 * vgg11
 
 
-def test_the_warning_names_both_sizes_and_the_folder(tmp_path):
+def test_the_warning_names_both_sizes_and_the_folders(tmp_path):
     # the nearest existing folder's disk; other processes write meanwhile, so equal to within a GB
     not_yet, there = disk.free_bytes(tmp_path / "not" / "yet"), disk.free_bytes(tmp_path)
     assert not_yet > 0 and abs(not_yet - there) < 10**9
-    assert disk.disk_warning(10**9, 2 * 10**9, tmp_path) is None
-    warning = disk.disk_warning(5 * 10**9, 2 * 10**9, tmp_path)
-    assert f"up to 5.0 GB of checkpoints, but only 2.0 GB are free under {tmp_path}" in warning
+    assert disk.disk_warning(10**9, 2 * 10**9, [tmp_path]) is None
+    warning = disk.disk_warning(5 * 10**9, 2 * 10**9, [tmp_path / "ray", tmp_path / "mlartifacts"])
+    assert (f"up to 5.0 GB of checkpoints, but only 2.0 GB are free on the disk of {tmp_path / 'ray'} and "
+            f"{tmp_path / 'mlartifacts'}") in warning
+
+
+def test_folders_on_one_disk_add_up_and_folders_on_two_are_checked_apart(tmp_path):
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the temporary folder")
+    assert disk.by_disk({tmp_path / "ray": 3, tmp_path / "not" / "yet": 4}) == [
+        ([tmp_path / "ray", tmp_path / "not" / "yet"], 7)]
+    assert sorted(disk.by_disk({tmp_path / "ray": 3, shm / "lt-artifacts": 4})) == sorted([
+        ([tmp_path / "ray"], 3), ([shm / "lt-artifacts"], 4)])
+    # more than the small disk holds, less than the big one: the warning names only the small one
+    small, big = disk.free_bytes(shm), disk.free_bytes(tmp_path)
+    if not small * 2 < big:
+        pytest.skip(f"needs /dev/shm much smaller than {tmp_path}'s disk")
+    warnings = disk.disk_warnings({tmp_path / "ray": small, shm / "lt-artifacts": small + 10**9})
+    assert len(warnings) == 1 and f"free on the disk of {shm / 'lt-artifacts'}:" in warnings[0]
+    assert disk.disk_warnings({tmp_path / "ray": small + 10**9, shm / "lt-artifacts": 1}) == []
 
 
 def test_a_sweep_that_may_not_fit_warns_before_it_starts(tmp_path, run_paths, capsys):
@@ -54,4 +76,7 @@ def test_a_sweep_that_may_not_fit_warns_before_it_starts(tmp_path, run_paths, ca
     with pytest.raises(DataError):  # what comes after the check stops the sweep before Ray starts
         run_sweep(cfg, run_paths)
     err = capsys.readouterr().err
-    assert "lunartune tune: warning: this sweep may write up to" in err and str(run_paths.ray_results) in err
+    assert "lunartune tune: warning: this sweep may write up to" in err
+    # the embedded MLflow store's artifacts lie on the same disk: one warning, counting both
+    assert err.count("this sweep may write") == 1
+    assert f"{run_paths.ray_results} and {run_paths.mlflow_artifacts}" in err
