@@ -23,7 +23,7 @@ from ray import tune
 import data_pipeline
 from data_pipeline import DataConfig
 from models import ModelConfig, TrainConfig, build, validate, validate_train
-from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint, restore_training_state, save_checkpoint
 from models.losses import make_loss
 from models.training import (DivergedError, describe_device, evaluate, make_optimizer, make_scheduler,
                              prepare_model, resolve_device, seed_everything, train_one_epoch, uses_cuda_extras)
@@ -165,10 +165,9 @@ def _restore(checkpoint, model, optimizer, scheduler) -> tuple[int, float | None
     if saved is None:
         return 0, None, None
     model.load_state_dict(saved["state_dict"])
-    optimizer.load_state_dict(saved["optimizer"])
-    if scheduler is not None and saved["scheduler"] is not None:
-        scheduler.load_state_dict(saved["scheduler"])
-    return saved["epoch"], saved["extra"]["best"], saved["extra"]["run_id"]
+    # optimizer, scheduler and torch's RNG: dropout goes on as if the trial had never stopped
+    epoch = restore_training_state(saved, optimizer, scheduler)
+    return epoch, saved["extra"]["best"], saved["extra"]["run_id"]
 
 
 def _newest_readable(candidates: list) -> dict | None:

@@ -29,12 +29,14 @@ from _procs import (MARK, RAY_EXIT_S, describe, free_port, session_members, star
 
 
 # The hand-built U-Net, wide enough that an epoch takes a second or more on 2 busy cores: a kill after an
-# epoch's report lands in the middle of the next epoch.
+# epoch's report lands in the middle of the next epoch. Dropout draws from torch's RNG every step: a
+# resumed trial repeats an uninterrupted one only if its checkpoint brought the RNG's state back.
 SLOW_SPACE = """
 description: fault tests - a U-Net slow enough to be killed mid-epoch
 params:
   lr: {low: 1.0e-3, high: 1.0e-2, log: true}
-fixed: {backbone: unet_scratch, encoder_weights: none, optimizer: adam, batch_size: 4, scratch_width: 32, scratch_depth: 3}
+fixed: {backbone: unet_scratch, encoder_weights: none, optimizer: adam, batch_size: 4, scratch_width: 32, scratch_depth: 3,
+        dropout: 0.3}
 """
 
 
@@ -140,6 +142,17 @@ def running_trial(results_root: Path, max_epochs: int, pids=None, min_epoch: int
         if rows and min_epoch <= rows[-1].get("epoch", 0) < max_epochs and (pids is None or rows[-1]["pid"] in pids()):
             return folder, rows[-1]
     return None
+
+
+def metric_histories(uri: str, experiment: str, key: str) -> dict[str, list[float]]:
+    """Child run name -> its `key` values by epoch."""
+    from tuner import tracking
+
+    exp = tracking.find_experiment(uri, experiment)
+    parent = tracking.latest_parent_run(uri, exp.experiment_id)
+    runs = tracking.child_runs(uri, exp.experiment_id, parent.info.run_id)
+    return {r.info.run_name: [m.value for m in sorted(tracking.client(uri).get_metric_history(r.info.run_id, key),
+                                                      key=lambda m: m.step)] for r in runs}
 
 
 def epoch_histories(uri: str, experiment: str) -> dict[str, list[int]]:

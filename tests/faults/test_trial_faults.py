@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from fault_helpers import child_statuses, epoch_histories, running_trial, trial_rows, tune_args, wait_exit, wait_for
+from fault_helpers import child_statuses, epoch_histories, metric_histories, running_trial, trial_rows, tune_args, wait_exit, wait_for
 
 EPOCHS = 4
 
@@ -36,6 +36,14 @@ def test_sigkilled_worker_resumes_from_its_checkpoint_and_continues_its_run(swee
     assert list(histories.values()) == [list(range(1, EPOCHS + 1))], f"one run, every epoch once: {histories}"
     assert list(child_statuses(f"sqlite:///{run_dir / 'mlflow.db'}", "workerkill").values()) == ["completed"]
     assert "1 completed" in proc.log.read_text()  # the sweep's final results count it
+
+    # the same sweep never interrupted: same trial, same numbers (weights, optimizer, and dropout's RNG resumed)
+    other_dir = tmp_path / "uninterrupted"
+    code, log = sweeps.run(other_dir, *tune_args(slow_space, scenes, "workerkill", samples=1, epochs=EPOCHS))
+    assert code == 0, log[-4000:]
+    for key in ("train_loss", "val_miou"):
+        resumed = metric_histories(f"sqlite:///{run_dir / 'mlflow.db'}", "workerkill", key)
+        assert resumed == metric_histories(f"sqlite:///{other_dir / 'mlflow.db'}", "workerkill", key), key
 
 
 @pytest.mark.slow
