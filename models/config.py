@@ -6,7 +6,7 @@ from flags in one function too. Nothing below reads the environment.
 from __future__ import annotations
 
 import numbers
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from torch import nn
 from models.config import ConfigError, TrainConfig
 from models.metrics import LOSS, ConfusionMatrix, segmentation_metrics
 
-STATUS_DIVERGED = "diverged"  # the run status the tuner records for a DivergedError
 ONECYCLE_WARMUP = 0.3  # share of all steps spent warming up in the one-cycle schedule
 ONECYCLE_START = 1 / 25  # one-cycle starts (and cosine-like ends) at this fraction of the peak lr
 

@@ -126,8 +126,8 @@ def where_to_look(result: DemoResult, paths: RunPaths) -> str:
         f"  MLflow UI:      lunartune --run-dir {paths.root} ui --experiment {sweep.experiment}",
         f"                  then open http://127.0.0.1:5000/#/experiments/{sweep.experiment_id}/runs",
         f"  Optuna study:   {sweep.experiment} in {paths.optuna_db}",
-        f"  run it again:   a new sweep joins the same experiment and study; promote moves the champion only "
-        f"for a better model"])
+        "  run it again:   a new sweep joins the same experiment and study; promote moves the champion only "
+        "for a better model"])
 
 
 def config_from_args(args) -> DemoConfig:

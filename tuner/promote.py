@@ -76,8 +76,7 @@ class SweepData:
     mask_source: str  # clean | ground
     allow_missing: bool
     exclude_mismatches: bool
-    manifest: object  # data_pipeline.SplitManifest (current; .hash compared to the logged one)
-    logged_hash: str | None  # manifest hash the sweep logged (None in old sweeps)
+    manifest: object  # data_pipeline.SplitManifest as it is now (its hash was compared to the logged one)
 
     def test_set(self):
         from data_pipeline import load_eval_set
@@ -208,7 +207,7 @@ def sweep_data(paths: RunPaths, parent) -> SweepData:
         # the split keeps its frames when only file contents changed; the score is then on today's files
         print(f"lunartune: warning: the data of sweep {parent.info.run_name} changed since it ran (split "
               f"manifest {logged} -> {manifest.hash}); scoring on {manifest.path} as it is now", file=sys.stderr)
-    return SweepData(Path(cfg.root), cfg.mask_source, cfg.allow_missing, cfg.exclude_mismatches, manifest, logged)
+    return SweepData(Path(cfg.root), cfg.mask_source, cfg.allow_missing, cfg.exclude_mismatches, manifest)
 
 
 def _real_set(real_data: str):

@@ -27,7 +27,6 @@ from mlflow.tracking import MlflowClient
 
 ROLE_TAG = "lunartune.role"  # "sweep" on parent runs, "trial" on child runs
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (the UI nests children under it)
-RUN_NAME_TAG = "mlflow.runName"
 TRIAL_ID_TAG = "ray_trial_id"
 BACKBONE_TAG = "backbone"
 STATUS_TAG = "status"  # children: completed | pruned | errored | diverged (| running); parent: running | finished | interrupted

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import optuna
 import pytest
-from optuna.trial import TrialState
 
 from fault_helpers import child_statuses, trial_rows
 from tuner.sweep import SweepConfig, run_sweep

@@ -12,7 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from fault_helpers import (RAY_EXIT_S, REPO, describe, epoch_histories, trial_rows, tune_args, wait_exit, wait_for,
+from fault_helpers import (RAY_EXIT_S, REPO, describe, epoch_histories, trial_rows, tune_args, wait_for,
                            wait_gone)
 from test_resume import _finished_in_study
 from tuner import leftovers

@@ -3,7 +3,6 @@ whether the server comes back during the sweep or only afterwards (then `tune --
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 

@@ -10,7 +10,7 @@ import pytest
 
 from _procs import free_port, session_members
 from fault_helpers import epoch_histories, running_trial, trial_rows, tune_args, wait_exit, wait_for
-from test_cluster import AUTH_ENV, RAY, _ray_node, _wait_for_nodes
+from test_cluster import RAY, _ray_node, _wait_for_nodes
 
 EPOCHS = 4
 
