@@ -18,7 +18,8 @@ fail three times, "errored" though it had completed).
 An errored trial was told FAIL, and Optuna cannot reopen a finished trial; when `--resume` runs it again to
 its end (resume_errored), its result goes into the study as a new finished trial with the same parameters
 (user attribute `lunartune_retry_of`: the failed trial's number), so TPE learns from the retry. Ray's
-ConcurrencyLimiter drops that completion (the trial is no longer live to it): RetryPassingLimiter passes it.
+ConcurrencyLimiter drops that completion (the trial is no longer live to it) and does not count the retry
+against `max_concurrent`: RetryPassingLimiter does both.
 """
 from __future__ import annotations
 
@@ -110,12 +111,32 @@ class PruningAwareOptunaSearch(OptunaSearch):
 
 
 class RetryPassingLimiter(ConcurrencyLimiter):
-    """ConcurrencyLimiter that hands the searcher the completion of an errored trial `--resume` ran again: the
-    stock limiter drops it (the trial is no longer live to it), so Optuna never heard. Only that one: other
-    completions of trials it does not count as live (a finished trial Ray runs on after a restore) stay
-    dropped, as before."""
+    """ConcurrencyLimiter that counts the errored trials `--resume` runs again, and hands the searcher their
+    completions.
+
+    Ray reruns every errored trial (resume_errored) without asking the searcher, and the stock limiter no
+    longer counts it live: up to `max_concurrent` new trials would start beside the retries, and the
+    retries' completions would be dropped, so Optuna never heard. Here the limiter keeps the trials that
+    ended in error in its own state, which Ray saves in the same snapshot as the trials' statuses: after a
+    restore, exactly those are rerun. They are counted live at the first suggestion (except any that ended
+    already) and leave the count when they end. Completions of other trials it does not count as live (a
+    finished trial Ray runs on after a restore) stay dropped, as before."""
+
+    def set_state(self, state: dict):
+        super().set_state(state)
+        self._rerun = set(getattr(self, "_errored", ()))  # what Ray reruns now, not yet counted
+
+    def suggest(self, trial_id: str):
+        for retry in getattr(self, "_rerun", set()) - self.live_trials:
+            self.live_trials.add(retry)
+            self.num_unfinished_live_trials += 1
+        self._rerun = set()
+        return super().suggest(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        errored = getattr(self, "_errored", set())  # a limiter pickled before this attribute existed
+        self._errored = (errored | {trial_id}) if error else (errored - {trial_id})
+        self._rerun = getattr(self, "_rerun", set()) - {trial_id}  # ended before it was counted
         if trial_id not in self.live_trials and self.searcher.is_failed_retry(trial_id):
             return self.searcher.on_trial_complete(trial_id, result=result, error=error)
         return super().on_trial_complete(trial_id, result=result, error=error)

@@ -166,3 +166,50 @@ def test_an_errored_trial_run_again_by_resume_enters_the_study_as_a_new_trial(tm
         assert (retry.state, retry.user_attrs[STATUS_ATTR]) == (TrialState.PRUNED, "pruned")
     resumed.on_trial_complete("t", {"score": 0.9, "training_iteration": MAX_T})  # Ray tells it once; never twice
     assert len(optuna.load_study(study_name="s", storage=storage).trials) == 2
+
+
+
+def _errored_then_saved(folder):
+    """A `--concurrency 1` sweep whose trial "a" errored and "b" completed, saved as Ray saves it; returns
+    a function that builds the searcher `--resume` restores (in Ray's order: the limiter's own state, then
+    the searcher's) and the study's storage."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{folder / 'optuna.db'}")
+
+    def limited():
+        return RetryPassingLimiter(_searcher(PruningAwareOptunaSearch, max_t=MAX_T, storage=storage,
+                                             study_name="s"), max_concurrent=1)
+    first = limited()
+    assert first.suggest("a") is not None
+    first.on_trial_complete("a", None, error=True)
+    assert first.suggest("b") is not None
+    first.on_trial_complete("b", {"score": 0.5, "training_iteration": MAX_T})
+    first.save(str(folder / "searcher.pkl"))
+    saved = first.get_state()
+
+    def restored():
+        limiter = limited()
+        limiter.set_state(saved)
+        limiter.restore(str(folder / "searcher.pkl"))
+        return limiter
+    return restored, storage
+
+
+def test_an_errored_trial_resume_reruns_counts_against_the_concurrency_limit(tmp_path):
+    """Ray reruns an errored trial on `--resume` without asking the searcher: the limiter must count it, or
+    `--concurrency 1` would run a new trial beside the retry."""
+    restored, storage = _errored_then_saved(tmp_path)
+    resumed = restored()  # Ray reruns "a" and asks for a new trial: none while "a" runs
+    assert resumed.suggest("c") is None and resumed.live_trials == {"a"}
+    resumed.on_trial_complete("a", {"score": 0.7, "training_iteration": MAX_T})
+    assert resumed.suggest("c") is not None and resumed.live_trials == {"c"}
+    assert [t.state for t in optuna.load_study(study_name="s", storage=storage).trials] == \
+        [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE, TrialState.RUNNING]  # a, b, a's retry, c
+
+
+def test_a_retry_that_ended_before_the_first_suggestion_does_not_hold_a_slot(tmp_path):
+    """Counted after it ended (here: it errored again at once), the retry would hold the only slot forever
+    and the sweep would hang waiting for a suggestion."""
+    restored, _ = _errored_then_saved(tmp_path)
+    resumed = restored()
+    resumed.on_trial_complete("a", None, error=True)
+    assert resumed.suggest("c") is not None and resumed.live_trials == {"c"}
