@@ -6,7 +6,8 @@ import signal
 
 import pytest
 
-from fault_helpers import child_statuses, epoch_histories, metric_histories, running_trial, trial_rows, tune_args, wait_exit, wait_for
+from fault_helpers import (child_statuses, epoch_histories, metric_histories, running_trial, trial_rows, tune_args,
+                           wait_exit, wait_for)
 
 EPOCHS = 4
 

@@ -168,7 +168,6 @@ def test_an_errored_trial_run_again_by_resume_enters_the_study_as_a_new_trial(tm
     assert len(optuna.load_study(study_name="s", storage=storage).trials) == 2
 
 
-
 def _errored_then_saved(folder):
     """A `--concurrency 1` sweep whose trial "a" errored and "b" completed, saved as Ray saves it; returns
     a function that builds the searcher `--resume` restores (in Ray's order: the limiter's own state, then
