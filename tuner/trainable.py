@@ -9,7 +9,9 @@ only known on the driver: `tuner.sweep.TrialStatusCallback` sets them.
 """
 from __future__ import annotations
 
+import atexit
 import math
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, fields, replace
@@ -75,6 +77,7 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     run = ChildRun(setup, run_id, lambda: _open_child_run(model_cfg, train_cfg, setup, placement), placement)
     run.attempt("child run", lambda: run.log_epoch({}, 0))  # opened now if MLflow is there, else later
     names, extras = list(data_pipeline.CLASS_NAMES), dict(amp=train_cfg.amp, channels_last=train_cfg.channels_last)
+    staging = CheckpointStaging.for_trial(tune.get_context().get_trial_id())
     for epoch in range(epoch + 1, train_cfg.epochs + 1):
         loaders.train.sampler.set_epoch(epoch - 1)  # a resumed trial sees the batches it would have seen
         try:
@@ -91,15 +94,44 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
         score = _objective(metrics, setup.objective)
         improved = best is None or score > best
         best = score if improved else best
-        with tempfile.TemporaryDirectory() as folder:
-            state = dict(run_id=run.run_id, best=best, manifest_hash=loaders.manifest_hash)
-            _save(Path(folder) / STATE_FILE, model, model_cfg, train_cfg, data_cfg, epoch, metrics,
-                  optimizer, scheduler, state)
-            if improved and run.run_id is not None:
-                run.attempt("best checkpoint upload", lambda: _upload_best(
-                    Path(folder), model, model_cfg, train_cfg, data_cfg, epoch, metrics, state, setup))
-            tune.report({**metrics, setup.objective: score, RUN_ID: run.run_id or "", DIVERGED: False},
-                        checkpoint=tune.Checkpoint.from_directory(folder))
+        folder = staging.empty()
+        state = dict(run_id=run.run_id, best=best, manifest_hash=loaders.manifest_hash)
+        _save(folder / STATE_FILE, model, model_cfg, train_cfg, data_cfg, epoch, metrics,
+              optimizer, scheduler, state)
+        if improved and run.run_id is not None:
+            run.attempt("best checkpoint upload", lambda: _upload_best(
+                folder, model, model_cfg, train_cfg, data_cfg, epoch, metrics, state, setup))
+        tune.report({**metrics, setup.objective: score, RUN_ID: run.run_id or "", DIVERGED: False},
+                    checkpoint=tune.Checkpoint.from_directory(folder))
+        staging.remove()  # tune.report has copied it into Ray's storage
+
+
+class CheckpointStaging:
+    """The local folder a trial writes a checkpoint into before tune.report copies it to Ray's storage.
+
+    Why not a TemporaryDirectory per epoch: a worker SIGKILLed while one exists (a crash, an OOM kill, the
+    fault tests) leaves weights and optimizer state (~220 MB for VGG11) in the temp folder, a new one per
+    kill, forever. This folder is named after the trial, so the trial's next attempt on the node (Ray's
+    retry, a resumed sweep) clears it; it is removed after each report, and at exit when Ray stops the
+    worker while it waits inside tune.report (ASHA, the stop criterion, Ctrl-C).
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        atexit.register(self.remove)
+
+    @classmethod
+    def for_trial(cls, trial_id: str, root: Path | None = None) -> "CheckpointStaging":
+        return cls(Path(root or tempfile.gettempdir()) / f"lunartune-checkpoint-{trial_id}")
+
+    def empty(self) -> Path:
+        """The folder, empty: a killed attempt of the trial may have left a checkpoint in it."""
+        self.remove()
+        self.folder.mkdir(mode=0o700)
+        return self.folder
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def epoch_metrics(train: dict, val: dict, epoch: int) -> dict:

@@ -1,7 +1,10 @@
-"""The trainable's edges: Ray's flat dict -> frozen configs, in one function; which checkpoint a trial resumes from."""
+"""The trainable's edges: Ray's flat dict -> frozen configs, in one function; which checkpoint a trial resumes from;
+where it stages a checkpoint before Ray copies it."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +16,7 @@ from data_pipeline import DataConfig
 from models import ConfigError, ModelConfig, TrainConfig
 from models import build
 from models.checkpoint import save_checkpoint
-from tuner.trainable import (STATE_FILE, TrialSetup, _kept_checkpoints, _newest_readable, configs_from_trial,
+from tuner.trainable import (STATE_FILE, CheckpointStaging, TrialSetup, _kept_checkpoints, _newest_readable, configs_from_trial,
                              epoch_metrics)
 from tuner.tracking import TrackingTarget
 
@@ -97,3 +100,35 @@ def test_an_unreadable_newest_state_falls_back_with_a_warning_and_none_is_a_quie
     fresh = tmp_path / "fresh"  # a trial's first start: its folder may not even exist on storage yet
     assert _kept_checkpoints(None, _storage(fresh)) == [] and _newest_readable([]) is None
     assert capsys.readouterr().err == ""
+
+
+def test_a_staged_checkpoint_left_by_a_killed_attempt_is_cleared_by_the_next_attempt(tmp_path):
+    killed = CheckpointStaging.for_trial("abc12_00001", tmp_path).empty()
+    (killed / STATE_FILE).write_bytes(b"weights of the killed attempt")
+    retry = CheckpointStaging.for_trial("abc12_00001", tmp_path)
+    assert list(retry.empty().iterdir()) == []
+    assert retry.folder == killed and oct(killed.stat().st_mode & 0o777) == "0o700"
+    other = CheckpointStaging.for_trial("abc12_00002", tmp_path).empty()
+    retry.remove()
+    assert not killed.exists() and other.exists()
+
+
+def test_a_worker_stopped_while_it_waits_inside_a_report_removes_its_staged_checkpoint(tmp_path):
+    # Ray stops a worker blocked inside tune.report (ASHA, the stop criterion) by ending its process, so the
+    # training thread never gets past the report: the staged folder goes at interpreter exit
+    script = (
+        "import threading\n"
+        "from pathlib import Path\n"
+        "from tuner.trainable import CheckpointStaging\n"
+        f"staging = CheckpointStaging.for_trial('t1', Path({str(tmp_path)!r}))\n"
+        "staged = threading.Event()\n"
+        "def train():\n"
+        "    (staging.empty() / 'trial.pt').write_bytes(b'x')\n"
+        "    staged.set()\n"
+        "    threading.Event().wait()  # blocked in tune.report for good\n"
+        "threading.Thread(target=train, daemon=True).start()\n"
+        "staged.wait()\n"
+        "print(sorted(p.name for p in staging.folder.iterdir()))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "['trial.pt']\n", proc.stderr
+    assert not (tmp_path / "lunartune-checkpoint-t1").exists()
