@@ -8,7 +8,9 @@ For each split and training size the first user writes
 
 and every later epoch, trial and process memory-maps them. `key` hashes the frame list and the
 fingerprint (size + mtime) of every source file, so changing, adding or removing a source file gives a
-new key: the cache is rebuilt and older arrays of that split and size are deleted.
+new key: the cache is rebuilt, and a cache of that split and size whose own source files have changed or
+gone since it was built is deleted. One whose files are all unchanged is kept: it belongs to another
+frame list over the same data (another split seed or fraction, `--exclude-mismatches`), maybe in use.
 
 Several Ray trials may start building the same cache at once: builders take an exclusive file lock
 (one builds, the others wait and then read), and every file is written under a temporary name and
@@ -92,8 +94,9 @@ def build_or_load(samples: Sequence[Sample], split: str, size: tuple[int, int], 
     with _exclusive_lock(stem.with_suffix(".lock")):
         cached = _read_cached(stem, size)  # another process may have built it while we waited
         if cached is None:
+            _remove_orphans(stem)
             cached = _build(samples, stem, size, progress and len(samples) >= PROGRESS_MIN_FILES)
-    _remove_stale(cache_dir, prefix, keep=stem.name)
+    _remove_stale(cache_dir, prefix, keep=stem.name, source=samples[0].source)
     return cached
 
 
@@ -118,8 +121,11 @@ def _build(samples: Sequence[Sample], stem: Path, size: tuple[int, int], progres
         tmp_masks.unlink(missing_ok=True)
     frames = [s.frame for s in samples]
     # the metadata goes last: its presence says both arrays are complete
-    write_json_atomic(Path(f"{stem}.json"), {"version": CACHE_VERSION, "size": list(size), "frames": frames,
-                                             "class_counts": counts.tolist()})
+    write_json_atomic(Path(f"{stem}.json"), {
+        "version": CACHE_VERSION, "size": list(size), "frames": frames, "class_counts": counts.tolist(),
+        # what _remove_stale checks: has any of these files changed since?
+        "sources": [[str(s.image.resolve()), str(s.mask.resolve())] for s in samples],
+        "fingerprint": fingerprint(samples)})
     return CachedSplit(images_path, masks_path, frames, counts, size)
 
 
@@ -154,11 +160,31 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name[:-4]}.{os.getpid()}.tmp.npy")
 
 
-def _remove_stale(cache_dir: Path, prefix: str, keep: str) -> None:
-    """Delete arrays of the same split and size built from older files (open memmaps stay valid)."""
-    for path in cache_dir.glob(prefix + "*"):
-        if not path.name.startswith(keep) and path.suffix in (".npy", ".json"):
-            path.unlink(missing_ok=True)
+def _remove_orphans(stem: Path) -> None:
+    """Temporary arrays of a build of this cache that was killed (its finally never ran). Call with the
+    cache's lock held: no live builder of it is writing them then."""
+    for path in stem.parent.glob(f".{stem.name}.*.tmp.npy"):
+        path.unlink(missing_ok=True)
+
+
+def _remove_stale(cache_dir: Path, prefix: str, keep: str, source: str) -> None:
+    """Delete the caches of the same split, size and source whose source files changed or went since they
+    were built (open memmaps stay valid). Another frame list's cache with unchanged files is kept."""
+    for meta_path in cache_dir.glob(prefix + "*.json"):
+        stem = meta_path.with_suffix("")
+        if stem.name != keep and _is_stale(meta_path, source):
+            for path in (meta_path, Path(f"{stem}.images.npy"), Path(f"{stem}.masks.npy")):
+                path.unlink(missing_ok=True)
+
+
+def _is_stale(meta_path: Path, source: str) -> bool:
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        samples = [Sample(frame, Path(image), Path(mask), source)
+                   for frame, (image, mask) in zip(meta["frames"], meta["sources"], strict=True)]
+        return meta["version"] != CACHE_VERSION or fingerprint(samples) != meta["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError, DataError):  # unreadable, from an older lunartune, gone
+        return True
 
 
 def _progress(samples: Sequence[Sample], enabled: bool, what: str):

@@ -86,3 +86,32 @@ def test_an_incomplete_cache_is_rebuilt_not_read(tiny_dataset, tmp_path):
         f.truncate(built.images_path.stat().st_size // 2)
     rebuilt = build_or_load(samples, "train", (16, 16), tmp_path / "c")
     assert np.array_equal(rebuilt.open()[0], expected)
+
+
+def test_another_frame_list_over_unchanged_files_keeps_its_cache(tiny_dataset, tmp_path):
+    # two configurations of one data folder (another split seed, --exclude-mismatches) build caches of the
+    # same split and size: neither may delete the other's arrays, which a running sweep may not have opened
+    samples = find_pairs(tiny_dataset)
+    first = build_or_load(samples[:4], "train", (16, 16), tmp_path / "c")
+    second = build_or_load(samples[1:5], "train", (16, 16), tmp_path / "c")
+    assert first.images_path != second.images_path
+    images, masks = first.open()
+    assert images.shape == (4, 16, 16, 3) and second.open()[0].shape == (4, 16, 16, 3)
+    # a file only the first list holds changes: the first cache is stale now and goes at the next build
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(samples[0].mask)
+    rebuilt = build_or_load(find_pairs(tiny_dataset)[:4], "train", (16, 16), tmp_path / "c")
+    assert not first.images_path.exists() and second.images_path.exists() and rebuilt.images_path.exists()
+
+
+def test_a_killed_build_leaves_temporary_arrays_that_the_next_build_removes(tiny_dataset, tmp_path):
+    samples = find_pairs(tiny_dataset)[:3]
+    built = build_or_load(samples, "train", (16, 16), tmp_path / "c")
+    stem = built.images_path.name[:-len(".images.npy")]
+    for path in (built.images_path, built.masks_path, built.images_path.with_name(stem + ".json")):
+        path.unlink()
+    orphans = [tmp_path / "c" / f".{stem}.{kind}.4242.tmp.npy" for kind in ("images", "masks")]
+    for orphan in orphans:  # what a SIGKILLed builder (pid 4242) leaves: its finally never ran
+        orphan.write_bytes(b"half an array")
+    build_or_load(samples, "train", (16, 16), tmp_path / "c")
+    assert not any(orphan.exists() for orphan in orphans)
+    assert sorted(p.name for p in (tmp_path / "c").iterdir() if ".tmp" in p.name) == []
