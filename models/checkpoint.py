@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -79,9 +80,13 @@ def load_checkpoint(path) -> dict:
         raise CheckpointError(f"{path}: checkpoint file does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, garbage bytes, pickled objects weights_only refuses, ...
+    except pickle.UnpicklingError:  # torch's own text is a page long and suggests weights_only=False
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt, or it pickles objects other than "
+                              f"tensors and plain data, which are never loaded: loading them could run code)") from None
+    except Exception as err:  # truncated zip, garbage bytes, ...
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): "
-                              f"{type(err).__name__}: {err}") from None
+                              f"{type(err).__name__}: {first_line}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a lunartune checkpoint (no format={FORMAT!r} marker)")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]

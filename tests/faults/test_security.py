@@ -22,9 +22,11 @@ class _Payload:
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     marker, path = tmp_path / "pwned", tmp_path / "evil.pt"
     torch.save({"format": "lunartune-checkpoint", "state_dict": _Payload(marker)}, path)
-    with pytest.raises(CheckpointError, match=f"{path}: not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match=f"{path}: not a readable checkpoint") as refused:
         load_checkpoint(path)
     assert not marker.exists()
+    # one line, and no advice to load it unsafely (torch's own text suggests weights_only=False)
+    assert "\n" not in str(refused.value) and "weights_only" not in str(refused.value)
 
 
 def test_a_space_yaml_with_python_tags_is_refused(tmp_path):
