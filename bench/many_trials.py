@@ -27,7 +27,8 @@ SPACE = "params:\n  lr: {low: 1.0e-4, high: 1.0e-1, log: true}\n  dropout: {low:
 
 
 def cheap_trial(config: dict, target, max_epochs: int) -> None:
-    """What train_trial does around training: child run, per-epoch log + checkpoint + report."""
+    """What train_trial does around training: child run, per-epoch log + best-checkpoint upload + checkpoint +
+    report."""
     from ray import tune
     from tuner import tracking
     from tuner.trainable import EPOCH, RUN_ID
@@ -40,6 +41,11 @@ def cheap_trial(config: dict, target, max_epochs: int) -> None:
         tracking.log_metrics(target.uri, run_id, metrics, step=epoch)
         with tempfile.TemporaryDirectory() as folder:
             Path(folder, "state.json").write_text(json.dumps({"epoch": epoch}))
+            best = Path(folder, "mlflow", "best.pt")  # the score rises every epoch: each one is the best so far
+            best.parent.mkdir()
+            best.write_bytes(b"weights")
+            tracking.log_best_checkpoint(target.uri, run_id, best, {"epoch": epoch})
+            best.unlink()
             tune.report({**metrics, RUN_ID: run_id}, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
@@ -55,6 +61,7 @@ def main(argv=None) -> int:
     import ray
     from ray import tune
 
+    from data_pipeline import DataConfig
     from tuner import sweep, tracking
     from tuner.settings import RunPaths
     from tuner.space import load_space
@@ -71,6 +78,7 @@ def main(argv=None) -> int:
         experiment_id = tracking.get_or_create_experiment(paths.tracking_uri, "many", paths.mlflow_artifacts.as_uri())
         parent = tracking.start_parent_run(paths.tracking_uri, experiment_id, "many", {"trials": args.trials}, {})
         target = tracking.TrackingTarget(paths.tracking_uri, experiment_id, parent)
+        setup = sweep._trial_setup(cfg, DataConfig(root=tmp, image_size=cfg.image_size), target)
         t0 = time.monotonic()
         ray.init(address="local", num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False)
         t_ray = time.monotonic() - t0
@@ -80,12 +88,11 @@ def main(argv=None) -> int:
                 tune_config=sweep._tune_config(cfg, paths, space),
                 run_config=tune.RunConfig(name="many", storage_path=str(paths.ray_results), verbose=0,
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                          callbacks=[sweep.TrialStatusCallback(paths.tracking_uri, experiment_id,
-                                                                               parent, args.epochs)]))
+                                          callbacks=[sweep.TrialStatusCallback(setup)]))
             t1 = time.monotonic()
             results = tuner.fit()
             t_fit = time.monotonic() - t1
-            incomplete = sweep.sync_to_mlflow(results, target, args.epochs, cfg.objective, interrupted=False)
+            incomplete = sweep.sync_to_mlflow(results, setup, resumable=set())
         finally:
             ray.shutdown()
         children = tracking.child_runs(paths.tracking_uri, experiment_id, parent, max_results=10_000)
@@ -105,7 +112,7 @@ def main(argv=None) -> int:
               "per_trial_overhead_s": round(t_fit * args.concurrency / args.trials, 2),
               "cpus": os.cpu_count()}
     ok = (len(results) == len(children) == sum(states.values()) == args.trials and not results.num_errors
-          and states.get("RUNNING", 0) == 0)
+          and states.get("RUNNING", 0) == 0 and not incomplete)
     print(json.dumps(report, indent=2))
     print(f"{'OK' if ok else 'FAILED'}: {args.trials} trials, {len(children)} in MLflow, {sum(states.values())} in "
           f"Optuna; fit {t_fit:.0f} s, {report['per_trial_overhead_s']} s per trial-slot")

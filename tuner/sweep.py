@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import ray
+from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune import Callback, CLIReporter, TuneError
@@ -40,12 +42,13 @@ from tuner.cli import EXIT_INCOMPLETE, EXIT_INTERRUPTED, CliError
 from tuner.searcher import DIVERGED, PruningAwareOptunaSearch, RetryPassingLimiter
 from tuner.settings import RunPaths
 from tuner.space import SpaceError, check_against_models, define_by_run, load_space
-from tuner.trainable import (EPOCH, RUN_ID, STATE_FILE, TrialSetup, is_epoch_metric, train_trial,
-                             upload_best_from_ray)
+from tuner.trainable import (EPOCH, RUN_ID, STATE_FILE, TrialSetup, is_epoch_metric, run_params_and_tags,
+                             train_trial, upload_best_from_ray)
 from tuner.tracking import TrackingError
 from tuner.train import synthetic_root
 
 SYNTHETIC = "synthetic"
+TRIAL_STATUSES = ("completed", "pruned", "diverged", "errored", "unfinished")
 MAX_FAILURES = 2  # a crashed trial is retried this often, from its last checkpoint
 CHECKPOINTS_KEPT = 2  # per trial, best by the objective (Ray also keeps the latest, for resuming)
 TOP_TRIALS_SHOWN = 5
@@ -121,6 +124,7 @@ def check_sweep_config(cfg: SweepConfig) -> None:
         ("--concurrency", cfg.concurrency >= 1, "an integer >= 1"),
         ("--cpus-per-trial", cfg.cpus_per_trial > 0, "a number > 0"),
         ("--gpus-per-trial", cfg.gpus_per_trial >= 0, "a number >= 0"),
+        ("--device", re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device) is not None, "auto, cpu, cuda or cuda:N"),
         ("--device", cfg.gpus_per_trial > 0 or not cfg.device.startswith("cuda"),
          "auto or cpu when --gpus-per-trial is 0 (a trial may use only the GPUs Ray gives it)"),
         ("--device", _gpu_index(cfg.device) < max(1, math.ceil(cfg.gpus_per_trial)),
@@ -162,7 +166,9 @@ def _stop_leftovers(lock: Path) -> None:
 def _run_locked(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
     tracking.bound_http_retries()  # the driver's MLflow calls too (callback, parent run) give up in ~10 s
     pointer = _pointer_path(paths, cfg.experiment)
-    cfg = _resumed_config(cfg, pointer) if cfg.resume else cfg
+    if cfg.resume:
+        cfg = _resumed_config(cfg, pointer)
+        paths = _resumed_paths(paths, json.loads(pointer.read_text()))
     space = _load_space(cfg)
     tracking.check_reachable(paths.tracking_uri)  # before any data work: an unreachable server fails in <= 10 s
     _warn_about_storage(cfg)
@@ -173,25 +179,27 @@ def _run_locked(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
         paths.mlflow_artifacts.as_uri() if paths.uses_embedded_store else None)
     if cfg.resume:
         state = json.loads(pointer.read_text())
-        tracking.reopen_run(paths.tracking_uri, state["parent_run_id"])
+        _reopen_parent_run(paths.tracking_uri, state["parent_run_id"])
     else:
         state = _new_sweep_state(cfg, paths, space, manifest, experiment_id, data_cfg.root)
         _write_json(pointer, state)
     target = tracking.TrackingTarget(paths.tracking_uri, experiment_id, state["parent_run_id"])
+    setup = _trial_setup(cfg, data_cfg, target)
     interrupted, incomplete = True, []  # until Ray says otherwise: an exception also leaves the parent "interrupted"
     try:
-        results = _fit(cfg, paths, space, data_cfg, target, state["results_path"])
+        results = _fit(cfg, paths, space, setup, state["results_path"])
         resumable = trials_ray_resumes(results)
         result = _summarise(cfg, results, experiment_id, target, state["results_path"], resumable)
         interrupted = result.interrupted
-        incomplete = sync_to_mlflow(results, target, cfg.max_epochs, cfg.objective, resumable)
+        incomplete = sync_to_mlflow(results, setup, resumable)
         if not interrupted:
             _fail_orphaned_study_trials(paths, cfg.experiment)
     finally:
         summary = {"trials": cfg.samples}
         if not interrupted:
+            # every status, 0 if none: a resumed sweep's counts replace the first run's (errored 1 -> 0)
             summary.update(best_objective=result.best_metrics.get(cfg.objective, float("nan")),
-                           **{f"trials_{k}": v for k, v in result.statuses.items()})
+                           **{f"trials_{s}": result.statuses.get(s, 0) for s in TRIAL_STATUSES})
         try:
             tracking.end_parent_run(paths.tracking_uri, target.parent_run_id, interrupted, summary)
         except Exception as err:  # MLflow away: the results are safe in Ray's folder; --resume ends the run later
@@ -284,10 +292,10 @@ def _new_sweep_state(cfg: SweepConfig, paths: RunPaths, space, manifest, experim
     parent = tracking.start_parent_run(paths.tracking_uri, experiment_id, run_name, params, tags)
     tracking.client(paths.tracking_uri).log_artifact(parent, space.source, "space")
     return {"config": asdict(cfg), "parent_run_id": parent, "run_name": run_name, "results_path": results_path,
-            "experiment_id": experiment_id}
+            "experiment_id": experiment_id, "tracking_uri_override": paths.tracking_uri_override}
 
 
-def _fit(cfg: SweepConfig, paths: RunPaths, space, data_cfg, target, results_path: str):
+def _fit(cfg: SweepConfig, paths: RunPaths, space, setup: TrialSetup, results_path: str):
     """Start (or join) Ray, build the Tuner (or restore it) and run it; Ray is shut down if we started it."""
     _configure_ray_output()
     started_here, lock = not ray.is_initialized(), _lock_path(paths, cfg.experiment)
@@ -299,7 +307,7 @@ def _fit(cfg: SweepConfig, paths: RunPaths, space, data_cfg, target, results_pat
                                include_dashboard=False)
         leftovers.record_session(lock, context.address_info["session_dir"])
     try:
-        return _tuner(cfg, paths, space, data_cfg, target, results_path).fit()
+        return _tuner(cfg, paths, space, setup, results_path).fit()
     finally:
         if started_here:
             ray.shutdown()
@@ -321,9 +329,9 @@ def _configure_ray_output() -> None:
     os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
 
 
-def _tuner(cfg: SweepConfig, paths: RunPaths, space, data_cfg, target, results_path: str):
+def _tuner(cfg: SweepConfig, paths: RunPaths, space, setup: TrialSetup, results_path: str):
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, setup=_trial_setup(cfg, data_cfg, target)),
+        tune.with_parameters(train_trial, setup=setup),
         {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
     if cfg.resume:
         if not tune.Tuner.can_restore(results_path):
@@ -335,10 +343,10 @@ def _tuner(cfg: SweepConfig, paths: RunPaths, space, data_cfg, target, results_p
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT, checkpoint_score_attribute=cfg.objective,
                                                 checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-        callbacks=[TrialStatusCallback(target, cfg.max_epochs)]))
+        callbacks=[TrialStatusCallback(setup)]))
 
 
-def _trial_setup(cfg: SweepConfig, data_cfg, target):
+def _trial_setup(cfg: SweepConfig, data_cfg, target) -> TrialSetup:
     return TrialSetup(data=data_cfg, model=ModelConfig(), objective=cfg.objective, tracking=target,
                       train=TrainConfig(epochs=cfg.max_epochs, seed=cfg.seed, device=trial_device(cfg)))
 
@@ -415,23 +423,24 @@ class TrialStatusCallback(Callback):
     """Driver side: when Ray knows how a trial ended, tag its child run completed/pruned/diverged/errored.
     An errored run also gets its error; a trial that died before opening its run gets one here, so that
     MLflow lists every trial and says why it failed."""
-    def __init__(self, target: tracking.TrackingTarget, max_epochs: int):
-        self.target, self.max_epochs = target, max_epochs
+    def __init__(self, setup: TrialSetup):
+        self.trial_setup = setup  # not `setup`: Ray calls Callback.setup(**info)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._finish(trial, trial_status(trial.last_result, None, self.max_epochs))
+        self._finish(trial, trial_status(trial.last_result, None, self.trial_setup.train.epochs))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finish(trial, "errored", describe_error(_saved_error(trial)))
 
     def _finish(self, trial, status: str, error: str | None = None) -> None:
         try:
+            target = self.trial_setup.tracking
             run_id = (trial.last_result or {}).get(RUN_ID) or tracking.find_child_run(
-                self.target.uri, self.target.experiment_id, self.target.parent_run_id, trial.trial_id)
+                target.uri, target.experiment_id, target.parent_run_id, trial.trial_id)
             if not run_id and status == "errored":
-                run_id = _open_errored_run(self.target, trial.trial_id, trial_name(trial), trial.config)
+                run_id = _open_run_for(self.trial_setup, trial.trial_id, trial_name(trial), trial.config)
             if run_id:
-                tracking.finish_child_run(self.target.uri, run_id, status, error)
+                tracking.finish_child_run(target.uri, run_id, status, error)
         except Exception as err:  # MLflow away: never stop the sweep for it; sync_to_mlflow tags it later
             print(f"lunartune tune: warning: MLflow: trial {trial.trial_id} not tagged {status} "
                   f"({type(err).__name__}); it will be after the sweep or on --resume", file=sys.stderr)
@@ -445,11 +454,17 @@ def _saved_error(trial) -> BaseException | None:
         return None
 
 
-def _open_errored_run(target: tracking.TrackingTarget, trial_id: str, name: str, config: dict | None) -> str:
-    """A child run for a trial that failed before opening its own (say, its model could not be built)."""
+def _open_run_for(setup: TrialSetup, trial_id: str, name: str, config: dict | None) -> str:
+    """A child run for a trial that never opened its own (it failed first, or MLflow was away all along):
+    the params and backbone tag the trial would have logged, so promote and the UI see it like any other;
+    Ray's flat config if the trial's configs cannot even be built."""
     config = config or {}
-    tags = {tracking.BACKBONE_TAG: canonical_backbone(config["backbone"])} if "backbone" in config else {}
-    return tracking.open_child_run(target, trial_id, name, config, tags)
+    try:
+        params, tags = run_params_and_tags(config, setup)
+    except ConfigError:
+        params = config
+        tags = {tracking.BACKBONE_TAG: canonical_backbone(config["backbone"])} if "backbone" in config else {}
+    return tracking.open_child_run(setup.tracking, trial_id, name, params, tags)
 
 
 def describe_error(err: BaseException | None) -> str:
@@ -469,7 +484,7 @@ def describe_error(err: BaseException | None) -> str:
 
 
 def trial_status(last_result: dict | None, error, max_epochs: int) -> str:
-    """completed | pruned | diverged | errored | unfinished, from a trial's last result."""
+    """One of TRIAL_STATUSES, from a trial's last result."""
     if error is not None:
         return "errored"
     if not last_result or EPOCH not in last_result:
@@ -479,7 +494,7 @@ def trial_status(last_result: dict | None, error, max_epochs: int) -> str:
     return "completed" if last_result[EPOCH] >= max_epochs else "pruned"
 
 
-def sync_to_mlflow(results, target, max_epochs: int, objective: str, resumable: set[str]) -> list[str]:
+def sync_to_mlflow(results, setup: TrialSetup, resumable: set[str]) -> list[str]:
     """Fill each trial's child run in from Ray's results (every reported epoch and the best checkpoints are
     there): the epochs MLflow missed while it was away, the run itself if the trial never reached MLflow,
     the best checkpoint if its upload failed, the final status tag (not for the `resumable` trials: --resume
@@ -488,23 +503,23 @@ def sync_to_mlflow(results, target, max_epochs: int, objective: str, resumable: 
     incomplete = []
     for result in results:
         try:
-            _sync_trial(result, target, max_epochs, objective, resumable)
+            _sync_trial(result, setup, resumable)
         except Exception as err:  # MLflow still away (or refuses): say which, keep going
             incomplete.append(f"{Path(result.path or '?').name} ({type(err).__name__}: {str(err)[:120]})")
     if incomplete:
-        print(f"lunartune tune: warning: MLflow {target.uri} is missing data for {len(incomplete)} trial(s):\n  "
+        print(f"lunartune tune: warning: MLflow {setup.tracking.uri} is missing data for {len(incomplete)} trial(s):\n  "
               + "\n  ".join(incomplete) + "\nevery epoch and checkpoint is in Ray's results; once MLflow is "
               "back, `lunartune tune --experiment <name> --resume` fills it in", file=sys.stderr)
     return incomplete
 
 
-def _sync_trial(result, target, max_epochs: int, objective: str, resumable: set[str]) -> None:
-    frame, last = result.metrics_dataframe, result.metrics or {}
+def _sync_trial(result, setup: TrialSetup, resumable: set[str]) -> None:
+    target, frame, last = setup.tracking, result.metrics_dataframe, result.metrics or {}
     if frame is None or EPOCH not in frame or not last.get("trial_id"):
         if result.error is not None and result.path:  # failed before its first epoch: list it, with why
             name, trial_id = Path(result.path).name.rsplit("_", 1)  # sweep.trial_dirname
             run_id = (tracking.find_child_run(target.uri, target.experiment_id, target.parent_run_id, trial_id)
-                      or _open_errored_run(target, trial_id, name, result.config))
+                      or _open_run_for(setup, trial_id, name, result.config))
             if tracking.client(target.uri).get_run(run_id).data.tags.get(tracking.STATUS_TAG) == tracking.RUNNING:
                 tracking.finish_child_run(target.uri, run_id, "errored", describe_error(result.error))
         return
@@ -512,17 +527,17 @@ def _sync_trial(result, target, max_epochs: int, objective: str, resumable: set[
     run_id = last.get(RUN_ID) or tracking.find_child_run(target.uri, target.experiment_id, target.parent_run_id, trial_id)
     if not run_id:  # the trial ran while MLflow was away the whole time
         name = Path(result.path).name.rsplit("_", 1)[0]
-        run_id = tracking.open_child_run(target, trial_id, name, result.config or {}, {})
+        run_id = _open_run_for(setup, trial_id, name, result.config)
     epochs = frame[frame[DIVERGED].fillna(False).astype(bool) == False] if DIVERGED in frame else frame  # noqa: E712
     have = tracking.logged_steps(target.uri, run_id, EPOCH)
     for _, row in epochs.drop_duplicates(EPOCH, keep="last").iterrows():
         if pd.notna(row[EPOCH]) and int(row[EPOCH]) not in have:
             tracking.log_metrics(target.uri, run_id, {k: v for k, v in row.items()
                                                       if is_epoch_metric(k) and pd.notna(v)}, step=int(row[EPOCH]))
-    _sync_best_checkpoint(result, target.uri, run_id, objective)
+    _sync_best_checkpoint(result, target.uri, run_id, setup.objective)
     if trial_id in resumable:
         return  # stopped by Ctrl-C: --resume continues it
-    status = trial_status(last, result.error, max_epochs)
+    status = trial_status(last, result.error, setup.train.epochs)
     if tracking.client(target.uri).get_run(run_id).data.tags.get(tracking.STATUS_TAG) == tracking.RUNNING:
         error = describe_error(result.error) if result.error is not None else None
         tracking.finish_child_run(target.uri, run_id, status, error)
@@ -568,7 +583,8 @@ def _summarise(cfg: SweepConfig, results, experiment_id: str, target, results_pa
                      "epochs": metrics.get(EPOCH, 0), "status": status, "config": config, "metrics": best})
     rows.sort(key=lambda r: -r["objective"] if math.isfinite(r["objective"]) else math.inf)
     statuses = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
-    top = rows[0] if rows else {"config": {}, "metrics": {}}
+    # no best trial if none reported a finite score (every trial errored before its first epoch, say)
+    top = rows[0] if rows and math.isfinite(rows[0]["objective"]) else {"config": {}, "metrics": {}}
     return SweepResult(
         experiment=cfg.experiment, experiment_id=experiment_id, parent_run_id=target.parent_run_id,
         tracking_uri=target.uri, results_path=results_path, interrupted=finished < cfg.samples or bool(resumable),
@@ -623,6 +639,30 @@ def _resumed_config(cfg: SweepConfig, pointer: Path) -> SweepConfig:
     saved = json.loads(pointer.read_text())["config"]
     saved["image_size"] = tuple(saved["image_size"])
     return replace(SweepConfig(**saved), resume=True, address=cfg.address)
+
+
+def _resumed_paths(paths: RunPaths, state: dict) -> RunPaths:
+    """--resume logs to the MLflow store the sweep was started with (its parent run is there) unless
+    --tracking-uri or $MLFLOW_TRACKING_URI names another (a server that moved), which gets a warning."""
+    if "tracking_uri_override" not in state:  # started by a lunartune that did not record it
+        return paths
+    started = state["tracking_uri_override"]
+    if paths.tracking_uri_override is None:
+        return replace(paths, tracking_uri_override=started)
+    if paths.tracking_uri_override != started:
+        where = started or f"sqlite:///{paths.mlflow_db}"
+        print(f"lunartune tune: warning: --resume: the sweep was started logging to {where}; it goes on "
+              f"logging to {paths.tracking_uri} as asked (its parent run must be there)", file=sys.stderr)
+    return paths
+
+
+def _reopen_parent_run(uri: str, run_id: str) -> None:
+    try:
+        tracking.reopen_run(uri, run_id)
+    except MlflowException as err:
+        raise CliError(f"--resume: the sweep's parent run {run_id} is not in the MLflow store at {uri} "
+                       f"({str(err).splitlines()[0][:200]}); resume with the --tracking-uri the sweep was "
+                       f"started with") from None
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -146,6 +146,9 @@ def open_child_run(target: TrackingTarget, trial_id: str, run_name: str, params:
     if existing is not None:
         reopen_run(target.uri, existing)
         set_tags(target.uri, existing, tags)  # where it runs now (node, device), not where it ran first
+        # a run the driver opened for a failed first try may lack params (MLflow never changes a logged one)
+        logged = client(target.uri).get_run(existing).data.params
+        log_params(target.uri, existing, {k: v for k, v in params.items() if k not in logged})
         return existing
     run = client(target.uri).create_run(target.experiment_id, run_name=run_name, tags={
         PARENT_TAG: target.parent_run_id, ROLE_TAG: "trial", TRIAL_ID_TAG: trial_id, STATUS_TAG: RUNNING,

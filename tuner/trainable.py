@@ -74,7 +74,7 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     tracking.bound_http_retries()
     epoch, best, run_id = _restore(tune.get_checkpoint(), model, optimizer, scheduler)
     placement = _placement_tags(device, train_cfg)
-    run = ChildRun(setup, run_id, lambda: _open_child_run(model_cfg, train_cfg, setup, placement), placement)
+    run = ChildRun(setup, run_id, lambda: _open_child_run(config, setup, placement), placement)
     run.attempt("child run", lambda: run.log_epoch({}, 0))  # opened now if MLflow is there, else later
     names, extras = list(data_pipeline.CLASS_NAMES), dict(amp=train_cfg.amp, channels_last=train_cfg.channels_last)
     staging = CheckpointStaging.for_trial(tune.get_context().get_trial_id())
@@ -151,7 +151,8 @@ class ChildRun:
     Each epoch is logged once: the steps already in MLflow are read once per process (a retried trial
     may retrain an epoch it had logged). A failed call (after MLflow's bounded HTTP retries) is a warning;
     the epoch stays in Ray's results, from which the driver fills MLflow in (tuner.sweep.sync_to_mlflow).
-    A run resumed from a checkpoint gets this process's placement tags (node, device) at first contact.
+    A run resumed from a checkpoint is reopened at first contact (running again; an errored trial's retry
+    loses its `error` tag) and gets this process's placement tags (node, device).
     """
 
     def __init__(self, setup: TrialSetup, run_id: str | None, open_run, placement: dict):
@@ -164,7 +165,8 @@ class ChildRun:
     def log_epoch(self, metrics: dict, epoch: int) -> None:
         if self.run_id is None:
             self.run_id = self._open_run()
-        if self._placement is not None:
+        if self._placement is not None:  # a run restored from the checkpoint: running again, here
+            tracking.reopen_run(self.setup.tracking.uri, self.run_id)
             tracking.set_tags(self.setup.tracking.uri, self.run_id, self._placement)
             self._placement = None
         if self._logged is None:
@@ -250,12 +252,21 @@ def _placement_tags(device, train_cfg: TrainConfig) -> dict:
             "device": describe_device(device, uses_cuda_extras(device, train_cfg.amp))}
 
 
-def _open_child_run(model_cfg: ModelConfig, train_cfg: TrainConfig, setup: TrialSetup, placement: dict) -> str:
+def run_params_and_tags(config: dict, setup: TrialSetup) -> tuple[dict, dict]:
+    """The child run's params (the trial's full resolved configs, searched and fixed) and backbone tag.
+    The driver logs the same for a trial that never opened its run (tuner.sweep._open_run_for)."""
+    data_cfg, model_cfg, train_cfg = configs_from_trial(config, setup)
+    params = {**model_cfg.to_dict(), **train_cfg.to_dict(), "image_size": "x".join(map(str, data_cfg.image_size)),
+              "augment": data_cfg.augment}
+    return params, {tracking.BACKBONE_TAG: model_cfg.backbone}
+
+
+def _open_child_run(config: dict, setup: TrialSetup, placement: dict) -> str:
     context = tune.get_context()
-    params = {**model_cfg.to_dict(), **train_cfg.to_dict(), "image_size": "x".join(map(str, setup.data.image_size))}
-    tags = {tracking.BACKBONE_TAG: model_cfg.backbone, **placement}
+    params, tags = run_params_and_tags(config, setup)
     # the run is named like the Ray trial (sweep.trial_name: "vgg11-t007"), so the two are easy to match
-    return tracking.open_child_run(setup.tracking, context.get_trial_id(), context.get_trial_name(), params, tags)
+    return tracking.open_child_run(setup.tracking, context.get_trial_id(), context.get_trial_name(), params,
+                                   {**tags, **placement})
 
 
 def _save(path: Path, model, model_cfg, train_cfg, data_cfg, epoch, metrics, optimizer, scheduler, state) -> None:

@@ -11,7 +11,8 @@ import torch
 from optuna.trial import TrialState
 from ray import tune
 
-from models import ModelConfig, build
+from data_pipeline import DataConfig
+from models import ModelConfig, TrainConfig, build
 from tuner import sweep, tracking
 from tuner.searcher import RETRY_ATTR
 from tuner.space import SpaceError, check_against_models
@@ -52,6 +53,7 @@ def test_a_trial_that_cannot_build_its_model_errors_and_says_why(local_ray, scen
     assert "\n" not in error and folder.startswith("vgg11-t001_")
     assert "WeightsError" in (Path(result.results_path) / folder / "error.txt").read_text()
     assert f"{folder}: {error}" in format_summary(result, cfg, run_paths)
+    assert result.best_config == {} and "best config" not in format_summary(result, cfg, run_paths)
     (run,) = _children(run_paths, result)
     assert (run.info.run_name, run.info.status, run.data.params["backbone"]) == ("vgg11-t001", "FAILED", "vgg11")
     assert run.data.tags[tracking.STATUS_TAG] == "errored" and run.data.tags[tracking.ERROR_TAG] == error
@@ -60,10 +62,16 @@ def test_a_trial_that_cannot_build_its_model_errors_and_says_why(local_ray, scen
     tracking.client(run_paths.tracking_uri).delete_run(run.info.run_id)
     results = tune.Tuner.restore(result.results_path, trainable=train_trial).get_results()
     target = tracking.TrackingTarget(run_paths.tracking_uri, result.experiment_id, result.parent_run_id)
-    assert sync_to_mlflow(results, target, cfg.max_epochs, cfg.objective, resumable=set()) == []
+    setup = sweep._trial_setup(cfg, DataConfig(root=str(run_paths.data), image_size=cfg.image_size), target)
+    assert sync_to_mlflow(results, setup, resumable=set()) == []
     (again,) = _children(run_paths, result)
     assert again.info.run_id != run.info.run_id and again.info.run_name == "vgg11-t001"
     assert again.data.tags[tracking.STATUS_TAG] == "errored" and again.data.tags[tracking.ERROR_TAG] == error
+    # as the trial would have opened it: backbone tag (promote selects by it) and the full resolved params
+    assert again.data.tags[tracking.BACKBONE_TAG] == "vgg11"
+    assert {k: again.data.params[k] for k in ("optimizer", "epochs", "image_size", "augment")} == {
+        "optimizer": TrainConfig().optimizer, "epochs": str(cfg.max_epochs),
+        "image_size": "x".join(map(str, cfg.image_size)), "augment": "True"}
 
     # the cause fixed, --resume retries the errored trial in the same run, which no longer says "error"
     monkeypatch.undo()
@@ -73,6 +81,8 @@ def test_a_trial_that_cannot_build_its_model_errors_and_says_why(local_ray, scen
     (done,) = _children(run_paths, resumed)
     assert done.info.run_id == again.info.run_id and done.data.tags[tracking.STATUS_TAG] == "completed"
     assert tracking.ERROR_TAG not in done.data.tags
+    parent = tracking.client(run_paths.tracking_uri).get_run(resumed.parent_run_id).data.metrics
+    assert (parent["trials_completed"], parent["trials_errored"]) == (1, 0)  # not the first run's errored 1
     # Optuna was told FAIL when the trial errored and cannot reopen it: the retry is a new trial, same params
     failed, retry = optuna.load_study(study_name="broken", storage=f"sqlite:///{run_paths.optuna_db}").trials
     assert (failed.state, retry.state, retry.params) == (TrialState.FAIL, TrialState.COMPLETE, failed.params)

@@ -103,8 +103,10 @@ def test_server_gone_for_good_then_resume_fills_mlflow_in(sweeps, scenes, slow_s
 
     server = _server(tmp_path, port)
     try:
-        code, out = sweeps.run(run_dir, "--tracking-uri", uri, "tune", "--experiment", "outage", "--resume")
+        # the command the sweep printed, as printed: --resume logs to the server the sweep was started with
+        code, out = sweeps.run(run_dir, "tune", "--experiment", "outage", "--resume")
         assert code == 0 and "missing data" not in out, out[-3000:]
         _assert_complete_in_mlflow(uri, run_dir)
+        assert not (run_dir / "mlflow.db").exists()
     finally:
         terminate_session(server.pid)

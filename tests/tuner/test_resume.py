@@ -18,7 +18,8 @@ from optuna.trial import TrialState
 from ray.tune import ExperimentAnalysis, ResultGrid
 
 from _procs import MARK, RAY_EXIT_S, describe, started, wait_gone
-from tuner import tracking
+from data_pipeline import DataConfig
+from tuner import sweep, tracking
 from tuner.sweep import SweepConfig, run_sweep, sync_to_mlflow, trials_ray_resumes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,7 +152,8 @@ def test_a_trial_ray_will_resume_is_not_tagged_finished_though_its_last_result_s
     resumable = trials_ray_resumes(results)
     assert resumable == {pruned.data.tags[tracking.TRIAL_ID_TAG]}
     target = tracking.TrackingTarget(uri, first.experiment_id, first.parent_run_id)
-    assert sync_to_mlflow(results, target, max_epochs=2, objective="val_miou", resumable=resumable) == []
+    setup = sweep._trial_setup(SweepConfig(max_epochs=2, objective="val_miou"), DataConfig(root="unused"), target)
+    assert sync_to_mlflow(results, setup, resumable=resumable) == []
     tags = {lr: tracking.client(uri).get_run(r.info.run_id).data.tags[tracking.STATUS_TAG] for lr, r in children.items()}
     assert tags == {3e-2: "completed", 1e-9: tracking.RUNNING}, "a trial --resume runs on must not be tagged finished"
 

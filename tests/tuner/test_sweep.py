@@ -53,6 +53,9 @@ def test_flags_become_a_sweep_config():
     (["--device", "cuda:1"], "--device='cuda:1': expected auto or cpu when --gpus-per-trial is 0"),
     (["--device", "cuda:1", "--gpus-per-trial", "0.5"], "--device='cuda:1': expected auto, cpu, cuda or cuda:N "
                                                          "with N < 1: a trial sees only the GPUs Ray gives it"),
+    # else Ray would start and every trial fail three times on it
+    (["--device", "gpu", "--gpus-per-trial", "1"], "--device='gpu': expected auto, cpu, cuda or cuda:N$"),
+    (["--device", "mps"], "--device='mps': expected auto, cpu, cuda or cuda:N$"),
 ])
 def test_bad_flags_are_clear_errors(flags, says):
     with pytest.raises(CliError, match=says):

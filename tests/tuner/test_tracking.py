@@ -61,11 +61,16 @@ def test_children_nest_under_the_parent_and_lookups_rank_them(store):
 def test_a_retried_trial_reuses_its_child_run(store):
     uri, experiment_id, tmp_path = store
     _, target = _sweep(uri, experiment_id)
-    first = tracking.open_child_run(target, "b_00004", "vgg11-t004", {}, {})
-    tracking.finish_child_run(uri, first, tracking.ERRORED)
-    again = tracking.open_child_run(target, "b_00004", "vgg11-t004", {}, {})
-    assert again == first and tracking.client(uri).get_run(first).info.status == "RUNNING"
+    # the driver opened it for a trial that failed first, with Ray's flat config only
+    first = tracking.open_child_run(target, "b_00004", "vgg11-t004", {"backbone": "vgg", "lr": 0.01}, {})
+    tracking.finish_child_run(uri, first, tracking.ERRORED, "WeightsError: bad file")
+    again = tracking.open_child_run(target, "b_00004", "vgg11-t004",
+                                    {"backbone": "vgg11", "lr": 0.01, "optimizer": "adamw"}, {})
+    run = tracking.client(uri).get_run(first)
+    assert again == first and run.info.status == "RUNNING" and tracking.ERROR_TAG not in run.data.tags
     assert len(tracking.child_runs(uri, experiment_id, target.parent_run_id)) == 1
+    # the params it lacked are logged; one already there keeps its value (MLflow never changes a param)
+    assert run.data.params == {"backbone": "vgg", "lr": "0.01", "optimizer": "adamw"}
 
 
 def test_latest_parent_is_the_newest_sweep(store):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,8 +17,9 @@ from data_pipeline import DataConfig
 from models import ConfigError, ModelConfig, TrainConfig
 from models import build
 from models.checkpoint import save_checkpoint
-from tuner.trainable import (STATE_FILE, CheckpointStaging, TrialSetup, _kept_checkpoints, _newest_readable, configs_from_trial,
-                             epoch_metrics)
+from tuner import tracking
+from tuner.trainable import (STATE_FILE, CheckpointStaging, ChildRun, TrialSetup, _kept_checkpoints, _newest_readable,
+                             configs_from_trial, epoch_metrics)
 from tuner.tracking import TrackingTarget
 
 SETUP = TrialSetup(data=DataConfig(root="/data", batch_size=8, augment=True), model=ModelConfig(),
@@ -132,3 +134,18 @@ def test_a_worker_stopped_while_it_waits_inside_a_report_removes_its_staged_chec
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout == "['trial.pt']\n", proc.stderr
     assert not (tmp_path / "lunartune-checkpoint-t1").exists()
+
+
+def test_a_run_restored_from_a_checkpoint_is_running_again_at_first_contact(tmp_path):
+    # an errored trial that had checkpoints: --resume retries it from one, in its run, which must lose the error
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = tracking.get_or_create_experiment(uri, "exp", (tmp_path / "artifacts").as_uri())
+    parent = tracking.start_parent_run(uri, experiment_id, "sweep", {}, {})
+    target = TrackingTarget(uri, experiment_id, parent)
+    run_id = tracking.open_child_run(target, "abc12_00000", "vgg11-t001", {}, {"ray_node_id": "first-node"})
+    tracking.finish_child_run(uri, run_id, tracking.ERRORED, "RuntimeError: out of memory")
+    run = ChildRun(replace(SETUP, tracking=target), run_id, open_run=None, placement={"ray_node_id": "other-node"})
+    run.log_epoch({"train_loss": 0.5}, 3)
+    after = tracking.client(uri).get_run(run_id)
+    assert after.info.status == "RUNNING" and after.data.tags[tracking.STATUS_TAG] == tracking.RUNNING
+    assert tracking.ERROR_TAG not in after.data.tags and after.data.tags["ray_node_id"] == "other-node"
