@@ -6,7 +6,7 @@ from flags in one function too. Nothing below reads the environment.
 from __future__ import annotations
 
 import numbers
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,18 @@ class ConfigError(ValueError):
         self.field = field_name
 
 
+def check_field_types(cfg) -> None:
+    """ConfigError naming the first field whose value has the wrong type for its annotation (a YAML "1e-3"
+    is text; a float range gives 4.0 for an integer field), before any check compares it with a number."""
+    expected = {"int": (numbers.Integral, "an integer"), "float": (numbers.Real, "a number"),
+                "bool": (bool, "true or false"), "str": (str, "text")}
+    for f in fields(cfg):
+        kind, what = expected[f.type]
+        value = getattr(cfg, f.name)
+        if not isinstance(value, kind) or (isinstance(value, bool) and f.type != "bool"):
+            raise ConfigError(f"{type(cfg).__name__}.{f.name}", value, what)
+
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LOSSES = ("ce", "weighted_ce", "dice", "ce_dice", "focal")
 LR_SCHEDULES = ("none", "cosine", "onecycle")
@@ -61,6 +73,7 @@ LR_SCHEDULES = ("none", "cosine", "onecycle")
 
 def validate_train(cfg: TrainConfig) -> TrainConfig:
     """Raise ConfigError naming the first bad field of `cfg`; return it unchanged when valid."""
+    check_field_types(cfg)
     checks = [
         ("epochs", cfg.epochs >= 1, "an integer >= 1"),
         ("batch_size", cfg.batch_size >= 1, "an integer >= 1"),

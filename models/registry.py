@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from models import weights
-from models.config import ConfigError, ModelConfig
+from models.config import ConfigError, ModelConfig, check_field_types
 from models.smp_models import SMP_ARCHS, build_smp
 from models.unet_scratch import UNetScratch
 
@@ -46,6 +46,7 @@ def canonical_backbone(name: str) -> str:
 
 def validate(cfg: ModelConfig) -> ModelConfig:
     """Raise ConfigError naming the first bad field; return cfg with its backbone alias resolved."""
+    check_field_types(cfg)
     cfg = replace(cfg, backbone=canonical_backbone(cfg.backbone))
     if cfg.arch not in SMP_ARCHS:
         raise ConfigError("ModelConfig.arch", cfg.arch, f"one of {', '.join(SMP_ARCHS)}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
@@ -38,6 +39,7 @@ TUNABLE = frozenset(
     {f.name for f in fields(ModelConfig)} | {f.name for f in fields(TrainConfig)} | {"augment"}
 ) - _RESERVED
 _SCALARS = (str, int, float, bool, type(None))
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class SpaceError(ValueError):
@@ -65,7 +67,9 @@ class Param:
             return value in self.choices
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
-        return self.low <= value <= self.high and (self.kind == FLOAT or float(value).is_integer())
+        on_grid = self.step is None or math.isclose((value - self.low) / self.step,
+                                                    round((value - self.low) / self.step), abs_tol=1e-9)
+        return self.low <= value <= self.high and (self.kind == FLOAT or float(value).is_integer()) and on_grid
 
 
 @dataclass(frozen=True)
@@ -193,8 +197,13 @@ def _parse_one(name: str, spec: dict, when: tuple, where: str, field: str) -> Pa
     return Param(name, kind, low=low, high=high, log=log, step=step, when=when)
 
 
+def _yaml_float(value: Any) -> Any:
+    """YAML 1.1 reads 1e-4 (no dot) as the string "1e-4": that one spelling is taken as the number meant."""
+    return float(value) if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()) else value
+
+
 def _number(value: Any, kind: str, where: str, field: str) -> float | int:
-    if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string: accept it as a number
+    if isinstance(value, str):  # ranges take any number written as text ("1e-4", "0.5")
         try:
             value = float(value)
         except ValueError:
@@ -225,6 +234,7 @@ def _parse_choices(raw: Any, where: str, field: str) -> tuple:
     bad = [c for c in raw if not isinstance(c, _SCALARS)]
     if bad:
         raise SpaceError(f"{where}: {field}.choices: expected scalars (str, number, bool, null), got {bad[0]!r}")
+    raw = [_yaml_float(c) for c in raw]
     if len(set(map(repr, raw))) != len(raw):
         raise SpaceError(f"{where}: {field}.choices: duplicate values in {raw}")
     return tuple(raw)
@@ -261,7 +271,7 @@ def _parse_fixed(raw: Any, where: str, searched: set[str]) -> tuple:
             raise SpaceError(f"{where}: fixed.{name}: also listed in params; keep it in one of them")
         if not isinstance(value, _SCALARS):
             raise SpaceError(f"{where}: fixed.{name}: expected a scalar, got {value!r}")
-    return tuple(raw.items())
+    return tuple((name, _yaml_float(value)) for name, value in raw.items())
 
 
 def _check_backbones(space: SearchSpace, where: str, known: frozenset[str]) -> None:
@@ -285,7 +295,8 @@ def _parse_points(raw: Any, where: str, space: SearchSpace) -> tuple:
             param = by_name[name]
             value = value if param.kind == CATEGORICAL else _number(value, param.kind, where, f"{field}.{name}")
             if not param.contains(value):
-                expected = list(param.choices) if param.kind == CATEGORICAL else f"[{param.low}, {param.high}]"
+                expected = (list(param.choices) if param.kind == CATEGORICAL else f"[{param.low}, {param.high}]"
+                            + (f" in steps of {param.step} from {param.low}" if param.step else ""))
                 raise SpaceError(f"{where}: {field}.{name}: {value!r} is outside the space ({expected})")
             if not param.is_active(point):
                 raise SpaceError(f"{where}: {field}.{name}: only searched when {dict(param.when)}, "
@@ -306,6 +317,8 @@ def check_against_models(space: SearchSpace, image_size: tuple[int, int]) -> Non
     model_fields = {f.name for f in fields(ModelConfig)}
     weights_checked = set()  # a weights file is read once per encoder it may go with, not once per value
     for name, value, field in _values_to_check(space):
+        if name == "augment" and not isinstance(value, bool):  # DataConfig's only searchable field
+            raise SpaceError(f"{space.source}: {field}: {value!r} is refused: augment=true or false expected")
         fixed = {k: v for k, v in space.fixed if k != name}
         values = {**fixed, name: value}
         try:
@@ -317,6 +330,9 @@ def check_against_models(space: SearchSpace, image_size: tuple[int, int]) -> Non
                 check_weights_file(model)
                 weights_checked.add(encoder)
         except ConfigError as err:
+            culprit = err.field.rpartition(".")[2]  # a fixed value may be the one at fault, whichever was checked
+            if culprit != name and culprit in fixed:
+                field, value = f"fixed.{culprit}", fixed[culprit]
             raise SpaceError(f"{space.source}: {field}: {value!r} is refused: {err}") from None
         except WeightsError as err:  # the file's fault, whichever value was being checked
             where = field if name == "encoder_weights" else "fixed.encoder_weights"

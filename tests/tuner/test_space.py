@@ -73,6 +73,9 @@ def test_define_by_run_is_picklable_and_seeded():
 def test_numbers_written_without_a_dot_are_accepted(tmp_path):
     space = _load(tmp_path, "params:\n  lr: {low: 1e-4, high: 1e-2, log: true}\n")
     assert space.params[0].low == 1e-4
+    # in choices and fixed values too (YAML reads them as text), and the models' checks then pass
+    space = _load(tmp_path, "params:\n  lr: {choices: [1e-4, 3e-4]}\nfixed: {weight_decay: 1e-5, encoder_weights: 2e5.pth}\n")
+    assert space.params[0].choices == (1e-4, 3e-4) and space.fixed == (("weight_decay", 1e-5), ("encoder_weights", "2e5.pth"))
 
 
 BAD = [
@@ -94,6 +97,10 @@ BAD = [
     ({"params": {"lr": {"low": 1e-3, "high": 1e-2}}, "fixed": {"epochs": 3}}, "fixed.epochs", "unknown"),
     ({"params": {"lr": {"low": 1e-3, "high": 1e-2}}, "points_to_evaluate": [{"lr": 0.5}]},
      "points_to_evaluate[0].lr", "outside the space"),
+    ({"params": {"batch_size": {"type": "int", "low": 4, "high": 16, "step": 4}},
+      "points_to_evaluate": [{"batch_size": 6}]}, "points_to_evaluate[0].batch_size", "in steps of 4 from 4"),
+    ({"params": {"dropout": {"low": 0.0, "high": 0.5, "step": 0.1}}, "points_to_evaluate": [{"dropout": 0.05}]},
+     "points_to_evaluate[0].dropout", "outside the space"),
     ({"params": {"lr": {"low": 1e-3, "high": 1e-2}}, "points_to_evaluate": [{"momentum": 0.9}]},
      "points_to_evaluate[0]", "unknown key"),
     ({"params": {"optimizer": {"choices": ["adam", "sgd"]}, "momentum": {"low": 0.8, "high": 0.9,
@@ -133,6 +140,28 @@ def test_values_the_models_package_refuses_are_caught_before_any_trial(tmp_path)
     check_against_models(space, (64, 64))
     with pytest.raises(SpaceError, match=r"params.backbone: 'vgg11' is refused.*multiples of 32"):
         check_against_models(space, (48, 48))  # fine for the scratch U-Net, not for smp encoders
+
+
+@pytest.mark.parametrize("raw, field, says", [
+    ({"params": {"batch_size": {"low": 4, "high": 16}}}, "params.batch_size: 4.0", "expected an integer"),
+    ({"params": {"scratch_depth": {"low": 2, "high": 4}}}, "params.scratch_depth: 2.0", "expected an integer"),
+    ({"params": {"lr": {"low": 1e-3, "high": 1e-2}}, "fixed": {"augment": "off"}}, "fixed.augment: 'off'",
+     "true or false"),
+    # a fixed value at fault is named, whichever value was being checked when it showed
+    ({"params": {"lr": {"low": 1e-3, "high": 1e-2}}, "fixed": {"backbone": "vgg11", "dropout": "high"}},
+     "fixed.dropout: 'high'", "ModelConfig.dropout='high': expected a number"),
+    ({"params": {"lr": {"low": 1e-3, "high": 1e-2}}, "fixed": {"nesterov": "yes"}}, "fixed.nesterov: 'yes'",
+     "true or false"),
+])
+def test_values_of_the_wrong_type_are_refused_naming_the_field(tmp_path, raw, field, says):
+    # each would otherwise have failed every trial three times (a float batch size) or silently done
+    # something else ("off" is a true value: augmentation stayed on)
+    from tuner.space import check_against_models
+
+    with pytest.raises(SpaceError) as err:
+        check_against_models(_load(tmp_path, {**raw, "fixed": {"backbone": "unet_scratch", **raw.get("fixed", {})}}),
+                             (64, 64))
+    assert f"space.yaml: {field}" in str(err.value) and says in str(err.value)
 
 
 def test_encoder_weights_files_are_read_and_fitted_before_any_trial(tmp_path):
