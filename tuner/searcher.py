@@ -97,7 +97,8 @@ class PruningAwareOptunaSearch(OptunaSearch):
 
     def _add_retry(self, trial_id: str, result: dict) -> None:
         failed = _stored(self._ot_trials[trial_id])
-        values = self._retried().get(trial_id) or {}
+        # the epochs before the failure (the retry resumed after them) and the retry's; a step's first report stays
+        values = {**(self._retried().get(trial_id) or {}), **failed.intermediate_values}
         self._retried()[trial_id] = None  # in the study from now on
         step, value = int(result[self._time_attr]), result.get(self.metric)
         if value is not None and math.isfinite(value):

@@ -153,13 +153,14 @@ def test_an_errored_trial_run_again_by_resume_enters_the_study_as_a_new_trial(tm
     resumed.set_state(first.get_state())  # Ray restores the limiter's own state (no live trials) too
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for step in range(1, steps + 1):
+        for step in range(2, steps + 1):  # from its checkpoint of step 1
             resumed.on_trial_result("t", {"score": 0.2 * step, "training_iteration": step})
     resumed.on_trial_complete("t", {"score": 0.2 * steps, "training_iteration": steps})
     failed, retry = optuna.load_study(study_name="s", storage=storage).trials
     assert failed.state == TrialState.FAIL and retry.params == failed.params
     assert retry.user_attrs[RETRY_ATTR] == failed.number
-    assert retry.intermediate_values == pytest.approx({s: 0.2 * s for s in range(1, steps + 1)})
+    # the whole learning curve: the step reported before the failure, then the retry's
+    assert retry.intermediate_values == pytest.approx({1: 0.1, **{s: 0.2 * s for s in range(2, steps + 1)}})
     if steps == MAX_T:
         assert (retry.state, retry.value, retry.user_attrs[STATUS_ATTR]) == (TrialState.COMPLETE, 0.8, "completed")
     else:
