@@ -3,7 +3,8 @@
 What it does, in an order that fails before anything is written:
 
 1. finds the experiment and, over every sweep (parent run) in it, the trial (child run) of `--backbone`
-   with the best value of `--objective` in its metric history (errored and diverged trials excluded);
+   with the best value of `--objective` at the epoch its checkpoint/best.pt holds (errored and diverged
+   trials excluded); that epoch is the best by the objective the sweep ran with, which may be another;
 2. downloads that trial's best checkpoint and rebuilds the model from it (a missing or corrupt file is a
    clear error);
 3. re-scores it on the sweep's held-out TEST split (never val: val chose it), found from the parameters
@@ -57,8 +58,8 @@ class PromoteConfig:
 class Trial:
     run: object  # mlflow Run of the trial (child run)
     parent: object  # mlflow Run of its sweep (parent run)
-    best_value: float  # best value of the objective in the trial's history
-    best_epoch: int  # the epoch (step) it was reached at
+    best_value: float  # the objective's value at best_epoch
+    best_epoch: int  # the epoch of the trial's checkpoint/best.pt
 
     @property
     def run_id(self) -> str:
@@ -135,6 +136,18 @@ def best_of_history(client, run_id: str, metric: str) -> tuple[float, int] | Non
     return max(points, key=lambda p: (p[0], -p[1])) if points else None
 
 
+def checkpoint_score(client, run_id: str, objective: str, kept_by: str) -> tuple[float, int] | None:
+    """(objective's value, epoch) at the epoch of the trial's checkpoint/best.pt, which the trial kept by
+    the sweep's objective `kept_by`: ranking by another objective's best epoch would register weights of
+    another epoch than the one scored. None if there is no finite value there."""
+    kept = best_of_history(client, run_id, kept_by)
+    if kept is None or objective == kept_by:
+        return kept
+    at = {m.step: m.value for m in client.get_metric_history(run_id, objective)}
+    value = at.get(kept[1], math.nan)
+    return (value, kept[1]) if math.isfinite(value) else None
+
+
 def trials_of(paths: RunPaths, experiment_id: str, objective: str, backbone: str | None = None) -> list[Trial]:
     """Scored trials of every sweep in the experiment (optionally one backbone), best first."""
     from tuner import tracking
@@ -142,8 +155,9 @@ def trials_of(paths: RunPaths, experiment_id: str, objective: str, backbone: str
     client = open_client(paths)
     found = []
     for parent in sweep_runs(paths, experiment_id):
+        kept_by = parent.data.params.get("objective", objective)  # what the sweep's trials kept best.pt by
         for run in tracking.child_runs(paths.tracking_uri, experiment_id, parent.info.run_id, backbone=backbone):
-            best = best_of_history(client, run.info.run_id, objective)
+            best = checkpoint_score(client, run.info.run_id, objective, kept_by)
             if best is not None and run.data.tags.get(tracking.STATUS_TAG) not in EXCLUDED_STATUSES:
                 found.append(Trial(run, parent, best[0], best[1]))
     # ties: the earlier trial wins, so a re-run of promote picks the same one
@@ -383,6 +397,18 @@ def version_tags(trial: Trial, sha: str, info, metrics: dict, data: SweepData, o
             "config": json.dumps(config, sort_keys=True), **{k: f"{v:.6f}" for k, v in metrics.items()}}
 
 
+def add_scores(paths: RunPaths, version, metrics: dict):
+    """Scores of an already registered version (real photos given at a later promote): they replace its tags'
+    and go to its promotion run as metrics, like the scores it was registered with."""
+    from tuner import tracking
+
+    client = open_client(paths)
+    for key, value in metrics.items():
+        client.set_model_version_tag(version.name, version.version, key, f"{value:.6f}")
+    tracking.log_metrics(paths.tracking_uri, version.run_id, metrics, step=0)
+    return client.get_model_version(version.name, version.version)
+
+
 def register(client, name: str, run_id: str, model_info, tags: dict):
     from mlflow.exceptions import MlflowException
 
@@ -442,6 +468,7 @@ def promote(cfg: PromoteConfig, paths: RunPaths) -> PromoteResult:
         raise CliError(f"--backbone: {err}") from None
     if cfg.objective not in TEST_SCORE:
         raise CliError(f"--objective {cfg.objective!r}: expected one of {', '.join(TEST_SCORE)}")
+    real = _real_set(cfg.real_data) if cfg.real_data else None  # a bad folder fails before anything is done
     experiment = find_experiment(paths, cfg.experiment)
     trial = best_trial(paths, experiment, backbone, cfg.objective)
     device = resolve_device(cfg.device)
@@ -453,10 +480,12 @@ def promote(cfg: PromoteConfig, paths: RunPaths) -> PromoteResult:
         version = existing_version(client, cfg.model_name, trial.run_id, sha)
         registered = version is None
         if registered:
-            eval_sets = {TEST_GROUP: data.test_set(), **({REAL_GROUP: _real_set(cfg.real_data)} if cfg.real_data else {})}
+            eval_sets = {TEST_GROUP: data.test_set(), **({REAL_GROUP: real} if real is not None else {})}
             metrics = score(model, info, eval_sets, device)
             tags = version_tags(trial, sha, info, metrics, data, cfg.objective)
             version = publish(paths, cfg, experiment.experiment_id, trial, checkpoint, model, info, metrics, tags)
+        elif real is not None:  # scored on the real photos now: on the version and its promotion run
+            version = add_scores(paths, version, score(model, info, {REAL_GROUP: real}, device))
     moved, reason, mine = decide_champion(paths, cfg, version, data, device)
     champion = version_by_alias(client, cfg.model_name, CHAMPION)
     tags = version.tags or {}
@@ -471,7 +500,7 @@ def config_from_args(args) -> PromoteConfig:
 
 
 def format_result(result: PromoteResult) -> str:
-    what = "registered" if result.registered else "already registered (nothing new logged)"
+    what = "registered" if result.registered else "already registered (same trial, same checkpoint bytes)"
     lines = [f"{result.model_name} version {result.version}: {what}",
              f"  from trial {result.trial} (run {result.trial_run_id}); promotion run {result.promotion_run_id}",
              f"  test score {result.test_score:.4f}; alias {CHALLENGER} -> v{result.version}",

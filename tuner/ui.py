@@ -237,11 +237,13 @@ def _find_experiment(client, name: str):
 
 
 def _latest_parent_run(client, experiment_id: str):
-    """The most recent run without a parent: the sweep's own run (its trials are its children)."""
-    from tuner.tracking import PARENT_TAG
+    """The most recent sweep's own run (its trials are its children); not a promotion run, which has no
+    parent either and comes after the sweep (the demo promotes at its end)."""
+    from tuner.tracking import ROLE_TAG
 
-    runs = client.search_runs([experiment_id], order_by=["attributes.start_time DESC"], max_results=1000)
-    return next((run for run in runs if PARENT_TAG not in run.data.tags), None)
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
 
 
 def sweep_links(base_url: str, experiment_name: str) -> list[str]:

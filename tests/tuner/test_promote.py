@@ -175,6 +175,46 @@ def test_real_photos_are_scored_when_given(fresh, tmp_path):
     assert "real_miou" in _client(fresh).get_run(version.run_id).data.metrics
 
 
+@pytest.mark.slow
+def test_real_photos_given_at_a_later_promote_are_scored_too(fresh, tmp_path):
+    first = promote(PromoteConfig(experiment=fresh.experiment, device="cpu"), fresh.paths)
+    assert not any(k.startswith("real_") for k in first.metrics)
+    with pytest.raises(CliError, match="--real-data .*missing: no such folder"):
+        promote(PromoteConfig(experiment=fresh.experiment, real_data=str(tmp_path / "missing"), device="cpu"),
+                fresh.paths)
+    real = tmp_path / "real" / "real_moon_images"
+    real.mkdir(parents=True)
+    frame = _test_frames(fresh)[0]
+    shutil.copy(fresh.scenes / "images" / "render" / f"render{frame}.png", real / "PCAM1.png")
+    shutil.copy(fresh.scenes / "images" / "clean" / f"clean{frame}.png", real / "g_PCAM1.png")
+    again = promote(PromoteConfig(experiment=fresh.experiment, real_data=str(real.parent), device="cpu"), fresh.paths)
+    assert (again.registered, again.version) == (False, first.version)
+    version = _client(fresh).get_model_version(MODEL, again.version)
+    assert math.isfinite(float(version.tags["real_miou"])) and again.metrics["real_miou"] == float(version.tags["real_miou"])
+    assert "real_miou" in _client(fresh).get_run(version.run_id).data.metrics
+
+
+@pytest.mark.slow
+def test_another_objective_ranks_trials_at_the_epoch_their_checkpoint_holds(fresh):
+    # the sweep kept each trial's best.pt by val_miou: ranking by val_rock_miou's own best epoch would
+    # register the weights of one epoch with the scores of another
+    client = _client(fresh)
+    expected = []
+    for run in client.search_runs([fresh.experiment_id], filter_string="tags.backbone = 'vgg11'"):
+        if run.data.tags.get("lunartune.role") != "trial":
+            continue
+        miou = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_miou")}
+        rock = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_rock_miou")}
+        kept = min(step for step, value in miou.items() if value == max(miou.values()))
+        expected.append((rock[kept], kept, run.info.run_id))
+    value, epoch, run_id = max(expected)
+    result = promote(PromoteConfig(experiment=fresh.experiment, objective="val_rock_miou", device="cpu"), fresh.paths)
+    version = client.get_model_version(MODEL, result.version)
+    assert result.trial_run_id == run_id and version.tags["best_epoch"] == str(epoch)
+    assert float(version.tags["val_rock_miou"]) == pytest.approx(value, abs=1e-6)
+    assert tracking.best_checkpoint_epoch(fresh.paths.tracking_uri, run_id) == epoch
+
+
 # -- bad input: a clear error, exit 1, nothing registered -------------------------------------------------
 
 def _nothing_registered(s) -> bool:
@@ -230,3 +270,16 @@ def test_missing_or_corrupt_checkpoint_is_a_clear_error(fresh, content, says):
     with pytest.raises(CliError, match=f"vgg11-t999.*{says}|{run_id}.*{says}"):
         promote(PromoteConfig(experiment=fresh.experiment), fresh.paths)
     assert _nothing_registered(fresh)
+
+
+def test_checkpoint_score_reads_the_objective_at_the_epoch_the_sweep_kept(tmp_path):
+    from tuner.promote import checkpoint_score
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    for epoch, (miou, rock) in enumerate([(0.50, 0.30), (0.60, 0.10), (0.60, 0.20), (0.55, float("nan"))], 1):
+        tracking.log_metrics(uri, run_id, {"val_miou": miou, "val_rock_miou": rock}, step=epoch)
+    assert checkpoint_score(client, run_id, "val_miou", "val_miou") == (0.60, 2)  # the first epoch at the top
+    assert checkpoint_score(client, run_id, "val_rock_miou", "val_miou") == (0.10, 2)  # not its own best (0.30, 1)
+    assert checkpoint_score(client, run_id, "val_rock_miou", "val_rock_miou") == (0.30, 1)

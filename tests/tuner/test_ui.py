@@ -72,8 +72,8 @@ def _log_report(client, parent_id: str, scratch: Path) -> None:
 
 def build_sweep_store(root: Path) -> dict:
     """A run directory as a finished sweep leaves it: an older sweep's parent, then the latest
-    parent (tag lunartune.role=sweep) with three trials and a report/ folder; plus a second
-    experiment. Returns the ids the tests look for."""
+    parent (tag lunartune.role=sweep) with three trials and a report/ folder, then a promotion run;
+    plus a second experiment. Returns the ids the tests look for."""
     from mlflow import MlflowClient
 
     paths = RunPaths(root=root).ensure()
@@ -93,6 +93,10 @@ def build_sweep_store(root: Path) -> dict:
                  for i, (name, status) in enumerate(TRIALS.items())}
     _log_report(client, parent.info.run_id, scratch)
     client.set_terminated(parent.info.run_id, end_time=start_ms + 600_000)
+    # promote runs after the sweep (the demo does): a run with no parent that is not a sweep
+    promotion = client.create_run(experiment_id, start_time=start_ms + 700_000, run_name="promote-vgg11-t001",
+                                  tags={ROLE_TAG: "promotion"})
+    client.set_terminated(promotion.info.run_id, end_time=start_ms + 710_000)
     return {"paths": paths, "experiment_id": experiment_id, "parent_id": parent.info.run_id,
             "old_parent_id": old.info.run_id, "trial_ids": trial_ids}
 
@@ -216,7 +220,7 @@ def test_rest_api_lists_every_run(ui, store):
     body = json.dumps({"experiment_ids": [store["experiment_id"]], "max_results": 100}).encode()
     runs = json.loads(_get(f"{ui['server'].url}/api/2.0/mlflow/runs/search", body))["runs"]
     names = {run["info"]["run_name"] for run in runs}
-    assert names == {"sweep-old", "sweep-latest", *TRIALS}
+    assert names == {"sweep-old", "sweep-latest", "promote-vgg11-t001", *TRIALS}
 
 
 def test_artifacts_are_served_from_the_run_directory(ui, store):
