@@ -18,6 +18,7 @@ the model came from MLflow, `<prefix><group>_<metric>` metrics (prefix "real_") 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -291,12 +292,28 @@ def _names(value: str | None) -> list[str]:
     return [name.strip() for name in (value or "").split(",") if name.strip()]
 
 
+def _checked_json_path(value: str | None) -> Path | None:
+    """--json's file, refused before any scoring if it could not be written (a folder, a file as parent)."""
+    if not value:
+        return None
+    path = Path(value).expanduser().resolve()
+    parent = next((p for p in path.parents if p.exists()), None)
+    if path.is_dir():
+        raise CliError(f"--json {path}: is a folder; expected the path of a file to write")
+    if parent is not None and not parent.is_dir():
+        raise CliError(f"--json {path}: {parent} is a file, not a folder")
+    if parent is not None and not os.access(parent, os.W_OK):
+        raise CliError(f"--json {path}: cannot write in {parent}")
+    return path
+
+
 def main(args, paths: RunPaths) -> int:
     from data_pipeline import DataError
-    from models.training import resolve_device
     from tuner.model_spec import load_model
-    from tuner.predict import staged_output
+    from tuner.predict import device_from_flag, staged_output
 
+    device = device_from_flag(getattr(args, "device", "auto"))
+    json_path = _checked_json_path(args.json)
     eval_sets, unmasked, excluded = find_eval_sets(args.data, _names(args.exclude), args.exclude_mismatches)
     for path in unmasked:
         print(f"lunartune evaluate: warning: {path} has no clean or ground mask; not scored", file=sys.stderr)
@@ -305,7 +322,6 @@ def main(args, paths: RunPaths) -> int:
               file=sys.stderr)
     model, info, resolved = load_model(args.model, paths)
     image_size = _checked_image_size(info, args.image_size)
-    device = resolve_device(getattr(args, "device", "auto"))
     try:
         scores = evaluate_model(model, info, eval_sets, device, image_size=image_size,
                                 keep_worst=KEEP_WORST if args.out else 0)
@@ -315,11 +331,15 @@ def main(args, paths: RunPaths) -> int:
               "data": str(Path(args.data).expanduser().resolve()), "image_size": list(image_size or info["image_size"]),
               "device": str(device), "unscored": [str(p) for p in unmasked], "excluded": excluded}
     results = results_json(scores, eval_sets, header)
-    if args.out:
-        with staged_output(Path(args.out)) as staging:
+    # the JSON inside the figures' staging: if it cannot be written, --out stays as it was too
+    with staged_output(Path(args.out)) if args.out else contextlib.nullcontext() as staging:
+        if staging is not None:
             write_figures(scores, staging, Path(args.data).name or str(args.data))
-    if args.json:
-        write_json_atomic(Path(args.json), results)
+        if json_path is not None:
+            try:
+                write_json_atomic(json_path, results)
+            except OSError as err:
+                raise CliError(f"--json {json_path}: {err.strerror or err}") from None
     if resolved.run_id:
         log_to_run(paths, resolved.run_id, scores, Path(header["data"]), getattr(args, "metric_prefix", DEFAULT_PREFIX))
     print(format_table(scores), file=sys.stderr)

@@ -130,6 +130,9 @@ def export(cfg: ExportConfig, paths: RunPaths) -> ExportResult:
         card = model_card(info, resolved, reports, _source_metrics(paths, resolved.run_id))
         (staging / CARD).write_text(json.dumps(card, indent=2) + "\n")
     out = Path(cfg.out).expanduser().resolve()
+    for name, file in FORMATS.items():  # an earlier export's, of maybe another model: the card lists only these
+        if name not in cfg.formats:
+            (out / file).unlink(missing_ok=True)
     return ExportResult(out, {name: out / FORMATS[name] for name in cfg.formats}, card)
 
 

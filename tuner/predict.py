@@ -44,6 +44,7 @@ def staged_output(out: Path) -> Iterator[Path]:
         raise CliError(f"--out {out}: exists and is not a folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would become `out`'s: others could not read it
     try:
         yield staging
         if not out.exists():
@@ -56,6 +57,12 @@ def staged_output(out: Path) -> Iterator[Path]:
                 os.replace(item, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # read it the only way there is: set, then restore
+    os.umask(mask)
+    return mask
 
 
 def collect_images(inputs: list[str]) -> list[Path]:
@@ -124,14 +131,24 @@ def predict_files(model, info, images: list[Path], out: Path, device) -> list[di
     return summary
 
 
+def device_from_flag(spec: str):
+    """The torch device of a --device flag; a bad or absent one is a CliError naming the flag."""
+    from models import ConfigError
+    from models.training import resolve_device
+
+    try:
+        return resolve_device(spec)
+    except ConfigError as err:
+        raise CliError(f"--device={spec!r}: {str(err).partition(': ')[2]}") from None
+
+
 def main(args, paths: RunPaths) -> int:
     from data_pipeline import DataError
-    from models.training import resolve_device
     from tuner.model_spec import load_model
 
+    device = device_from_flag(getattr(args, "device", "auto"))
     images = collect_images(args.inputs)
     model, info, resolved = load_model(args.model, paths)
-    device = resolve_device(getattr(args, "device", "auto"))
     model.to(device)
     try:
         with staged_output(Path(args.out)) as staging:

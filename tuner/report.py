@@ -427,7 +427,8 @@ def report(cfg: ReportConfig, paths: RunPaths) -> ReportResult:
         write_markdown(data, staging, notes)
         (staging / "report.json").write_text(json.dumps(
             {"experiment": data.experiment.name, "parent_run_id": data.parent.info.run_id, "objective": data.objective,
-             "trials": [{"name": t.name, "backbone": t.backbone, "status": t.status, "best": t.best,
+             "trials": [{"name": t.name, "backbone": t.backbone, "status": t.status,
+                         "best": t.best if math.isfinite(t.best) else None,  # JSON has no NaN (an errored trial)
                          "best_epoch": t.best_epoch} for t in data.trials], "notes": notes}, indent=2, default=str))
         files = sorted(p.name for p in staging.iterdir())
     out = Path(cfg.out).expanduser().resolve()

@@ -42,6 +42,7 @@ def configs_from_args(args, paths: RunPaths) -> TrainJob:
     """The one place flags become frozen configs; ConfigError/DataError become CliError."""
     from data_pipeline import DataConfig
     from models import ConfigError, ModelConfig, TrainConfig, validate, validate_image_size, validate_train
+    from models.training import resolve_device
 
     synthetic = args.data == SYNTHETIC
     if synthetic and args.synthetic_count < 1:
@@ -61,9 +62,12 @@ def configs_from_args(args, paths: RunPaths) -> TrainJob:
         model = validate(model)  # resolves aliases, so the checkpoint records the registry name
         validate_train(train)
         validate_image_size(model, data.image_size)
+        resolve_device(train.device)  # a device this machine lacks fails now, not after the data is ready
     except ConfigError as err:
         raise CliError(str(err)) from None
     out = Path(args.out).expanduser() if args.out else paths.root / "train" / model.backbone
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out}: exists and is not a folder")
     return TrainJob(data, model, train, out.resolve(), args.synthetic_count if synthetic else None)
 
 
@@ -115,7 +119,16 @@ def _prepare_data(job: TrainJob):
 
 
 def run(job: TrainJob) -> dict:
-    """Train, keep the best checkpoint by val mIoU, score it on the test split; the summary dict."""
+    """Train, keep the best checkpoint by val mIoU, score it on the test split; the summary dict.
+    best.pt and metrics.json land in job.out together at the end: a run that fails or is interrupted
+    leaves what was there before, never a new best.pt beside an older run's metrics.json."""
+    from tuner.predict import staged_output
+
+    with staged_output(job.out) as staging:
+        return _run(job, staging)
+
+
+def _run(job: TrainJob, staging: Path) -> dict:
     import data_pipeline
     from models import build
     from models.checkpoint import save_checkpoint
@@ -134,7 +147,7 @@ def run(job: TrainJob) -> dict:
     names, rocks = [c["name"] for c in classes], list(data_pipeline.ROCK_CLASS_IDS)
     extras = dict(amp=job.train.amp, channels_last=job.train.channels_last)
     best, best_epoch, best_val, start = None, 0, {}, time.perf_counter()
-    checkpoint = job.out / BEST_CHECKPOINT
+    checkpoint = staging / BEST_CHECKPOINT
     for epoch in range(1, job.train.epochs + 1):
         train = train_one_epoch(model, loaders.train, optimizer, loss_fn, device, scheduler, progress=True,
                                 epoch=epoch, bn_batches=job.train.bn_recalibration_batches, **extras)
@@ -149,13 +162,12 @@ def run(job: TrainJob) -> dict:
                             epoch=epoch, metrics=prefixed("val", val),
                             extra={"manifest_hash": loaders.manifest_hash, "data_root": job.data.root})
     summary = {"status": "ok", "backbone": job.model.backbone, "arch": job.model.arch, "epochs": job.train.epochs,
-               "best_epoch": best_epoch, "checkpoint": str(checkpoint) if best_epoch else None,
+               "best_epoch": best_epoch, "checkpoint": str(job.out / BEST_CHECKPOINT) if best_epoch else None,
                "train_seconds": round(time.perf_counter() - start, 2), "manifest_hash": loaders.manifest_hash,
                **prefixed("val", best_val), **_test_metrics(job, checkpoint, loaders.test, device, loss_fn, names, rocks,
                                                            best_epoch)}
     summary = json_safe(summary)
-    job.out.mkdir(parents=True, exist_ok=True)
-    (job.out / METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    (staging / METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -38,11 +38,29 @@ def test_bad_config_is_one_clear_line(run_dir, capsys):
 
 
 def test_divergence_is_a_clear_message_and_exit_code_1(run_dir, capsys):
+    out = run_dir / "diverged"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"an earlier run": true}')  # what a run into this folder left
+    (out / "best.pt").write_bytes(b"its weights")
     code = main(["train", "--run-dir", str(run_dir), *COMMON, "--backbone", "unet_scratch", "--epochs", "3",
-                 "--optimizer", "sgd", "--lr", "1e30", "--out", str(run_dir / "diverged")])
+                 "--optimizer", "sgd", "--lr", "1e30", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 1, err
     assert "training diverged" in err and "status: diverged" in err and "Traceback" not in err
+    # nothing half-written: no new best.pt beside the earlier run's metrics.json
+    assert (out / "best.pt").read_bytes() == b"its weights" and sorted(p.name for p in out.iterdir()) == \
+        ["best.pt", "metrics.json"]
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".diverged.")]
+
+
+def test_an_out_that_is_a_file_or_a_missing_device_is_refused_before_any_work(run_dir, tmp_path, capsys):
+    (tmp_path / "taken.png").write_bytes(b"x")
+    args = ["train", "--run-dir", str(tmp_path / "run"), *COMMON, "--backbone", "unet_scratch", "--epochs", "1"]
+    assert main([*args, "--out", str(tmp_path / "taken.png")]) == 1
+    assert "taken.png: exists and is not a folder" in capsys.readouterr().err
+    assert main([*args, "--device", "gpu"]) == 1
+    assert "TrainConfig.device='gpu': expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "data").exists()  # no scenes were generated
 
 
 def _batches_tracked(checkpoint) -> set[int]:

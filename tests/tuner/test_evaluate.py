@@ -197,6 +197,21 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(checkpoint, data, tmp_pat
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".figs", ".m.json"))]
 
 
+def test_a_json_path_that_cannot_be_written_or_a_bad_device_is_refused_before_scoring(checkpoint, data, tmp_path,
+                                                                                     capsys):
+    root, _ = data
+    out, folder, taken = tmp_path / "figs", tmp_path / "a-folder", tmp_path / "a-file"
+    folder.mkdir()
+    taken.write_text("x")
+    assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--out", out, "--json", folder) == 1
+    assert "a-folder: is a folder; expected the path of a file to write" in capsys.readouterr().err
+    assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--out", out, "--json", taken / "m.json") == 1
+    assert f"{taken} is a file, not a folder" in capsys.readouterr().err
+    assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--out", out, "--device", "gpu") == 1
+    assert "--device='gpu': expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".figs")]
+
+
 def test_excluded_frames_and_photos_are_not_scored_and_are_named(checkpoint, data, tmp_path, capsys):
     root, truth = data
     assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--exclude", "1, PCAM1") == 0  # 1 = frame 0001

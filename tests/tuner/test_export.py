@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -15,6 +16,12 @@ from tuner.export import CARD, FORMATS, ExportConfig, export, parse_formats
 from tuner.promote import PromoteConfig, promote
 
 CHAMPION = "models:/lunar-unet@champion"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +85,10 @@ def test_a_trial_run_id_or_checkpoint_file_exports_too(promoted, tmp_path):
     card = json.loads((tmp_path / "by-file" / CARD).read_text())
     assert card["source"]["run_id"] is None and card["metrics"]["source_run"] == {}
     assert sorted(p.name for p in (tmp_path / "by-file").iterdir()) == sorted([CARD, FORMATS["torchscript"]])
+    # into a folder an earlier export filled: its files of other formats go, the card describes what is there
+    export(ExportConfig(str(checkpoint), ("torchscript",), tmp_path / "by-run"), sweep.paths)
+    assert sorted(p.name for p in (tmp_path / "by-run").iterdir()) == sorted([CARD, FORMATS["torchscript"]])
+    assert (tmp_path / "by-run").stat().st_mode & 0o777 == 0o777 & ~_umask()  # as any folder made here
 
 
 @pytest.mark.parametrize("text, says", [("torchscript,tflite", "unknown format tflite"), (" , ", "(none given)")])
