@@ -316,11 +316,11 @@ def check_against_models(space: SearchSpace, image_size: tuple[int, int]) -> Non
 
     model_fields = {f.name for f in fields(ModelConfig)}
     weights_checked = set()  # a weights file is read once per encoder it may go with, not once per value
-    for name, value, field in _values_to_check(space):
+    for name, value, field, context in _values_to_check(space):
         if name == "augment" and not isinstance(value, bool):  # DataConfig's only searchable field
             raise SpaceError(f"{space.source}: {field}: {value!r} is refused: augment=true or false expected")
         fixed = {k: v for k, v in space.fixed if k != name}
-        values = {**fixed, name: value}
+        values = {**fixed, **context, name: value}
         try:
             model = validate(ModelConfig(**{k: v for k, v in values.items() if k in model_fields}))
             validate_train(TrainConfig(**{k: v for k, v in values.items() if k in _TRAIN_FIELDS}))
@@ -343,10 +343,16 @@ _TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
 
 
 def _values_to_check(space: SearchSpace):
-    """(name, value, field) for each fixed value, each choice and both ends of each range."""
-    for name, value in space.fixed:
-        yield name, value, f"fixed.{name}"
+    """(name, value, field, context) for each fixed value, each choice and both ends of each range, once
+    with each backbone the space may pair it with (context: {"backbone": b} when the backbone is searched):
+    whether an image size, a scratch depth or encoder weights can work depends on the backbone, and the
+    config's default backbone may not even be in the space."""
+    searched = {p.name: p for p in space.params}
+    backbones = [{"backbone": b} for b in searched["backbone"].choices] if "backbone" in searched else [{}]
+    candidates = [(name, value, f"fixed.{name}") for name, value in space.fixed]
     for p in space.params:
-        values = p.choices if p.kind == CATEGORICAL else (p.low, p.high)
-        for value in values:
-            yield p.name, value, f"params.{p.name}"
+        candidates += [(p.name, value, f"params.{p.name}")
+                       for value in (p.choices if p.kind == CATEGORICAL else (p.low, p.high))]
+    for name, value, field in candidates:
+        for context in ([{}] if name == "backbone" else backbones):
+            yield name, value, field, context

@@ -164,6 +164,24 @@ def test_values_of_the_wrong_type_are_refused_naming_the_field(tmp_path, raw, fi
     assert f"space.yaml: {field}" in str(err.value) and says in str(err.value)
 
 
+def test_each_value_is_checked_with_every_backbone_the_space_pairs_it_with(tmp_path):
+    from tuner.space import check_against_models
+
+    # the config's default backbone (vgg11, which needs multiples of 32) is not in this space: 48 is fine
+    check_against_models(_load(tmp_path, {"params": {"backbone": {"choices": ["unet_scratch"]},
+                                                     "lr": {"low": 1e-4, "high": 1e-2}}}), (48, 48))
+    # a scratch U-Net 8 levels deep needs multiples of 128: its trials would all fail at 64
+    space = _load(tmp_path, {"params": {"backbone": {"choices": ["unet_scratch", "vgg11"]},
+                                        "scratch_depth": {"low": 3, "high": 8, "type": "int"}}})
+    with pytest.raises(SpaceError, match=r"params.scratch_depth: 8 is refused.*multiples of 128 for backbone unet_scratch"):
+        check_against_models(space, (64, 64))
+    # encoder weights for a backbone without an encoder
+    space = _load(tmp_path, {"params": {"backbone": {"choices": ["vgg11", "unet_scratch"]}},
+                             "fixed": {"encoder_weights": "imagenet"}})
+    with pytest.raises(SpaceError, match=r"fixed.encoder_weights: 'imagenet' is refused.*none for unet_scratch"):
+        check_against_models(space, (64, 64))
+
+
 def test_encoder_weights_files_are_read_and_fitted_before_any_trial(tmp_path):
     """A file that exists but is no state dict, or is another encoder's, would fail every trial at its start."""
     import torch
