@@ -13,7 +13,8 @@ _PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
-    """The image at `path` as H x W x 3 uint8 RGB. RGBA drops alpha; L/P/I modes are converted.
+    """The image at `path` as H x W x 3 uint8 RGB. RGBA drops alpha; L and P modes are converted; 16- and
+    32-bit grey (I modes) are refused, since converting them would clip them to white.
 
     A missing, truncated or corrupt file raises DataError naming the file.
     """
@@ -23,6 +24,9 @@ def load_rgb(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()  # decode now: a truncated PNG only fails here, not at open()
+            if im.mode.startswith("I"):  # 16/32-bit grey: convert("RGB") would clip every value above 255
+                raise DataError(f"{path}: {im.mode} image ({'16' if ';16' in im.mode else '32'}-bit grey); "
+                                f"expected 8 bits per channel (RGB, RGBA, L or P)")
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except _PIL_ERRORS as err:
         raise DataError(f"{path}: cannot decode image (expected a readable PNG): {err}") from None

@@ -183,8 +183,11 @@ def _read_manifest(path: Path) -> dict | None:
         raise DataError(f"{path}: unreadable split manifest ({err}); delete it to make a new split") from None
     if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
         return None  # another format version: split afresh rather than guess
-    if not isinstance(data.get("splits"), dict) or set(data["splits"]) != set(SPLITS):
-        raise DataError(f"{path}: split manifest has no train/val/test lists; delete it to make a new split")
+    splits = data.get("splits")
+    if not isinstance(splits, dict) or set(splits) != set(SPLITS) or not all(
+            isinstance(frames, list) and all(isinstance(f, str) for f in frames) for frames in splits.values()):
+        raise DataError(f"{path}: split manifest has no train/val/test lists of frame names (strings); "
+                        f"delete it to make a new split")
     return data
 
 

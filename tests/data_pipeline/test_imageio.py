@@ -22,6 +22,13 @@ def test_rgba_and_grey_files_become_rgb(tmp_path):
     assert load_rgb(tmp_path / "g.png").shape == (4, 5, 3)
 
 
+def test_16_bit_grey_is_refused_not_clipped_to_white(tmp_path):
+    Image.fromarray(np.full((4, 5), 32768, dtype=np.uint16)).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    with pytest.raises(DataError, match="deep.png: I.*16-bit grey.*expected 8 bits per channel"):
+        load_rgb(tmp_path / "deep.png")
+
+
 def test_truncated_png_is_a_data_error_naming_the_file(tmp_path, write):
     path = write.png(tmp_path / "render0007.png", np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
     data = path.read_bytes()

@@ -35,6 +35,17 @@ def test_manifest_is_written_once_beside_the_data_and_reused(tiny_dataset):
     assert load_or_create_split(tiny_dataset, 0, 0.2, 0.2, samples) == first.splits
 
 
+@pytest.mark.parametrize("bad", [[1, 2], None, "0001"])
+def test_a_hand_edited_manifest_with_bad_lists_is_an_error_naming_it(tiny_dataset, bad):
+    samples = find_pairs(tiny_dataset)
+    manifest = prepare_split(tiny_dataset, 0, 0.2, 0.2, samples)
+    data = json.loads(manifest.path.read_text())
+    data["splits"]["val"] = bad
+    manifest.path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=f"{manifest.path}: split manifest has no train/val/test lists"):
+        prepare_split(tiny_dataset, 0, 0.2, 0.2, samples)
+
+
 def test_written_split_wins_over_the_rule(tiny_dataset):
     samples = find_pairs(tiny_dataset)
     manifest = prepare_split(tiny_dataset, 0, 0.2, 0.2, samples)
