@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from data_pipeline import (DataConfig, decode_mask, find_pairs, load_rgb, make_loaders, normalize_image,  # noqa: E402
+from data_pipeline import (DataConfig, DataError, decode_mask, find_pairs, load_rgb, make_loaders, normalize_image,  # noqa: E402
                            prepare_dataset, resize_image, resize_mask)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "loader.json"
@@ -99,13 +99,19 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--epochs", type=int, default=3, help="cached epochs timed (the naive loader runs one)")
     p.add_argument("--out", default=str(RESULTS))
-    result = run(p.parse_args(argv))
+    args = p.parse_args(argv)
+    if args.data is None and args.count < 20:  # val and test take 10 % each: fewer leaves one empty
+        p.error(f"--count {args.count}: expected at least 20 scenes (val and test take 10 % each)")
+    try:
+        result = run(args)
+    except DataError as err:
+        p.error(str(err))
     print(f"{'loader':<10}{'images/s':>12}   (at {result['image_size'][0]}x{result['image_size'][1]}, "
           f"{result['frames']} train frames of {result['source_size'][1]}x{result['source_size'][0]})")
     print(f"{'naive':<10}{result['naive_images_per_s']:>12.1f}")
     print(f"{'cached':<10}{result['cached_images_per_s']:>12.1f}   speedup x{result['speedup']}")
     print(f"first cache build: {result['cache_build_s']} s ({result['cache_build_images_per_s']} images/s, once)")
-    out = Path(p.parse_args(argv).out)
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

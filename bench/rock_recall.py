@@ -1,7 +1,7 @@
 """Which real rocks does a model find? Rock recall by contrast with the ground around each rock.
 
     python bench/rock_recall.py --model bench/results/realistic/model.pt       # saved by sim2real --save-models
-    python bench/rock_recall.py --model 'models:/lunartune-vgg11@champion' --data ../shared/data/kaggle-eval-small
+    python bench/rock_recall.py --model 'models:/lunar-unet@champion' --data ../shared/data/kaggle-eval-small
 
 Every rock of a truth mask (a connected component of the two rock classes) gets its contrast: the mean
 luminance of its pixels minus that of the ground in a ring around it, over the ring's mean. Rocks are binned
@@ -134,6 +134,7 @@ def main(argv=None) -> int:
         finite = {name: {k: ({b: (None if isinstance(x, float) and not math.isfinite(x) else x) for b, x in v.items()}
                              if isinstance(v, dict) else (None if not math.isfinite(v) else v))
                          for k, v in table.items()} for name, table in results.items()}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(finite, indent=2))
     return 0
 

@@ -6,7 +6,8 @@
     python bench/sim2real.py --seeds 0,1,2,3,4 --out /tmp/s2r-5   # the mean of five seeds, ~80 min
     python bench/sim2real.py --seeds 0,1,2,3,4,5 --jobs 8 --device cuda   # many cores and a GPU: 8 runs at a time
     python bench/sim2real.py --styles realistic --seeds 0,1,2 --loss ce_dice --out /tmp/s2r-dice   # a recipe variant
-    python bench/sim2real.py --merge /tmp/s2r-5/sim2real.json /tmp/s2r-1/sim2real.json --out /tmp/s2r-6   # one result
+    python bench/sim2real.py --seeds 5,6 --out /tmp/s2r-56          # more seeds later, then one result of all:
+    python bench/sim2real.py --merge /tmp/s2r-5/sim2real.json /tmp/s2r-56/sim2real.json --out /tmp/s2r-7
 
 One fixed recipe - smp U-Net VGG11, no pretrained weights, dropout 0.1, AdamW lr 1e-3, batch 8, cross-entropy,
 6 epochs, 400 training scenes generated at the data set's 720x480 and resized to 128x192 (its 2:3 aspect; 60 more

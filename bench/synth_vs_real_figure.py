@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     except dp.DataError as err:
         print(f"synth_vs_real_figure: {err}", file=sys.stderr)
         return 2
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     picture.save(args.out, quality=88)
     print(f"{args.out}: generated scenes (MANIFEST_VERSION {MANIFEST_VERSION}) beside real renders and a photo")
     return 0
