@@ -42,8 +42,8 @@ from tuner.cli import EXIT_INCOMPLETE, EXIT_INTERRUPTED, CliError
 from tuner.searcher import DIVERGED, PruningAwareOptunaSearch, RetryPassingLimiter
 from tuner.settings import RunPaths
 from tuner.space import SpaceError, check_against_models, define_by_run, load_space
-from tuner.trainable import (EPOCH, RUN_ID, STATE_FILE, TrialSetup, is_epoch_metric, run_params_and_tags,
-                             train_trial, upload_best_from_ray)
+from tuner.trainable import (EPOCH, RUN_ID, STATE_FILE, CheckpointStaging, TrialSetup, is_epoch_metric,
+                             run_params_and_tags, train_trial, upload_best_from_ray)
 from tuner.tracking import TrackingError
 from tuner.train import synthetic_root
 
@@ -313,6 +313,8 @@ def _fit(cfg: SweepConfig, paths: RunPaths, space, setup: TrialSetup, results_pa
             ray.shutdown()
             if not cfg.address:  # our private Ray's agents may outlive it (see leftovers.stop_after_shutdown)
                 _stop_after_shutdown(lock)
+        # checkpoints workers killed mid-write left on this machine (others' are cleared by the trials' retries)
+        CheckpointStaging.remove_sweep(results_path.rsplit("/", 1)[1])
 
 
 def _stop_after_shutdown(lock: Path) -> None:

@@ -77,7 +77,9 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     run = ChildRun(setup, run_id, lambda: _open_child_run(config, setup, placement), placement)
     run.attempt("child run", lambda: run.log_epoch({}, 0))  # opened now if MLflow is there, else later
     names, extras = list(data_pipeline.CLASS_NAMES), dict(amp=train_cfg.amp, channels_last=train_cfg.channels_last)
-    staging = CheckpointStaging.for_trial(tune.get_context().get_trial_id())
+    context = tune.get_context()
+    staging = CheckpointStaging.for_trial(context.get_experiment_name(), context.get_trial_id())
+    staging.remove()  # what a killed attempt of this trial left here (it may have no epoch left to save)
     for epoch in range(epoch + 1, train_cfg.epochs + 1):
         loaders.train.sampler.set_epoch(epoch - 1)  # a resumed trial sees the batches it would have seen
         try:
@@ -111,18 +113,30 @@ class CheckpointStaging:
 
     Why not a TemporaryDirectory per epoch: a worker SIGKILLed while one exists (a crash, an OOM kill, the
     fault tests) leaves weights and optimizer state (~220 MB for VGG11) in the temp folder, a new one per
-    kill, forever. This folder is named after the trial, so the trial's next attempt on the node (Ray's
-    retry, a resumed sweep) clears it; it is removed after each report, and at exit when Ray stops the
-    worker while it waits inside tune.report (ASHA, the stop criterion, Ctrl-C).
+    kill, forever. This folder is named after the sweep and the trial, so the trial's next attempt on the
+    node (Ray's retry, a resumed sweep) clears it when it starts, and the driver clears its sweep's at the
+    end (a trial the killed driver had started but Ray never saved is rerun under another id); it is
+    removed after each report, and at exit when Ray stops the worker while it waits inside tune.report
+    (ASHA, the stop criterion, Ctrl-C).
     """
+
+    PREFIX = "lunartune-checkpoint-"
 
     def __init__(self, folder: Path):
         self.folder = folder
         atexit.register(self.remove)
 
     @classmethod
-    def for_trial(cls, trial_id: str, root: Path | None = None) -> "CheckpointStaging":
-        return cls(Path(root or tempfile.gettempdir()) / f"lunartune-checkpoint-{trial_id}")
+    def for_trial(cls, sweep: str, trial_id: str, root: Path | None = None) -> "CheckpointStaging":
+        return cls(Path(root or tempfile.gettempdir()) / f"{cls.PREFIX}{sweep}-{trial_id}")
+
+    @classmethod
+    def remove_sweep(cls, sweep: str, root: Path | None = None) -> list[Path]:
+        """Remove every staged checkpoint of `sweep` on this machine (call once its trials have stopped)."""
+        found = sorted(Path(root or tempfile.gettempdir()).glob(f"{cls.PREFIX}{sweep}-*"))
+        for folder in found:
+            shutil.rmtree(folder, ignore_errors=True)
+        return found
 
     def empty(self) -> Path:
         """The folder, empty: a killed attempt of the trial may have left a checkpoint in it."""

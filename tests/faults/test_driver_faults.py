@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import optuna
@@ -64,6 +65,10 @@ def test_sigkilled_driver_resumes_without_rerunning_and_a_second_sweep_is_refuse
     assert len(histories) == SAMPLES and all(steps == [1, 2] for steps in histories.values()), histories
     rows = trial_rows(run_dir / "ray")
     assert len(rows) == SAMPLES
+    # the checkpoints the killed sweep's workers were writing are gone (a resumed trial clears its own, even
+    # one with no epoch left; the driver those of trials Ray never saved, which it reran under other ids)
+    sweep_name = next(iter(rows)).parent.name
+    assert not list(Path(tempfile.gettempdir()).glob(f"lunartune-checkpoint-{sweep_name}-*"))
     for name in before:  # finished trials were not rerun: one report per epoch in Ray's results
         (trial,) = [r for f, r in rows.items() if f.name.startswith(name + "_")]
         assert [r["epoch"] for r in trial] == [1, 2], name

@@ -105,14 +105,18 @@ def test_an_unreadable_newest_state_falls_back_with_a_warning_and_none_is_a_quie
 
 
 def test_a_staged_checkpoint_left_by_a_killed_attempt_is_cleared_by_the_next_attempt(tmp_path):
-    killed = CheckpointStaging.for_trial("abc12_00001", tmp_path).empty()
+    killed = CheckpointStaging.for_trial("sweep-1", "abc12_00001", tmp_path).empty()
     (killed / STATE_FILE).write_bytes(b"weights of the killed attempt")
-    retry = CheckpointStaging.for_trial("abc12_00001", tmp_path)
+    retry = CheckpointStaging.for_trial("sweep-1", "abc12_00001", tmp_path)
     assert list(retry.empty().iterdir()) == []
     assert retry.folder == killed and oct(killed.stat().st_mode & 0o777) == "0o700"
-    other = CheckpointStaging.for_trial("abc12_00002", tmp_path).empty()
+    other = CheckpointStaging.for_trial("sweep-1", "abc12_00002", tmp_path).empty()
     retry.remove()
     assert not killed.exists() and other.exists()
+    # the driver, once its sweep's trials have stopped, removes what is left of that sweep's only
+    another_sweep = CheckpointStaging.for_trial("sweep-10", "abc12_00001", tmp_path).empty()
+    assert CheckpointStaging.remove_sweep("sweep-1", tmp_path) == [other]
+    assert not other.exists() and another_sweep.exists()
 
 
 def test_a_worker_stopped_while_it_waits_inside_a_report_removes_its_staged_checkpoint(tmp_path):
@@ -122,7 +126,7 @@ def test_a_worker_stopped_while_it_waits_inside_a_report_removes_its_staged_chec
         "import threading\n"
         "from pathlib import Path\n"
         "from tuner.trainable import CheckpointStaging\n"
-        f"staging = CheckpointStaging.for_trial('t1', Path({str(tmp_path)!r}))\n"
+        f"staging = CheckpointStaging.for_trial('s', 't1', Path({str(tmp_path)!r}))\n"
         "staged = threading.Event()\n"
         "def train():\n"
         "    (staging.empty() / 'trial.pt').write_bytes(b'x')\n"
@@ -133,7 +137,7 @@ def test_a_worker_stopped_while_it_waits_inside_a_report_removes_its_staged_chec
         "print(sorted(p.name for p in staging.folder.iterdir()))\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout == "['trial.pt']\n", proc.stderr
-    assert not (tmp_path / "lunartune-checkpoint-t1").exists()
+    assert not (tmp_path / "lunartune-checkpoint-s-t1").exists()
 
 
 def test_a_run_restored_from_a_checkpoint_is_running_again_at_first_contact(tmp_path):
