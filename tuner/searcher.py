@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 
 from optuna.trial import TrialState, create_trial
-from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
@@ -51,9 +50,12 @@ class PruningAwareOptunaSearch(OptunaSearch):
                 values.setdefault(int(result[self._time_attr]), value)
             return
         if ot_trial is not None and trial_id not in self._completed_trials:
-            stored = _stored(ot_trial)
-            if stored.state.is_finished() or int(result[TRAINING_ITERATION]) in stored.intermediate_values:
-                return
+            stored, step = _stored(ot_trial), int(result[self._time_attr])
+            if not stored.state.is_finished() and step not in stored.intermediate_values:
+                # keyed by time_attr (the epoch), as ASHA and _tell_pruned count, not by Ray's training_iteration:
+                # that restarts from Ray's checkpoint, which can be older than the one the trial resumed from
+                ot_trial.report(result[self.metric], step)
+            return
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):

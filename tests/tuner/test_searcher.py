@@ -109,6 +109,19 @@ def test_an_epoch_reported_again_keeps_its_first_value_without_a_warning():
     assert trial.state == TrialState.COMPLETE
 
 
+def test_steps_are_epochs_even_when_rays_iteration_count_lags_after_a_restore():
+    """A node died between a report and Ray's save: the trial resumes from its newer checkpoint (epoch 3), but
+    Ray counts training_iteration on from its own older one (2). Optuna gets each epoch at its epoch."""
+    searcher = _searcher(PruningAwareOptunaSearch, max_t=MAX_T, time_attr="epoch")
+    searcher.suggest("t")
+    for epoch, iteration in ((1, 1), (2, 2), (3, 3), (4, 3)):  # after the restore, epoch 4 is iteration 3
+        searcher.on_trial_result("t", {"score": 0.1 * epoch, "epoch": epoch, "training_iteration": iteration})
+    searcher.on_trial_complete("t", {"score": 0.4, "epoch": 4, "training_iteration": 3})
+    (trial,) = searcher._ot_study.get_trials()
+    assert trial.intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4})
+    assert trial.state == TrialState.COMPLETE
+
+
 @pytest.mark.parametrize("steps", [MAX_T, 2], ids=["completed", "pruned"])
 def test_a_trial_an_earlier_driver_finished_is_handed_over_again_after_a_restore(tmp_path, steps):
     """The driver was killed after telling Optuna, before Ray saved the searcher: the restored searcher still
