@@ -71,15 +71,21 @@ class PruningAwareOptunaSearch(OptunaSearch):
         if error or not stopped_early or trial_id in self._completed_trials:
             if result and not error and trial_id in self._ot_trials and trial_id not in self._completed_trials:
                 self._ot_trials[trial_id].set_user_attr(STATUS_ATTR, "completed")
+                self._report_last_step(self._ot_trials[trial_id], result)
             return super().on_trial_complete(trial_id, result, error)
         self._tell_pruned(trial_id, result)
 
-    def _tell_pruned(self, trial_id: str, result: dict) -> None:
-        ot_trial = self._ot_trials[trial_id]
+    def _report_last_step(self, ot_trial, result: dict) -> None:
+        """The final result's step, which Ray hands only to on_trial_complete when the scheduler stops the
+        trial on it (ASHA at max_t or at a rung): without it a completed trial's curve lacks its last epoch
+        (a 1-epoch sweep had no intermediate values at all), and a pruned one could not be ranked by TPE."""
         step, value = int(result[self._time_attr]), result.get(self.metric)
-        # on_trial_result normally reported this step already; a value is needed for TPE to rank it
         if value is not None and math.isfinite(value) and step not in _stored(ot_trial).intermediate_values:
             ot_trial.report(value, step)
+
+    def _tell_pruned(self, trial_id: str, result: dict) -> None:
+        ot_trial = self._ot_trials[trial_id]
+        self._report_last_step(ot_trial, result)
         ot_trial.set_user_attr(STATUS_ATTR, DIVERGED if result.get(DIVERGED) else "pruned")
         self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)

@@ -109,6 +109,15 @@ def test_an_epoch_reported_again_keeps_its_first_value_without_a_warning():
     assert trial.state == TrialState.COMPLETE
 
 
+def test_the_last_epoch_handed_only_to_on_trial_complete_is_in_the_curve():
+    """When ASHA stops a trial on a result (at max_t too), Ray hands that result to on_trial_complete only."""
+    searcher = _searcher(PruningAwareOptunaSearch, max_t=1)
+    searcher.suggest("one-epoch")
+    searcher.on_trial_complete("one-epoch", {"score": 0.3, "training_iteration": 1})
+    (trial,) = searcher._ot_study.get_trials()
+    assert (trial.state, trial.value, trial.intermediate_values) == (TrialState.COMPLETE, 0.3, {1: 0.3})
+
+
 def test_steps_are_epochs_even_when_rays_iteration_count_lags_after_a_restore():
     """A node died between a report and Ray's save: the trial resumes from its newer checkpoint (epoch 3), but
     Ray counts training_iteration on from its own older one (2). Optuna gets each epoch at its epoch."""
