@@ -43,19 +43,24 @@ class ResolvedModel:
 
 def resolve_model(spec: str, paths: RunPaths) -> ResolvedModel:
     """Turn SPEC into a local checkpoint file; CliError naming SPEC and what was expected otherwise."""
+    from mlflow.exceptions import MlflowException
+
     spec = spec.strip()
-    if spec.startswith("models:/"):
-        return _from_registry(spec, paths)
-    if spec.startswith("runs:/"):
-        run_id, _, artifact = spec[len("runs:/"):].partition("/")
-        return _from_run(run_id, paths, artifact.strip("/") or None, model_uri=spec)
     path = Path(spec).expanduser()
-    if path.exists():
+    if not spec.startswith(("models:/", "runs:/")) and path.exists():
         return _from_file(path)
-    if _RUN_ID.fullmatch(spec):
-        return _from_run(spec, paths, None, model_uri=None)
-    raise CliError(f"--model {spec}: no such checkpoint file, and not a run id or model URI "
-                   f"(expected {_SPEC_FORMS})")
+    if not spec.startswith(("models:/", "runs:/")) and not _RUN_ID.fullmatch(spec):
+        raise CliError(f"--model {spec}: no such checkpoint file, and not a run id or model URI "
+                       f"(expected {_SPEC_FORMS})")
+    try:
+        if spec.startswith("models:/"):
+            return _from_registry(spec, paths)
+        run_id, _, artifact = spec.removeprefix("runs:/").partition("/")
+        return _from_run(run_id, paths, artifact.strip("/") or None,
+                         model_uri=spec if spec.startswith("runs:/") else None)
+    except MlflowException as err:  # a server that refuses (401, 500), a store that cannot be read
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CliError(f"--model {spec}: MLflow {paths.tracking_uri}: {first[:300]}") from None
 
 
 def load_model(spec: str, paths: RunPaths):
@@ -84,12 +89,19 @@ def _client(paths: RunPaths):
     """An MlflowClient for paths.tracking_uri; refuses to create an empty SQLite store as a side effect."""
     from mlflow.tracking import MlflowClient
 
+    from tuner import tracking
+
     uri = paths.tracking_uri
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         if not db.is_file():
             raise CliError(f"no MLflow store at {db} (tracking URI {uri}); run `lunartune tune` first, "
                            f"or pass --run-dir / --tracking-uri of the store that holds the model")
+    tracking.bound_http_retries()  # a server that went away is an error in seconds, not minutes of retries
+    try:
+        tracking.check_reachable(uri)
+    except tracking.TrackingError as err:
+        raise CliError(str(err)) from None
     return MlflowClient(tracking_uri=uri)
 
 

@@ -57,6 +57,9 @@ def test_sweep_runs_trials_on_both_nodes_of_a_two_node_cluster(scenes, tiny_spac
     port = free_port()
     address = f"127.0.0.1:{port}"
     temp_dir = Path("/tmp") / f"lt-ray-{port}"  # short: Ray's socket paths must stay < 108 characters
+    # `ray start` never makes a token (a local ray.init does, so on a fresh machine this test alone would
+    # fail without this step, as the README's first cluster command)
+    subprocess.run([RAY, "get-auth-token", "--generate"], env=AUTH_ENV, check=True, capture_output=True, timeout=60)
     with _ray_node("--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}"):
         _wait_for_nodes(address, 1, timeout_s=90)
         with _ray_node(f"--address={address}"):

@@ -114,3 +114,31 @@ def test_a_missing_store_is_not_created_as_a_side_effect(tmp_path):
     with pytest.raises(CliError, match=r"no MLflow store at .*mlflow.db"):
         resolve_model(f"models:/{MODEL_NAME}@champion", paths)
     assert not paths.mlflow_db.exists()
+
+
+def test_a_tracking_server_that_is_away_or_refuses_is_one_line_in_seconds(tmp_path):
+    # before: MLflow's own retries for ~4 minutes, then a traceback (a 401 server: a traceback at once)
+    import http.server
+    import threading
+
+    from _procs import free_port
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    away = RunPaths(root=tmp_path, tracking_uri_override=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(CliError, match=r"MLflow tracking server http://127\.0\.0\.1:\d+ is not reachable"):
+        resolve_model("models:/lunar-unet@champion", away)
+    server = http.server.HTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        refusing = RunPaths(root=tmp_path, tracking_uri_override=f"http://127.0.0.1:{server.server_port}")
+        with pytest.raises(CliError, match=r"is not reachable \(HTTP 401"):
+            resolve_model("runs:/0123456789abcdef0123456789abcdef", refusing)
+    finally:
+        server.shutdown()
