@@ -95,9 +95,11 @@ def run_demo(cfg: DemoConfig, paths: RunPaths) -> DemoResult | None:
     from tuner.sweep import run_sweep_cli_errors
 
     paths.ensure()
+    space = demo_space(paths)
+    sweep_config(cfg, paths.data, space)  # its flags checked before the scenes are made, not after
     data = generate_scenes(cfg, paths)
     print(f"[2/5] sweep: {cfg.samples} trials, experiment {cfg.experiment}", file=sys.stderr)
-    swept = run_sweep_cli_errors(sweep_config(cfg, data, demo_space(paths)), paths)
+    swept = run_sweep_cli_errors(sweep_config(cfg, data, space), paths)
     if swept.interrupted:
         return None
     print(f"[3/5] promote the best {cfg.backbone} trial", file=sys.stderr)

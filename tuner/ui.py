@@ -229,7 +229,13 @@ def running_optuna_dashboard(paths: RunPaths, port: int = OPTUNA_DASHBOARD_PORT,
 # ----------------------------------------------------------------------------- what to open
 
 def _find_experiment(client, name: str):
-    experiment = client.get_experiment_by_name(name)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        experiment = client.get_experiment_by_name(name)
+    except MlflowException as err:  # a server that refuses (401 without credentials, 500)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CliError(f"MLflow {client.tracking_uri}: {first[:300]}") from None
     if experiment is not None and experiment.lifecycle_stage == "active":
         return experiment
     names = sorted(e.name for e in client.search_experiments())
@@ -315,8 +321,12 @@ def _say(text: str) -> None:
 
 
 def _require_store(paths: RunPaths) -> None:
-    if paths.uses_embedded_store and not paths.mlflow_db.exists():
-        raise CliError(f"no MLflow store at {paths.mlflow_db}: run `lunartune tune` first, or pass the "
+    """The SQLite store must exist (the run dir's or a --tracking-uri sqlite:/// one): the server would
+    create an empty one at a mistyped path, then say the experiment is missing."""
+    uri = paths.tracking_uri
+    db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    if db is not None and not db.is_file():
+        raise CliError(f"no MLflow store at {db}: run `lunartune tune` first, or pass the "
                        "--run-dir (or --tracking-uri) the sweep used")
 
 
@@ -347,6 +357,8 @@ def _start_mlflow(stack: contextlib.ExitStack, paths: RunPaths, port: int, host:
 
 def main(args, paths: RunPaths) -> int:
     _require_loopback(args.host)
+    if not 1 <= args.port <= 65535:
+        raise CliError(f"--port {args.port}: expected a TCP port in 1-65535")
     if args.optuna:
         optuna_dashboard_command(paths)  # fail before the slow MLflow start, not after it
     with _termination_as_exit(), contextlib.ExitStack() as stack:

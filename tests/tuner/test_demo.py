@@ -43,3 +43,14 @@ def test_demo_runs_end_to_end_and_again_on_the_same_run_dir(local_ray, tmp_path)
     sweeps = MlflowClient(tracking_uri=paths.tracking_uri).search_runs(
         [first.sweep.experiment_id], filter_string="tags.`lunartune.role` = 'sweep'")
     assert len(sweeps) == 2
+
+
+def test_a_bad_experiment_name_is_refused_before_any_scene_is_made(tmp_path):
+    from dataclasses import replace
+
+    from tuner.cli import CliError
+
+    paths = RunPaths(root=tmp_path / "run")
+    with pytest.raises(CliError, match="--experiment='bad name': expected a name of letters"):
+        run_demo(replace(TINY, experiment="bad name"), paths)
+    assert not any(paths.data.iterdir())

@@ -273,6 +273,16 @@ def test_unreachable_tracking_server_is_a_clear_error(capsys, tmp_path):
 def test_missing_store_is_a_clear_error(capsys, tmp_path):
     assert cli_main(["--run-dir", str(tmp_path / "empty"), "ui"]) == 1
     assert "no MLflow store at" in capsys.readouterr().err
+    # a mistyped sqlite --tracking-uri too: the server would create an empty store there
+    mistyped = tmp_path / "mlfow.db"
+    assert cli_main(["--run-dir", str(tmp_path), "--tracking-uri", f"sqlite:///{mistyped}", "ui"]) == 1
+    assert f"no MLflow store at {mistyped}" in capsys.readouterr().err and not mistyped.exists()
+
+
+@pytest.mark.parametrize("port", ["0", "-5", "70000"])
+def test_a_port_outside_1_to_65535_is_refused(capsys, tmp_path, port):
+    assert cli_main(["--run-dir", str(tmp_path), "ui", "--port", port]) == 1
+    assert f"--port {port}: expected a TCP port in 1-65535" in capsys.readouterr().err
 
 
 def test_non_loopback_host_is_refused(capsys, tmp_path):
