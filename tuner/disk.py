@@ -37,21 +37,26 @@ class CheckpointBytes:
 
     ray: int  # Ray's results: each trial's kept checkpoints (weights + optimizer state)
     mlflow: int  # MLflow's artifact store: each trial's best weights
+    staging: int  # the temp folder: the checkpoint each running trial writes before Ray copies it
 
 
-def sweep_checkpoint_bytes(space, samples: int, max_epochs: int, kept: int) -> CheckpointBytes:
+def sweep_checkpoint_bytes(space, samples: int, max_epochs: int, kept: int, concurrency: int) -> CheckpointBytes:
     """Worst case of what the sweep writes: per trial, up to `kept` + 1 checkpoints in Ray's results (the
     best `kept` and the latest), each the weights plus the optimizer's state, and the best weights in
-    MLflow; of the largest model and the hungriest optimizer the space allows."""
+    MLflow; one checkpoint per running trial at a time in the temp folder; of the largest model and the
+    hungriest optimizer the space allows."""
     fixed = {k: v for k, v in space.fixed_values.items() if k in _MODEL_FIELDS}
     default = ModelConfig()
-    models = [ModelConfig(**{**fixed, "backbone": backbone, "arch": arch})
+    models = [ModelConfig(**{**fixed, "backbone": backbone, "arch": arch, "scratch_width": width,
+                             "scratch_depth": depth})
               for backbone in possible_values(space, "backbone", default.backbone)
-              for arch in possible_values(space, "arch", default.arch)]
+              for arch in possible_values(space, "arch", default.arch)
+              for width in possible_values(space, "scratch_width", fixed.get("scratch_width", default.scratch_width))
+              for depth in possible_values(space, "scratch_depth", fixed.get("scratch_depth", default.scratch_depth))]
     weights = max(weight_bytes(m) for m in models)
-    state = max(OPTIMIZER_STATE.get(o, 2) for o in possible_values(space, "optimizer", "adamw"))
-    checkpoints = min(max_epochs, kept + 1)
-    return CheckpointBytes(ray=samples * checkpoints * weights * (1 + state), mlflow=samples * weights)
+    checkpoint = weights * (1 + max(OPTIMIZER_STATE.get(o, 2) for o in possible_values(space, "optimizer", "adamw")))
+    return CheckpointBytes(ray=samples * min(max_epochs, kept + 1) * checkpoint, mlflow=samples * weights,
+                           staging=min(concurrency, samples) * checkpoint)
 
 
 def existing(folder: Path) -> Path:

@@ -17,6 +17,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -253,10 +254,13 @@ def _warn_about_storage(cfg: SweepConfig) -> None:
 def _warn_about_disk(cfg: SweepConfig, paths: RunPaths, space) -> None:
     """Object storage and an MLflow server's artifact store are not counted: their free space is not ours
     to see."""
-    written = disk.sweep_checkpoint_bytes(space, cfg.samples, cfg.max_epochs, CHECKPOINTS_KEPT)
+    written = disk.sweep_checkpoint_bytes(space, cfg.samples, cfg.max_epochs, CHECKPOINTS_KEPT, cfg.concurrency)
     needs = {} if _is_uri(cfg.storage) else {Path(cfg.storage or paths.ray_results).expanduser(): written.ray}
     if paths.uses_embedded_store:
         needs[paths.mlflow_artifacts] = written.mlflow
+    if not cfg.address:  # trials stage their checkpoints in this machine's temp folder (a cluster: the nodes')
+        temp = Path(tempfile.gettempdir())
+        needs[temp] = needs.get(temp, 0) + written.staging
     for warning in disk.disk_warnings(needs):
         print(f"lunartune tune: warning: {warning}", file=sys.stderr)
 

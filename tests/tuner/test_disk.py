@@ -16,6 +16,12 @@ from tuner.space import load_space
 from tuner.sweep import CHECKPOINTS_KEPT, SweepConfig, run_sweep
 
 
+def _write(tmp_path, text: str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_a_real_checkpoint_is_the_weights_plus_the_optimizers_state(tmp_path, optimizer):
     model_cfg = ModelConfig(backbone="unet_scratch", scratch_width=8, scratch_depth=3)
@@ -37,11 +43,21 @@ def test_the_estimate_takes_the_largest_model_and_hungriest_optimizer_of_the_spa
     built = build(ModelConfig(backbone="vgg11")).state_dict().values()  # on the CPU, for real
     assert vgg11 == sum(t.numel() * t.element_size() for t in built)
     assert disk.weight_bytes(ModelConfig(backbone="unet_scratch")) < vgg11 / 10
-    # 2 epochs: each trial keeps 2 checkpoints (weights + Adam's two moments) and the best weights in MLflow
+    # 2 epochs: each trial keeps 2 checkpoints (weights + Adam's two moments) and the best weights in MLflow;
+    # each of the 4 running trials stages one checkpoint in the temp folder
     estimate = disk.sweep_checkpoint_bytes
-    assert estimate(space, samples=6, max_epochs=2, kept=CHECKPOINTS_KEPT) == disk.CheckpointBytes(
-        ray=6 * 2 * 3 * vgg11, mlflow=6 * vgg11)
-    assert estimate(space, samples=6, max_epochs=9, kept=CHECKPOINTS_KEPT).ray == 6 * 3 * 3 * vgg11
+    assert estimate(space, samples=6, max_epochs=2, kept=CHECKPOINTS_KEPT, concurrency=4) == disk.CheckpointBytes(
+        ray=6 * 2 * 3 * vgg11, mlflow=6 * vgg11, staging=4 * 3 * vgg11)
+    assert estimate(space, samples=6, max_epochs=9, kept=CHECKPOINTS_KEPT, concurrency=8).ray == 6 * 3 * 3 * vgg11
+    assert estimate(space, samples=2, max_epochs=9, kept=CHECKPOINTS_KEPT, concurrency=8).staging == 2 * 3 * vgg11
+
+
+def test_a_searched_scratch_width_counts_at_its_largest(tmp_path):
+    space = load_space(_write(tmp_path, "params:\n  scratch_width: {low: 8, high: 64, type: int}\n"
+                                        "fixed: {backbone: unet_scratch, optimizer: sgd}\n"))
+    widest = disk.weight_bytes(ModelConfig(backbone="unet_scratch", scratch_width=64))
+    assert disk.sweep_checkpoint_bytes(space, samples=1, max_epochs=1, kept=CHECKPOINTS_KEPT,
+                                       concurrency=1).mlflow == widest
 
 
 def test_the_warning_names_both_sizes_and_the_folders(tmp_path):
