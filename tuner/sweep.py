@@ -255,7 +255,9 @@ def _warn_about_disk(cfg: SweepConfig, paths: RunPaths, space) -> None:
     """Object storage and an MLflow server's artifact store are not counted: their free space is not ours
     to see."""
     written = disk.sweep_checkpoint_bytes(space, cfg.samples, cfg.max_epochs, CHECKPOINTS_KEPT, cfg.concurrency)
-    needs = {} if _is_uri(cfg.storage) else {Path(cfg.storage or paths.ray_results).expanduser(): written.ray}
+    storage = cfg.storage or str(paths.ray_results)
+    storage = storage[len("file://"):] if storage.startswith("file://") else storage  # a local disk too
+    needs = {} if _is_uri(storage) else {Path(storage).expanduser(): written.ray}
     if paths.uses_embedded_store:
         needs[paths.mlflow_artifacts] = written.mlflow
     if not cfg.address:  # trials stage their checkpoints in this machine's temp folder (a cluster: the nodes')

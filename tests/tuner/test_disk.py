@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,7 @@ def test_a_sweep_that_may_not_fit_warns_before_it_starts(tmp_path, run_paths, ca
     # the embedded MLflow store's artifacts lie on the same disk: one warning, counting both
     assert err.count("this sweep may write") == 1
     assert f"{run_paths.ray_results} and {run_paths.mlflow_artifacts}" in err
+    # --storage as a file:// URI is a local folder too (object storage is not counted)
+    with pytest.raises(DataError):
+        run_sweep(replace(cfg, storage=f"file://{tmp_path}/store"), run_paths)
+    assert f"free on the disk of {tmp_path}/store and " in capsys.readouterr().err
