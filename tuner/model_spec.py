@@ -92,11 +92,10 @@ def _client(paths: RunPaths):
     from tuner import tracking
 
     uri = paths.tracking_uri
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        if not db.is_file():
-            raise CliError(f"no MLflow store at {db} (tracking URI {uri}); run `lunartune tune` first, "
-                           f"or pass --run-dir / --tracking-uri of the store that holds the model")
+    missing = paths.missing_store()
+    if missing is not None:
+        raise CliError(f"no MLflow store at {missing} (tracking URI {uri}); run `lunartune tune` first, "
+                       f"or pass --run-dir / --tracking-uri of the store that holds the model")
     tracking.bound_http_retries()  # a server that went away is an error in seconds, not minutes of retries
     try:
         tracking.check_reachable(uri)

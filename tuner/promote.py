@@ -106,8 +106,9 @@ def open_client(paths: RunPaths):
     """MlflowClient of the run dir's store; refuses to create an empty SQLite file as a side effect."""
     from mlflow.tracking import MlflowClient
 
-    if paths.uses_embedded_store and not paths.mlflow_db.is_file():
-        raise CliError(f"no MLflow store at {paths.mlflow_db}; run `lunartune tune` first, or pass the "
+    missing = paths.missing_store()
+    if missing is not None:
+        raise CliError(f"no MLflow store at {missing}; run `lunartune tune` first, or pass the "
                        f"--run-dir / --tracking-uri of the sweep")
     return MlflowClient(tracking_uri=paths.tracking_uri)
 

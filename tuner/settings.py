@@ -49,6 +49,13 @@ class RunPaths:
     def uses_embedded_store(self) -> bool:
         return self.tracking_uri_override is None
 
+    def missing_store(self) -> Path | None:
+        """The SQLite file the tracking URI names (the run dir's or a sqlite:/// override) if it does not
+        exist: opening it would create an empty store there. None for a server or an existing file."""
+        uri = self.tracking_uri
+        db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+        return db if db is not None and not db.is_file() else None
+
     def ensure(self) -> "RunPaths":
         for d in (self.root, self.mlflow_artifacts, self.ray_results, self.data):
             d.mkdir(parents=True, exist_ok=True)

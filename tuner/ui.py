@@ -323,10 +323,9 @@ def _say(text: str) -> None:
 def _require_store(paths: RunPaths) -> None:
     """The SQLite store must exist (the run dir's or a --tracking-uri sqlite:/// one): the server would
     create an empty one at a mistyped path, then say the experiment is missing."""
-    uri = paths.tracking_uri
-    db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-    if db is not None and not db.is_file():
-        raise CliError(f"no MLflow store at {db}: run `lunartune tune` first, or pass the "
+    missing = paths.missing_store()
+    if missing is not None:
+        raise CliError(f"no MLflow store at {missing}: run `lunartune tune` first, or pass the "
                        "--run-dir (or --tracking-uri) the sweep used")
 
 

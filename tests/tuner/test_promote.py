@@ -245,6 +245,10 @@ def test_missing_store_is_a_clear_error(tmp_path):
     with pytest.raises(CliError, match="no MLflow store"):
         promote(PromoteConfig(experiment="x"), RunPaths(root=tmp_path / "empty"))
     assert not (tmp_path / "empty" / "mlflow.db").exists()
+    mistyped = tmp_path / "mlfow.db"  # a --tracking-uri sqlite:/// store that does not exist is not created either
+    with pytest.raises(CliError, match=f"no MLflow store at {mistyped}"):
+        promote(PromoteConfig(experiment="x"), RunPaths(root=tmp_path, tracking_uri_override=f"sqlite:///{mistyped}"))
+    assert not mistyped.exists()
 
 
 def _best_fake_trial(s, content: bytes | None) -> str:
