@@ -107,19 +107,19 @@ class EpochBatchSampler(Sampler):
         self.epoch = epoch
 
     def __len__(self) -> int:
+        # a final short batch of one image breaks BatchNorm in training (e.g. DeepLabV3's pooled branch):
+        # dropped when asked; with a batch size of 1 every batch is such a batch and none is dropped
         full, rest = divmod(self.n, self.batch_size)
-        return full + (1 if rest > 1 or (rest == 1 and not self.drop_single_last) else 0)
+        single_last = rest == 1 and self.batch_size > 1
+        return full + (1 if rest and not (single_last and self.drop_single_last) else 0)
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
         order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
         keys = [self._key(int(i), rng) for i in order]
-        for start in range(0, self.n, self.batch_size):
-            batch = keys[start:start + self.batch_size]
-            # a final batch of one breaks BatchNorm in training (e.g. DeepLabV3's pooled branch)
-            if len(batch) > 1 or not self.drop_single_last:
-                yield batch
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield keys[start:start + self.batch_size]
 
     def _key(self, index: int, rng: np.random.Generator) -> SampleKey:
         if not self.augment:

@@ -76,7 +76,8 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
     check_field_types(cfg)
     checks = [
         ("epochs", cfg.epochs >= 1, "an integer >= 1"),
-        ("batch_size", cfg.batch_size >= 1, "an integer >= 1"),
+        # BatchNorm in training needs two images per step (DeepLabV3+'s pooled branch fails on one)
+        ("batch_size", cfg.batch_size >= 2, "an integer >= 2"),
         ("lr", cfg.lr > 0 and cfg.lr == cfg.lr, "a learning rate > 0"),
         ("optimizer", cfg.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
         ("momentum", 0 <= cfg.momentum < 1, "a value in [0, 1)"),

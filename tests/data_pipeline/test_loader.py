@@ -55,6 +55,25 @@ def test_augmentation_is_seeded_varies_by_epoch_and_is_train_only(tiny_dataset, 
     assert all(torch.equal(p[0], q[0]) for p, q in zip(val_1, val_2))
 
 
+def test_augmentation_flips_some_train_frames_and_jitters_their_pixels(tiny_dataset, tmp_path):
+    """Same seed with and without augment: the order is drawn first, so batches line up frame by frame."""
+    plain = _epoch(make_loaders(_cfg(tiny_dataset, tmp_path, seed=5, augment=False)).train)
+    augmented = _epoch(make_loaders(_cfg(tiny_dataset, tmp_path, seed=5, augment=True)).train)
+    flipped = same = 0
+    for (x, y), (xa, ya) in zip(plain, augmented):
+        for label, label_a, image, image_a in zip(y, ya, x, xa):
+            is_flip = torch.equal(label_a, label.flip(-1)) and not torch.equal(label_a, label)
+            assert is_flip or torch.equal(label_a, label)
+            flipped, same = flipped + is_flip, same + (not is_flip)
+            assert not torch.equal(image_a, image.flip(-1) if is_flip else image)  # jittered as well
+    assert flipped and same and flipped + same == 12
+
+
+def test_a_batch_size_of_one_keeps_every_frame(tiny_dataset, tmp_path):
+    loaders = make_loaders(_cfg(tiny_dataset, tmp_path, batch_size=1))
+    assert len(loaders.train) == 12 and [len(x) for x, _ in loaders.train] == [1] * 12
+
+
 def test_a_flip_moves_image_and_mask_together():
     batch = np.random.default_rng(0).random((2, 4, 6, 3), dtype=np.float32)
     labels = np.random.default_rng(1).integers(0, 4, (2, 4, 6)).astype(np.uint8)
