@@ -72,7 +72,7 @@ def generate_scenes(cfg: DemoConfig, paths: RunPaths) -> Path:
     from data_pipeline import synth
 
     height, width = cfg.scene_size
-    root = paths.data / f"demo-{cfg.scenes}-seed{cfg.seed}-{width}x{height}"
+    root = paths.data / f"demo-{cfg.scenes}-seed{cfg.seed}-{width}x{height}-v{synth.MANIFEST_VERSION}"  # see synthetic_root
     print(f"[1/5] scenes: {cfg.scenes} in {root} (reused when already complete)", file=sys.stderr)
     return synth.generate(root, cfg.scenes, cfg.seed, size=cfg.scene_size, progress=False)
 

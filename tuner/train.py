@@ -35,7 +35,12 @@ class TrainJob:
 
 
 def synthetic_root(paths: RunPaths, count: int, seed: int) -> Path:
-    return paths.data / f"synthetic-{count}-seed{seed}"
+    """Where `--data synthetic` generates scenes. The generator's version is in the name: scenes of an
+    older generator stay where they are (their sweeps' data_root still points there) and new ones go beside
+    them (one folder for both was refused once the generator changed)."""
+    from data_pipeline.synth import MANIFEST_VERSION
+
+    return paths.data / f"synthetic-{count}-seed{seed}-v{MANIFEST_VERSION}"
 
 
 def configs_from_args(args, paths: RunPaths) -> TrainJob:

@@ -4,7 +4,10 @@ import json
 import pytest
 
 from models.checkpoint import model_from_checkpoint
+from data_pipeline import synth
 from tuner.cli import main
+from tuner.settings import RunPaths
+from tuner.train import synthetic_root
 
 COMMON = ["--synthetic-count", "24", "--image-size", "64", "--batch-size", "4", "--seed", "0"]
 
@@ -78,3 +81,14 @@ def test_bn_recalibration_flag_reaches_the_saved_checkpoint(run_dir, tmp_path, c
     assert min(_batches_tracked(json.loads(capsys.readouterr().out)["checkpoint"])) > 2
     assert main([*args, "--bn-recalibration-batches", "-1"]) == 1
     assert "TrainConfig.bn_recalibration_batches" in capsys.readouterr().err
+
+
+def test_a_newer_generator_writes_its_scenes_beside_the_older_ones(tmp_path, monkeypatch):
+    """Scenes of an older generator version once blocked `--data synthetic` for good (same folder, other
+    parameters: refused); now each version has its own folder and the old one is left as it was."""
+    paths = RunPaths(tmp_path)
+    older = synth.generate(synthetic_root(paths, 2, 0), 2, 0, size=(48, 72), workers=1, progress=False)
+    monkeypatch.setattr(synth, "MANIFEST_VERSION", synth.MANIFEST_VERSION + 1)
+    newer = synth.generate(synthetic_root(paths, 2, 0), 2, 0, size=(48, 72), workers=1, progress=False)
+    assert newer != older
+    assert synth.read_manifest(older)["version"] + 1 == synth.read_manifest(newer)["version"]

@@ -1,6 +1,7 @@
 """The command line: help, usage errors, global flags, and that --help stays instant (lazy imports)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tuner.cli import build_parser, main
-from tuner.settings import resolve_run_paths
+from tuner.settings import RunPaths, resolve_run_paths
+from tuner.train import synthetic_root
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,8 +22,8 @@ def test_help_lists_every_subcommand(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for name in SUBCOMMANDS:
-        assert name in out
+    listed = re.findall(r"^ {4}(\w+) ", out, re.M)  # the subcommand table: "    name   description"
+    assert listed == SUBCOMMANDS
 
 
 @pytest.mark.parametrize("name", SUBCOMMANDS)
@@ -96,5 +98,5 @@ def test_tune_on_generated_scenes_in_a_fresh_process(tiny_space, tmp_path):
                "--device", "cpu", "--no-asha", "--experiment", "fresh"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert len(list((run_dir / "data" / "synthetic-6-seed0" / "images" / "render").glob("*.png"))) == 6
+    assert len(list((synthetic_root(RunPaths(run_dir), 6, 0) / "images" / "render").glob("*.png"))) == 6
     assert "completed" in done.stdout
