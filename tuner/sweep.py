@@ -46,7 +46,7 @@ from tuner.space import SpaceError, check_against_models, define_by_run, load_sp
 from tuner.trainable import (EPOCH, RUN_ID, STATE_FILE, CheckpointStaging, TrialSetup, is_epoch_metric,
                              run_params_and_tags, train_trial, upload_best_from_ray)
 from tuner.tracking import TrackingError
-from tuner.train import synthetic_root
+from tuner.train import synthetic_root, without_generator_version
 
 SYNTHETIC = "synthetic"
 TRIAL_STATUSES = ("completed", "pruned", "diverged", "errored", "unfinished")
@@ -182,6 +182,7 @@ def _run_locked(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
         state = json.loads(pointer.read_text())
         _reopen_parent_run(paths.tracking_uri, state["parent_run_id"])
     else:
+        _check_study(cfg, paths, space, data_cfg.root)  # before the parent run: a refused sweep leaves nothing
         state = _new_sweep_state(cfg, paths, space, manifest, experiment_id, data_cfg.root)
         _write_json(pointer, state)
     target = tracking.TrackingTarget(paths.tracking_uri, experiment_id, state["parent_run_id"])
@@ -397,22 +398,41 @@ def trial_dirname(trial) -> str:
     return f"{trial_name(trial)}_{trial.trial_id}"  # short: Ray's default spells out the whole config
 
 
-def _optuna_study(cfg: SweepConfig, paths: RunPaths, space):
-    """The persistent study (SQLite in the run dir: survives even a SIGKILL of the driver).
-
-    A new sweep of an existing experiment continues its study (TPE learns from the earlier sweeps), which
-    only makes sense for the same space: a different one is refused. points_to_evaluate are enqueued once.
-    """
-
+def _load_study(cfg: SweepConfig, paths: RunPaths):
+    """The persistent study (SQLite in the run dir: survives even a SIGKILL of the driver)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live trial table says it better
     storage = optuna.storages.RDBStorage(f"sqlite:///{paths.optuna_db}")
     study = optuna.create_study(study_name=cfg.experiment, storage=storage, direction="maximize",
                                 load_if_exists=True)
+    return storage, study
+
+
+def _check_study(cfg: SweepConfig, paths: RunPaths, space, data_root: str) -> None:
+    """A new sweep of an existing experiment continues its study (TPE learns from the earlier sweeps), which
+    only makes sense when their scores are comparable: the same space and objective, and the same problem
+    (input size, epochs, data and split). A sweep that differs is refused, naming what differs."""
+    study = _load_study(cfg, paths)[1]
     digest = hashlib.sha256(repr((space.params, space.fixed, cfg.objective)).encode()).hexdigest()[:16]
     if study.user_attrs.get("space_digest", digest) != digest:
         raise CliError(f"--experiment {cfg.experiment}: its Optuna study in {paths.optuna_db} was built with a "
                        f"different search space or objective; use a new --experiment for {space.source}")
+    problem = {"--image-size": "x".join(map(str, cfg.image_size)), "--max-epochs": cfg.max_epochs,
+               "--data": without_generator_version(data_root), "--mask-source": cfg.mask_source,
+               "--exclude-mismatches": cfg.exclude_mismatches}
+    before = study.user_attrs.get("problem", problem)  # studies of older versions kept no problem: adopted
+    changed = [f"{flag} {before.get(flag)!r} then, {value!r} now" for flag, value in problem.items()
+               if before.get(flag, value) != value]
+    if changed:
+        raise CliError(f"--experiment {cfg.experiment}: its Optuna study in {paths.optuna_db} scored trials of "
+                       f"another problem ({'; '.join(changed)}): their scores would mislead TPE; use a new "
+                       f"--experiment, or the same flags")
     study.set_user_attr("space_digest", digest)
+    study.set_user_attr("problem", problem)
+
+
+def _optuna_study(cfg: SweepConfig, paths: RunPaths, space):
+    """The study and the points to evaluate first (enqueued once: only into a study without trials)."""
+    storage, study = _load_study(cfg, paths)
     return storage, (space.points_to_evaluate if not study.trials else None)
 
 

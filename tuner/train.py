@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -41,6 +42,13 @@ def synthetic_root(paths: RunPaths, count: int, seed: int) -> Path:
     from data_pipeline.synth import MANIFEST_VERSION
 
     return paths.data / f"synthetic-{count}-seed{seed}-v{MANIFEST_VERSION}"
+
+
+def without_generator_version(root: str | Path) -> str:
+    """The data folder as a sweep's Optuna study records it: generated scenes of the same count and seed
+    count as the same data whichever generator version drew them (a rerun `make demo` after an upgrade
+    continues its study)."""
+    return re.sub(r"-v\d+$", "", str(root))
 
 
 def configs_from_args(args, paths: RunPaths) -> TrainJob:

@@ -7,7 +7,7 @@ from models.checkpoint import model_from_checkpoint
 from data_pipeline import synth
 from tuner.cli import main
 from tuner.settings import RunPaths
-from tuner.train import synthetic_root
+from tuner.train import synthetic_root, without_generator_version
 
 COMMON = ["--synthetic-count", "24", "--image-size", "64", "--batch-size", "4", "--seed", "0"]
 
@@ -91,4 +91,5 @@ def test_a_newer_generator_writes_its_scenes_beside_the_older_ones(tmp_path, mon
     monkeypatch.setattr(synth, "MANIFEST_VERSION", synth.MANIFEST_VERSION + 1)
     newer = synth.generate(synthetic_root(paths, 2, 0), 2, 0, size=(48, 72), workers=1, progress=False)
     assert newer != older
+    assert without_generator_version(newer) == without_generator_version(older)  # one Optuna study for both
     assert synth.read_manifest(older)["version"] + 1 == synth.read_manifest(newer)["version"]

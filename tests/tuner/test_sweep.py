@@ -173,3 +173,13 @@ def test_smoke_sweep_end_to_end(local_ray, scenes, tmp_path, run_paths):
     history = tracking.client(run_paths.tracking_uri).get_metric_history(result.best_run_id, "val_miou")
     assert max(m.value for m in history) == pytest.approx(result.best_metrics["val_miou"])
     assert math.isfinite(result.best_metrics["val_miou"]) and result.best_config["backbone"] in ("unet_scratch", "vgg11")
+
+    # a new sweep of this experiment continues its study only for comparable scores: refused before a parent run
+    parents = tracking.client(run_paths.tracking_uri).search_runs([result.experiment_id])
+    with pytest.raises(CliError, match=r"another problem \(--image-size '64x64' then, '96x96' now\)"):
+        run_sweep(_cfg("smoke", scenes, experiment="e2e", image_size=(96, 96)), run_paths)
+    with pytest.raises(CliError, match="--max-epochs 2 then, 3 now"):
+        run_sweep(_cfg("smoke", scenes, experiment="e2e", max_epochs=3), run_paths)
+    with pytest.raises(CliError, match="different search space or objective"):
+        run_sweep(_cfg("smoke", scenes, experiment="e2e", objective="val_rock_miou"), run_paths)
+    assert len(tracking.client(run_paths.tracking_uri).search_runs([result.experiment_id])) == len(parents)
