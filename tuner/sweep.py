@@ -49,7 +49,7 @@ from tuner.tracking import TrackingError
 from tuner.train import synthetic_root, without_generator_version
 
 SYNTHETIC = "synthetic"
-TRIAL_STATUSES = ("completed", "pruned", "diverged", "errored", "unfinished")
+TRIAL_STATUSES = (tracking.COMPLETED, tracking.PRUNED, tracking.DIVERGED, tracking.ERRORED, tracking.UNFINISHED)
 MAX_FAILURES = 2  # a crashed trial is retried this often, from its last checkpoint
 CHECKPOINTS_KEPT = 2  # per trial, best by the objective (Ray also keeps the latest, for resuming)
 TOP_TRIALS_SHOWN = 5

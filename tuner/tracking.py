@@ -29,14 +29,15 @@ ROLE_TAG = "lunartune.role"  # "sweep" on parent runs, "trial" on child runs
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (the UI nests children under it)
 TRIAL_ID_TAG = "ray_trial_id"
 BACKBONE_TAG = "backbone"
-STATUS_TAG = "status"  # children: completed | pruned | errored | diverged (| running); parent: running | finished | interrupted
+STATUS_TAG = "status"  # children: completed | pruned | errored | diverged | unfinished (| running); parent: running | finished | interrupted
 ERROR_TAG = "error"  # errored children: the exception that ended the trial, one line (Ray's error.txt has the rest)
 CHECKPOINT_TAG = "best_checkpoint"  # artifact path of the best checkpoint inside the child run
 CHECKPOINT_ARTIFACT = "checkpoint/best.pt"
 MODEL_CONFIG_ARTIFACT = "model_config.json"
 COMPLETED, PRUNED, ERRORED, DIVERGED, RUNNING = "completed", "pruned", "errored", "diverged", "running"
+UNFINISHED = "unfinished"  # Ray ended the trial before its first epoch's result (tuner.sweep.trial_status)
 # MLflow's run status for each final trial status (the tag is the precise one; this drives the UI icon)
-_RUN_STATUS = {COMPLETED: "FINISHED", PRUNED: "KILLED", DIVERGED: "FAILED", ERRORED: "FAILED"}
+_RUN_STATUS = {COMPLETED: "FINISHED", PRUNED: "KILLED", DIVERGED: "FAILED", ERRORED: "FAILED", UNFINISHED: "KILLED"}
 _MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 # MLflow's HTTP defaults (7 retries, backoff factor 2, 120 s timeout) let one call to an absent server
 # block for minutes. Trials and the driver give up after ~10 s instead: what was not logged stays in Ray's

@@ -8,6 +8,7 @@ import pytest
 
 from tuner import tracking
 from tuner.tracking import TrackingError, TrackingTarget
+from tuner.sweep import TRIAL_STATUSES
 
 
 @pytest.fixture
@@ -99,6 +100,17 @@ def test_checkpoint_download_and_status_tags(store):
     lonely = tracking.open_child_run(target, "c_00002", "vgg11-t002", {}, {})
     with pytest.raises(TrackingError, match=f"run {lonely} .* no checkpoint artifact"):
         tracking.download_checkpoint(uri, lonely, tmp_path / "dl2")
+
+
+@pytest.mark.parametrize("status", TRIAL_STATUSES)
+def test_every_final_trial_status_ends_its_run(store, status):
+    """The driver tags whatever sweep.trial_status says (a trial Ray ended before its first result is
+    `unfinished`: that one raised KeyError and the run stayed RUNNING)."""
+    uri, experiment_id, _ = store
+    run_id = tracking.open_child_run(_sweep(uri, experiment_id)[1], "d_00001", "vgg11-t001", {}, {})
+    tracking.finish_child_run(uri, run_id, status)
+    run = tracking.client(uri).get_run(run_id)
+    assert run.data.tags[tracking.STATUS_TAG] == status and run.info.status in ("FINISHED", "KILLED", "FAILED")
 
 
 def test_unreachable_server_fails_fast_with_a_clear_message():
