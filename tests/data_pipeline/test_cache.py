@@ -56,6 +56,8 @@ def test_concurrent_builders_never_see_half_an_array(tiny_dataset, tmp_path):
     with context.Pool(3) as pool:
         results = pool.map(_build_in_process, [(samples, tmp_path / "c", barrier)] * 3)
     assert len(set(results)) == 1  # same file, same contents for every builder
+    alone = build_or_load(samples, "train", (32, 32), tmp_path / "alone", progress=False).open()
+    assert results[0][1:] == (int(alone[0].astype(np.int64).sum()), int(alone[1].astype(np.int64).sum()))
     leftovers = [p.name for p in (tmp_path / "c").iterdir() if ".tmp" in p.name]
     assert leftovers == []
 

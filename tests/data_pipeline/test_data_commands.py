@@ -6,7 +6,6 @@ from tuner.cli import main
 
 
 def test_synth_then_check_then_load(tmp_path, capsys):
-    pytest.importorskip("data_pipeline.synth", reason="the scene generator is not in this checkout yet")
     out = tmp_path / "scenes"
     run = ["--run-dir", str(tmp_path / "runs"), "data"]
     assert main([*run, "synth", "--out", str(out), "--count", "8", "--size", "64x48", "--style", "simple",

@@ -153,6 +153,7 @@ def test_boxes_csv_matches_large_rock_regions(tmp_path: Path):
 def test_frame_column_is_an_unpadded_integer_sorted(tmp_path: Path):
     rows = read_boxes(make(tmp_path / "frames", count=8, seed=21) / "bounding_boxes.csv")
     frames = [r["Frame"] for r in rows]
+    assert frames  # 8 scenes have rocks
     assert all(f.isdigit() and not f.startswith("0") for f in frames)
     assert [int(f) for f in frames] == sorted(int(f) for f in frames)
 

@@ -30,6 +30,12 @@ def test_predictions_come_back_at_each_images_own_size(scratch):
     assert [m.shape for m in masks] == [(50, 70), (96, 64), (32, 32)]
     assert all(m.max() < 4 for m in masks)
     assert np.array_equal(masks[1], predict_mask(scratch, images[1], (32, 32), MEAN, STD, "cpu"))
+    # the logits are resized to the image, then the argmax taken (not the class map resized): smooth borders
+    x = torch.from_numpy(images[0]).permute(2, 0, 1)[None].float() / 255
+    x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    logits = torch.nn.functional.interpolate(scratch(x), size=(50, 70), mode="bilinear", align_corners=False)
+    assert np.array_equal(masks[0], logits[0].argmax(0).numpy())
 
 
 def test_predict_rejects_non_uint8_rgb(scratch):

@@ -1,5 +1,6 @@
 """`lunartune train` end to end on generated scenes (64 x 64, 2 epochs), through tuner.cli.main."""
 import json
+import re
 
 import pytest
 
@@ -23,7 +24,13 @@ def test_train_synthetic_saves_best_checkpoint_and_prints_metrics(run_dir, capsy
     assert code == 0, err
     summary = json.loads(out)
     assert "epoch 1/2" in err and "epoch 2/2" in err
-    assert summary["status"] == "ok" and summary["best_epoch"] in (1, 2)
+    assert summary["status"] == "ok"
+    lines = re.findall(r"epoch (\d)/2  train_loss .*? val_miou (\S+) .*?( \* best)?$", err, re.M)
+    assert [int(epoch) for epoch, _, _ in lines] == [1, 2]
+    scores = [float(score) for _, score, _ in lines]
+    best = scores.index(max(scores)) + 1  # the first epoch with the top score is kept
+    assert summary["best_epoch"] == best and summary["val_miou"] == pytest.approx(max(scores), abs=5e-5)
+    assert [bool(mark) for _, _, mark in lines] == [True, scores[1] > scores[0]]
     for split in ("val", "test"):
         assert 0 <= summary[f"{split}_miou"] <= 1 and f"{split}_iou_large_rocks" in summary
     model, info = model_from_checkpoint(summary["checkpoint"])

@@ -29,6 +29,7 @@ def _val_mious(model_cfg: ModelConfig, train_cfg: TrainConfig, epochs: int) -> l
     return mious
 
 
+@pytest.mark.slow  # ~1 min on 2 cores
 def test_scratch_unet_learns():
     mious = _val_mious(ModelConfig(backbone="unet_scratch"), TrainConfig(lr=1e-2), epochs=6)
     assert mious[-1] > mious[0] + 0.3, mious  # measured: 0.11 untrained -> 0.96

@@ -11,8 +11,6 @@ from tuner.export import CARD, FORMATS
 from tuner.report import FIGURES
 from tuner.settings import RunPaths
 
-pytestmark = pytest.mark.slow
-
 TINY = DemoConfig(experiment="demo-test", samples=2, scenes=24, scene_size=(64, 64), image_size=(64, 64),
                   max_epochs=1, grace_epochs=1, device="cpu")
 
@@ -29,6 +27,7 @@ def _artifacts_exist(result, paths: RunPaths) -> None:
     assert any(a.path == "report/report.md" for a in client.list_artifacts(result.sweep.parent_run_id, "report"))
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_and_again_on_the_same_run_dir(local_ray, tmp_path):
     paths = RunPaths(root=tmp_path / "run")
     first = run_demo(TINY, paths)
@@ -37,7 +36,10 @@ def test_demo_runs_end_to_end_and_again_on_the_same_run_dir(local_ray, tmp_path)
     text = where_to_look(first, paths)
     assert str(paths.root / "report" / TINY.experiment / "report.md") in text and "ui --experiment demo-test" in text
 
+    scenes = {p: p.stat().st_mtime_ns for p in paths.data.glob("demo-*/images/*/*.png")}
+    assert len(scenes) == 2 * TINY.scenes
     second = run_demo(TINY, paths)  # a new sweep in the same experiment and Optuna study; never a crash
+    assert {p: p.stat().st_mtime_ns for p in paths.data.glob("demo-*/images/*/*.png")} == scenes  # reused
     assert second is not None and second.sweep.parent_run_id != first.sweep.parent_run_id
     _artifacts_exist(second, paths)
     sweeps = MlflowClient(tracking_uri=paths.tracking_uri).search_runs(

@@ -67,7 +67,7 @@ def run_cli(tmp_path, *args) -> int:
     return main(["--run-dir", str(tmp_path / "run"), "evaluate", *map(str, args)])
 
 
-def expected_metrics(checkpoint, root: Path, truth: dict, names) -> dict:
+def expected_metrics(checkpoint, root: Path, truth: dict, names, size=SIZE) -> dict:
     """The metrics recomputed independently: predict_mask per image, pixel counts with numpy."""
     from data_pipeline import load_rgb, resize_image
     from models.checkpoint import model_from_checkpoint
@@ -79,7 +79,7 @@ def expected_metrics(checkpoint, root: Path, truth: dict, names) -> dict:
     counts = np.zeros((4, 4), dtype=np.int64)
     for name in names:
         image = resize_image(load_rgb(files[name]), truth[name].shape)
-        pred = predict_mask(model, image, SIZE, info["normalization"]["mean"], info["normalization"]["std"])
+        pred = predict_mask(model, image, size, info["normalization"]["mean"], info["normalization"]["std"])
         np.add.at(counts, (truth[name].ravel(), pred.ravel()), 1)
     tp = np.diag(counts)
     union = counts.sum(0) + counts.sum(1) - tp
@@ -163,9 +163,15 @@ def test_out_gets_a_confusion_matrix_and_worst_predictions_per_group(checkpoint,
 
 
 def test_image_size_override_is_used_and_validated(checkpoint, data, tmp_path, capsys):
-    root, _ = data
+    root, truth = data
     assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--image-size", "32x48") == 0
-    assert json.loads(capsys.readouterr().out)["image_size"] == [32, 48]
+    results = json.loads(capsys.readouterr().out)
+    assert results["image_size"] == [32, 48]
+    renders = results["groups"]["renders"]["metrics"]
+    want = expected_metrics(checkpoint, root, truth, ["0001", "0002"], size=(32, 48))
+    assert renders["miou"] == pytest.approx(want["miou"], abs=1e-12)
+    assert renders["pixel_acc"] == pytest.approx(want["pixel_acc"], abs=1e-12)
+    assert want["pixel_acc"] != expected_metrics(checkpoint, root, truth, ["0001", "0002"])["pixel_acc"]
     assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--image-size", "33") == 1
     assert "--image-size: image_size=(33, 33): expected (H, W) both positive multiples of 2" in capsys.readouterr().err
 

@@ -132,13 +132,15 @@ def test_a_tracking_server_that_is_away_or_refuses_is_one_line_in_seconds(tmp_pa
             pass
 
     away = RunPaths(root=tmp_path, tracking_uri_override=f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(CliError, match=r"MLflow tracking server http://127\.0\.0\.1:\d+ is not reachable"):
+    with pytest.raises(CliError, match=r"MLflow tracking server http://127\.0\.0\.1:\d+ is not reachable") as away_err:
         resolve_model("models:/lunar-unet@champion", away)
+    assert "\n" not in str(away_err.value)
     server = http.server.HTTPServer(("127.0.0.1", 0), Refusing)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         refusing = RunPaths(root=tmp_path, tracking_uri_override=f"http://127.0.0.1:{server.server_port}")
-        with pytest.raises(CliError, match=r"is not reachable \(HTTP 401"):
+        with pytest.raises(CliError, match=r"is not reachable \(HTTP 401") as refused:
             resolve_model("runs:/0123456789abcdef0123456789abcdef", refusing)
+        assert "\n" not in str(refused.value)
     finally:
         server.shutdown()

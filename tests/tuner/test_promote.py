@@ -3,6 +3,7 @@ real checkpoints (see sweep_fixture.py)."""
 # Tests marked slow share one real sweep per session (~1 min, sweep_fixture.py); each then takes < 15 s.
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -171,8 +172,14 @@ def test_real_photos_are_scored_when_given(fresh, tmp_path):
         shutil.copy(fresh.scenes / "images" / "clean" / f"clean{frame}.png", real / f"g_PCAM{i}.png")
     result = promote(PromoteConfig(experiment=fresh.experiment, real_data=str(real.parent), device="cpu"), fresh.paths)
     version = _client(fresh).get_model_version(MODEL, result.version)
-    assert math.isfinite(float(version.tags["real_miou"]))
-    assert "real_miou" in _client(fresh).get_run(version.run_id).data.metrics
+    logged = _client(fresh).get_run(version.run_id).data.metrics["real_miou"]
+    # the same photos scored by `lunartune evaluate` on the registered version: promote scored these, not others
+    out = tmp_path / "scores.json"
+    assert cli_main(["--run-dir", str(fresh.paths.root), "evaluate", "--model", f"models:/{MODEL}/{result.version}",
+                     "--data", str(real.parent), "--json", str(out), "--device", "cpu"]) == 0
+    photos = json.loads(out.read_text())["groups"]["photos"]["metrics"]
+    assert float(version.tags["real_miou"]) == pytest.approx(photos["miou"], rel=1e-5)  # tags keep 6 digits
+    assert logged == pytest.approx(photos["miou"], rel=1e-9)
 
 
 @pytest.mark.slow

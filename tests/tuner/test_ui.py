@@ -233,7 +233,7 @@ def test_server_binds_loopback_only(ui):
     address = _non_loopback_address()
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address to try")
-    with pytest.raises(OSError), socket.create_connection((address, ui["server"].port), timeout=3):
+    with pytest.raises(ConnectionRefusedError), socket.create_connection((address, ui["server"].port), timeout=3):
         pass
 
 
