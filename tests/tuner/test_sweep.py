@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -15,7 +16,8 @@ from tuner import tracking
 from tuner.cli import CliError, build_parser
 from tuner.promote import best_of_history
 from tuner.settings import RunPaths
-from tuner.sweep import SweepConfig, describe_error, run_sweep, sweep_config_from_args, trial_device
+from tuner.sweep import (TRIAL_STATUSES, SweepConfig, describe_error, run_sweep, sweep_config_from_args,
+                         trial_device)
 
 
 def _cfg(space, scenes, **kw) -> SweepConfig:
@@ -145,6 +147,16 @@ def test_smoke_sweep_end_to_end(local_ray, scenes, tmp_path, run_paths):
     parent = tracking.client(run_paths.tracking_uri).get_run(result.parent_run_id)
     assert parent.data.params["space_file"].endswith("smoke.yaml") and parent.data.params["seed"] == "0"
     assert parent.data.params["manifest_hash"] and parent.data.tags[tracking.STATUS_TAG] == "finished"
+    assert parent.data.tags["git_commit"] and parent.data.tags["space"] == "smoke.yaml"
+    assert [a.path for a in tracking.client(run_paths.tracking_uri).list_artifacts(parent.info.run_id, "space")] \
+        == ["space/smoke.yaml"]
+    assert {s: parent.data.metrics[f"trials_{s}"] for s in TRIAL_STATUSES} \
+        == {s: result.statuses.get(s, 0) for s in TRIAL_STATUSES}  # statuses no trial has are 0, not absent
+    trials = [p.parent for p in Path(result.results_path).glob("*/result.json")]
+    assert len(trials) == 6
+    for trial in trials:  # every epoch reports a checkpoint; with 2 epochs at most, Ray keeps all of them
+        epochs = len((trial / "result.json").read_text().splitlines())
+        assert len(list(trial.glob("checkpoint_*"))) == epochs >= 1, trial
     children = _children(run_paths, result)
     assert len(children) == 6
     by_status = {}
