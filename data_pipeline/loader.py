@@ -1,8 +1,9 @@
 """torch Dataset/DataLoader factory over the decode-once cache, with seeded train-only augmentation.
 
 Batches are `(images, masks)`: images float32 N x 3 x H x W normalised with IMAGENET_MEAN/IMAGENET_STD,
-masks int64 N x H x W class indices. Inference code elsewhere normalises with `normalize_image` so it
-matches training exactly.
+masks int64 N x H x W class indices. Inference (models.inference) resizes in float with torch's
+antialiased bilinear, the cache in uint8 with PIL's: the inputs differ by rounding only (under one grey
+level; tests/models/test_inference_export.py holds them to that).
 
 Augmentation (train split, `DataConfig.augment`): a horizontal flip with probability 1/2 (no vertical
 flip: the sky is always at the top of these scenes) and a brightness/contrast jitter. All random draws

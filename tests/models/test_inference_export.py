@@ -38,6 +38,21 @@ def test_predictions_come_back_at_each_images_own_size(scratch):
     assert np.array_equal(masks[0], logits[0].argmax(0).numpy())
 
 
+def test_inference_sees_the_inputs_training_saw():
+    """Training reads images resized by the decode cache (PIL, uint8); inference resizes them itself (torch,
+    float): the two must agree to rounding, else models are served other inputs than they learned on."""
+    from data_pipeline import IMAGENET_MEAN, IMAGENET_STD, normalize_image, resize_image
+    from data_pipeline.synth import render_scene
+    from models.inference import _to_input
+
+    image = render_scene(0, 1, (480, 720)).image  # a detailed scene: regolith grain, rock edges, noise
+    for size in ((128, 192), (480, 720), (512, 768)):  # down, same, up
+        trained_on = normalize_image(resize_image(image, size))
+        served = _to_input(image, size, IMAGENET_MEAN, IMAGENET_STD).numpy()
+        grey_levels = np.abs(trained_on - served) * np.array(IMAGENET_STD)[:, None, None] * 255
+        assert grey_levels.max() <= 1.001, (size, grey_levels.max())  # uint8 rounding, and no more
+
+
 def test_predict_rejects_non_uint8_rgb(scratch):
     with pytest.raises(ValueError, match="image 0: expected an H x W x 3 uint8"):
         predict_mask(scratch, np.zeros((8, 8), dtype=np.uint8), (32, 32), MEAN, STD)
