@@ -47,7 +47,7 @@ def test_shipped_spaces_cover_what_the_issue_asks():
     assert set(default.choices_of("backbone")) == set(BACKBONES)
     assert set(default.choices_of("optimizer")) == {"adam", "adamw", "sgd"}
     lr = next(p for p in default.params if p.name == "lr")
-    assert lr.log and {"dropout", "loss", "batch_size", "weight_decay"} <= set(default.param_names)
+    assert lr.log and {"dropout", "loss", "batch_size", "weight_decay", "augment"} <= set(default.param_names)
     assert default.points_to_evaluate[0]["backbone"] == "vgg11" and default.points_to_evaluate[0]["lr"] == 1e-3
     assert load_space(search_spaces.resolve("vgg11"), known_backbones=BACKBONES).choices_of("backbone") == ("vgg11",)
     assert set(load_space(search_spaces.resolve("smoke"), known_backbones=BACKBONES).choices_of("backbone")) \
