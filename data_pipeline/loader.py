@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from data_pipeline.cache import CachedSplit, prepare, prepare_dataset  # noqa: F401  (prepare_dataset re-exported)
+from data_pipeline.cache import CachedSplit, prepare
 from data_pipeline.config import DataConfig
 from data_pipeline.errors import DataError
 

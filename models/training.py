@@ -24,7 +24,7 @@ from models.config import ConfigError, TrainConfig
 from models.metrics import LOSS, ConfusionMatrix, segmentation_metrics
 
 ONECYCLE_WARMUP = 0.3  # share of all steps spent warming up in the one-cycle schedule
-ONECYCLE_START = 1 / 25  # one-cycle starts (and cosine-like ends) at this fraction of the peak lr
+ONECYCLE_START = 1 / 25  # one-cycle starts at this fraction of the peak lr (and ends at it / 1e4, as torch)
 
 
 class DivergedError(RuntimeError):
@@ -113,13 +113,13 @@ def lr_factor(schedule: str, step: int, total_steps: int) -> float:
     raise ConfigError("TrainConfig.lr_schedule", schedule, "one of none, cosine, onecycle")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int,
-                   epochs: int | None = None) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """A per-batch LambdaLR over lr_factor, or None for `none`. `epochs` defaults to cfg.epochs."""
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """A per-batch LambdaLR over lr_factor for cfg.epochs epochs, or None for `none`."""
     if cfg.lr_schedule == "none":
         return None
     lr_factor(cfg.lr_schedule, 0, 1)  # validates the name before building anything
-    total = steps_per_epoch * (epochs or cfg.epochs)
+    total = steps_per_epoch * cfg.epochs
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg.lr_schedule, step, total))
 
 

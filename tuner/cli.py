@@ -13,7 +13,6 @@ from typing import Callable, Sequence
 
 from tuner.settings import RUN_DIR_ENV, TRACKING_URI_ENV, resolve_run_paths
 
-EXIT_USAGE = 2  # argparse's own code for bad usage
 EXIT_ERROR = 1  # a clear, expected error (bad input, missing data, ...)
 EXIT_INCOMPLETE = 3  # the sweep finished but MLflow missed part of it (server away): `tune --resume` fills it in
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it

@@ -10,9 +10,7 @@ Optuna study; generated scenes are reused; promote registers only a better or di
 """
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +18,6 @@ from tuner.cli import EXIT_INTERRUPTED, CliError
 from tuner.settings import RunPaths
 
 DEMO_SPACE = "smoke"  # shipped space the demo searches (hand-built U-Net + VGG11)
-# tried first, so the demo always has a VGG11 trial to promote whatever TPE draws next
-VGG11_POINT = {"backbone": "vgg11", "optimizer": "adam", "lr": 1.0e-3, "dropout": 0.0}
 
 
 @dataclass(frozen=True)
@@ -49,22 +45,19 @@ class DemoResult:
     report: object  # tuner.report.ReportResult
 
 
-def demo_space(paths: RunPaths) -> Path:
-    """The shipped smoke space plus VGG11_POINT in points_to_evaluate, written into the run dir."""
-    import yaml
+def demo_space(backbone: str) -> Path:
+    """The shipped smoke space, which evaluates a point of the promoted backbone first: whatever TPE draws
+    next, the demo has a trial to promote (an edited file without one is refused before any work)."""
+    from models.registry import canonical_backbone
+    from tuner.space import load_space
 
     import search_spaces
 
-    space = yaml.safe_load(search_spaces.resolve(DEMO_SPACE).read_text())
-    points = space.setdefault("points_to_evaluate", [])
-    if not any(p.get("backbone") == "vgg11" for p in points):
-        points.insert(0, dict(VGG11_POINT))
-    path = paths.root / "demo" / f"{DEMO_SPACE}-with-vgg11.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(space, f, sort_keys=False)
-    os.replace(tmp, path)  # a re-run reads a whole file even if this one is interrupted
+    path = search_spaces.resolve(DEMO_SPACE)
+    points = load_space(path).points_to_evaluate
+    if not any(canonical_backbone(p["backbone"]) == backbone for p in points if "backbone" in p):
+        raise CliError(f"{path}: points_to_evaluate has no {backbone} point; the demo promotes a {backbone} "
+                       f"trial and needs one evaluated first")
     return path
 
 
@@ -95,7 +88,7 @@ def run_demo(cfg: DemoConfig, paths: RunPaths) -> DemoResult | None:
     from tuner.sweep import run_sweep_cli_errors
 
     paths.ensure()
-    space = demo_space(paths)
+    space = demo_space(cfg.backbone)
     sweep_config(cfg, paths.data, space)  # its flags checked before the scenes are made, not after
     data = generate_scenes(cfg, paths)
     print(f"[2/5] sweep: {cfg.samples} trials, experiment {cfg.experiment}", file=sys.stderr)

@@ -1,5 +1,4 @@
 """`lunartune data synth|check` end to end through the real CLI and the real generator."""
-import pytest
 
 from data_pipeline import DataConfig, make_loaders
 from tuner.cli import main

@@ -56,3 +56,12 @@ def test_a_bad_experiment_name_is_refused_before_any_scene_is_made(tmp_path):
     with pytest.raises(CliError, match="--experiment='bad name': expected a name of letters"):
         run_demo(replace(TINY, experiment="bad name"), paths)
     assert not any(paths.data.iterdir())
+
+
+def test_the_demo_space_evaluates_a_point_of_the_promoted_backbone_first():
+    from tuner.cli import CliError
+    from tuner.demo import demo_space
+
+    assert demo_space("vgg11").name == "smoke.yaml"
+    with pytest.raises(CliError, match="smoke.yaml: points_to_evaluate has no resnet18 point"):
+        demo_space("resnet18")
