@@ -80,32 +80,35 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     context = tune.get_context()
     staging = CheckpointStaging.for_trial(context.get_experiment_name(), context.get_trial_id())
     staging.remove()  # what a killed attempt of this trial left here (it may have no epoch left to save)
-    for epoch in range(epoch + 1, train_cfg.epochs + 1):
-        loaders.train.sampler.set_epoch(epoch - 1)  # a resumed trial sees the batches it would have seen
-        try:
-            train = train_one_epoch(model, loaders.train, optimizer, loss_fn, device, scheduler, epoch=epoch,
-                                    bn_batches=train_cfg.bn_recalibration_batches, **extras)
-        except DivergedError:
-            # the worst score, flagged: the searcher tells Optuna PRUNED, the callback tags "diverged"
-            run.log({}, epoch)  # opens the run if MLflow was away until now
-            tune.report({setup.objective: 0.0, DIVERGED: True, EPOCH: epoch, RUN_ID: run.run_id or ""})
-            return
-        val = evaluate(model, loaders.val, device, loss_fn, names, data_pipeline.ROCK_CLASS_IDS, **extras)
-        metrics = epoch_metrics(train, val, epoch)
-        run.log(metrics, epoch)  # before the report: a kill in between retrains the epoch, never logs it twice
-        score = _objective(metrics, setup.objective)
-        improved = best is None or score > best
-        best = score if improved else best
-        folder = staging.empty()
-        state = dict(run_id=run.run_id, best=best, manifest_hash=loaders.manifest_hash)
-        _save(folder / STATE_FILE, model, model_cfg, train_cfg, data_cfg, epoch, metrics,
-              optimizer, scheduler, state)
-        if improved and run.run_id is not None:
-            run.attempt("best checkpoint upload", lambda: _upload_best(
-                folder, model, model_cfg, train_cfg, data_cfg, epoch, metrics, state, setup))
-        tune.report({**metrics, setup.objective: score, RUN_ID: run.run_id or "", DIVERGED: False},
-                    checkpoint=tune.Checkpoint.from_directory(folder))
-        staging.remove()  # tune.report has copied it into Ray's storage
+    try:
+        for epoch in range(epoch + 1, train_cfg.epochs + 1):
+            loaders.train.sampler.set_epoch(epoch - 1)  # a resumed trial sees the batches it would have seen
+            try:
+                train = train_one_epoch(model, loaders.train, optimizer, loss_fn, device, scheduler, epoch=epoch,
+                                        bn_batches=train_cfg.bn_recalibration_batches, **extras)
+            except DivergedError:
+                # the worst score, flagged: the searcher tells Optuna PRUNED, the callback tags "diverged"
+                run.log({}, epoch)  # opens the run if MLflow was away until now
+                tune.report({setup.objective: 0.0, DIVERGED: True, EPOCH: epoch, RUN_ID: run.run_id or ""})
+                return
+            val = evaluate(model, loaders.val, device, loss_fn, names, data_pipeline.ROCK_CLASS_IDS, **extras)
+            metrics = epoch_metrics(train, val, epoch)
+            run.log(metrics, epoch)  # before the report: a kill in between retrains the epoch, never logs it twice
+            score = _objective(metrics, setup.objective)
+            improved = best is None or score > best
+            best = score if improved else best
+            folder = staging.empty()
+            state = dict(run_id=run.run_id, best=best, manifest_hash=loaders.manifest_hash)
+            _save(folder / STATE_FILE, model, model_cfg, train_cfg, data_cfg, epoch, metrics,
+                  optimizer, scheduler, state)
+            if improved and run.run_id is not None:
+                run.attempt("best checkpoint upload", lambda: _upload_best(
+                    folder, model, model_cfg, train_cfg, data_cfg, epoch, metrics, state, setup))
+            tune.report({**metrics, setup.objective: score, RUN_ID: run.run_id or "", DIVERGED: False},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+            staging.remove()  # tune.report has copied it into Ray's storage
+    finally:  # the worker may run other trials (reuse_actors): its exit must not remove this folder later,
+        staging.close()  # when a retry of this trial on the node may be writing into it
 
 
 class CheckpointStaging:
@@ -146,6 +149,11 @@ class CheckpointStaging:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    def close(self) -> None:
+        """The trial ended in this worker: remove the folder now, and not again at the worker's exit."""
+        self.remove()
+        atexit.unregister(self.remove)
 
 
 def epoch_metrics(train: dict, val: dict, epoch: int) -> dict:

@@ -140,6 +140,23 @@ def test_a_worker_stopped_while_it_waits_inside_a_report_removes_its_staged_chec
     assert not (tmp_path / "lunartune-checkpoint-s-t1").exists()
 
 
+def test_a_worker_that_ran_a_trial_leaves_that_trials_folder_alone_at_exit(tmp_path):
+    # reuse_actors: one worker runs trial after trial; a trial that ended in it (say, with an error) may be
+    # retried by another worker on the node, into the same folder, which this worker's exit must not remove
+    script = (
+        "from pathlib import Path\n"
+        "from tuner.trainable import CheckpointStaging\n"
+        f"ended = CheckpointStaging.for_trial('s', 't1', Path({str(tmp_path)!r}))\n"
+        "ended.empty()\n"
+        "ended.close()\n"
+        f"retry = Path({str(tmp_path)!r}) / 'lunartune-checkpoint-s-t1'\n"
+        "retry.mkdir()\n"
+        "(retry / 'trial.pt').write_bytes(b'the retry writes here')\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "lunartune-checkpoint-s-t1" / "trial.pt").is_file()
+
+
 def test_a_run_restored_from_a_checkpoint_is_running_again_at_first_contact(tmp_path):
     # an errored trial that had checkpoints: --resume retries it from one, in its run, which must lose the error
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
