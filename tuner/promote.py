@@ -103,13 +103,21 @@ class PromoteResult:
 # ----------------------------------------------------------------------------- MLflow store and lookups
 
 def open_client(paths: RunPaths):
-    """MlflowClient of the run dir's store; refuses to create an empty SQLite file as a side effect."""
+    """MlflowClient of the run dir's store; refuses to create an empty SQLite file as a side effect, and an
+    unusable store (a server away, a file that is not a database) is one line in seconds."""
     from mlflow.tracking import MlflowClient
+
+    from tuner import tracking
 
     missing = paths.missing_store()
     if missing is not None:
         raise CliError(f"no MLflow store at {missing}; run `lunartune tune` first, or pass the "
                        f"--run-dir / --tracking-uri of the sweep")
+    tracking.bound_http_retries()  # MLflow's own retries of a server that went away take minutes
+    try:
+        tracking.check_reachable(paths.tracking_uri)
+    except tracking.TrackingError as err:
+        raise CliError(str(err)) from None
     return MlflowClient(tracking_uri=paths.tracking_uri)
 
 

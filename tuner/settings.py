@@ -49,6 +49,16 @@ class RunPaths:
     def uses_embedded_store(self) -> bool:
         return self.tracking_uri_override is None
 
+    @property
+    def local_artifact_root(self) -> Path | None:
+        """Where a new experiment's artifacts (checkpoints) go when the store is an SQLite file: the run
+        dir's mlartifacts, or one beside a --tracking-uri sqlite:/// file (MLflow's own default, ./mlruns
+        in whatever folder the command ran from, scattered checkpoints). None for a server: its own."""
+        if self.uses_embedded_store:
+            return self.mlflow_artifacts
+        uri = self.tracking_uri
+        return Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts" if uri.startswith("sqlite:///") else None
+
     def missing_store(self) -> Path | None:
         """The SQLite file the tracking URI names (the run dir's or a sqlite:/// override) if it does not
         exist: opening it would create an empty store there. None for a server or an existing file."""

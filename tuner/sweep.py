@@ -177,7 +177,7 @@ def _run_locked(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
     data_cfg, manifest = _prepare_data(cfg, paths)
     experiment_id = tracking.get_or_create_experiment(
         paths.tracking_uri, cfg.experiment,
-        paths.mlflow_artifacts.as_uri() if paths.uses_embedded_store else None)
+        paths.local_artifact_root.as_uri() if paths.local_artifact_root else None)
     if cfg.resume:
         state = json.loads(pointer.read_text())
         _reopen_parent_run(paths.tracking_uri, state["parent_run_id"])
@@ -259,8 +259,8 @@ def _warn_about_disk(cfg: SweepConfig, paths: RunPaths, space) -> None:
     storage = cfg.storage or str(paths.ray_results)
     storage = storage[len("file://"):] if storage.startswith("file://") else storage  # a local disk too
     needs = {} if _is_uri(storage) else {Path(storage).expanduser(): written.ray}
-    if paths.uses_embedded_store:
-        needs[paths.mlflow_artifacts] = written.mlflow
+    if paths.local_artifact_root:
+        needs[paths.local_artifact_root] = written.mlflow
     if not cfg.address:  # trials stage their checkpoints in this machine's temp folder (a cluster: the nodes')
         temp = Path(tempfile.gettempdir())
         needs[temp] = needs.get(temp, 0) + written.staging

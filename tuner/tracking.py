@@ -13,8 +13,10 @@ Layout of what a sweep records (the names below are the contract `promote`, `rep
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import tempfile
 import time
 import urllib.error
@@ -75,9 +77,12 @@ def bound_http_retries() -> None:
 # ---------------------------------------------------------------------------------------------
 
 def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
-    """Fail within `timeout_s` with a clear message if an HTTP tracking server does not answer."""
+    """Fail within `timeout_s` with a clear message if the store cannot be used: an HTTP tracking server
+    that does not answer, an SQLite store that is not a database (SQLAlchemy's error is a traceback)."""
+    if uri.startswith(SQLITE):
+        return _check_sqlite(uri)
     if not uri.startswith(("http://", "https://")):
-        return  # sqlite/file stores are opened on first use; their errors already name the path
+        return  # file stores are opened on first use; their errors already name the path
     url = uri.rstrip("/") + "/health"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
@@ -91,6 +96,25 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
     raise TrackingError(f"MLflow tracking server {uri} is not reachable ({problem} from {url}); start it "
                         f"(mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1) or omit "
                         f"--tracking-uri to use the embedded SQLite store")
+
+
+SQLITE = "sqlite:///"
+
+
+def sqlite_path(uri: str) -> Path:
+    """The database file of a sqlite:/// URI (sqlite:////abs/path or sqlite:///relative/path)."""
+    return Path(uri[len(SQLITE):])
+
+
+def _check_sqlite(uri: str) -> None:
+    path = sqlite_path(uri)
+    if not path.is_file():
+        return  # MLflow creates it on first use (commands that only read refuse that: RunPaths.missing_store)
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            db.execute("PRAGMA schema_version")
+    except sqlite3.Error as err:
+        raise TrackingError(f"MLflow store {uri}: {path} is not an SQLite database ({err})") from None
 
 
 def get_or_create_experiment(uri: str, name: str, artifact_location: str | None) -> str:

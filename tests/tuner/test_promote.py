@@ -294,3 +294,18 @@ def test_checkpoint_score_reads_the_objective_at_the_epoch_the_sweep_kept(tmp_pa
     assert checkpoint_score(client, run_id, "val_miou", "val_miou") == (0.60, 2)  # the first epoch at the top
     assert checkpoint_score(client, run_id, "val_rock_miou", "val_miou") == (0.10, 2)  # not its own best (0.30, 1)
     assert checkpoint_score(client, run_id, "val_rock_miou", "val_rock_miou") == (0.30, 1)
+
+
+@pytest.mark.parametrize("command", [["promote", "--experiment", "x"], ["report", "--experiment", "x"]])
+def test_a_store_that_cannot_be_used_is_one_line_in_seconds(command, tmp_path, capsys):
+    """Before: a server away took MLflow's retries (~250 s), then a traceback; a file that is not a
+    database gave SQLAlchemy's traceback."""
+    from _procs import free_port
+
+    not_a_db = tmp_path / "notes.db"
+    not_a_db.write_text("not a database")
+    for uri, says in ((f"sqlite:///{not_a_db}", f"{not_a_db} is not an SQLite database"),
+                      (f"http://127.0.0.1:{free_port()}", "is not reachable")):
+        assert cli_main(["--run-dir", str(tmp_path / "run"), "--tracking-uri", uri, *command]) == 1
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1, err

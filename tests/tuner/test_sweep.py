@@ -105,11 +105,15 @@ def test_an_errored_trial_is_described_by_its_root_cause_on_one_line():
 
 # -- real sweeps --------------------------------------------------------------------------------------
 
-def test_diverged_trial_ends_as_diverged_not_as_a_crash(local_ray, scenes, tmp_path, run_paths):
+def test_diverged_trial_ends_as_diverged_not_as_a_crash(local_ray, scenes, tmp_path):
     space = tmp_path / "diverge.yaml"  # SGD at lr ~1e37 overflows float32 logits on the 2nd batch
     space.write_text("params:\n  lr: {low: 1.0e+36, high: 1.0e+37, log: true}\n"
                      "fixed: {backbone: unet_scratch, optimizer: sgd, scratch_width: 4, scratch_depth: 3}\n")
+    (tmp_path / "store").mkdir()  # and an SQLite store outside the run dir: its artifacts go beside it
+    run_paths = RunPaths(root=tmp_path / "run", tracking_uri_override=f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
     result = run_sweep(_cfg(str(space), scenes, samples=1, concurrency=1, experiment="nan"), run_paths)
+    location = tracking.client(run_paths.tracking_uri).get_experiment(result.experiment_id).artifact_location
+    assert location == (tmp_path / "store" / "mlartifacts").as_uri()  # not ./mlruns wherever tune ran
     assert result.statuses == {"diverged": 1} and not result.interrupted
     (run,) = _children(run_paths, result)
     assert run.data.tags[tracking.STATUS_TAG] == "diverged" and run.info.status == "FAILED"
