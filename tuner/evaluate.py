@@ -292,11 +292,16 @@ def _names(value: str | None) -> list[str]:
     return [name.strip() for name in (value or "").split(",") if name.strip()]
 
 
-def _checked_json_path(value: str | None) -> Path | None:
-    """--json's file, refused before any scoring if it could not be written (a folder, a file as parent)."""
+def _checked_json_path(value: str | None, model: str, data: str) -> Path | None:
+    """--json's file, refused before any scoring if it could not be written (a folder, a file as parent) or
+    would replace an input: the model's checkpoint file, a file of the data set."""
     if not value:
         return None
     path = Path(value).expanduser().resolve()
+    if path == Path(model).expanduser().resolve():
+        raise CliError(f"--json {path}: is the model's checkpoint; write the results elsewhere")
+    if Path(data).expanduser().resolve() in path.parents:
+        raise CliError(f"--json {path}: is inside --data {Path(data).expanduser().resolve()}; write the results elsewhere")
     parent = next((p for p in path.parents if p.exists()), None)
     if path.is_dir():
         raise CliError(f"--json {path}: is a folder; expected the path of a file to write")
@@ -310,10 +315,12 @@ def _checked_json_path(value: str | None) -> Path | None:
 def main(args, paths: RunPaths) -> int:
     from data_pipeline import DataError
     from tuner.model_spec import load_model
-    from tuner.predict import device_from_flag, staged_output
+    from tuner.predict import check_out_folder, device_from_flag, staged_output
 
     device = device_from_flag(getattr(args, "device", "auto"))
-    json_path = _checked_json_path(args.json)
+    json_path = _checked_json_path(args.json, args.model, args.data)
+    if args.out:
+        check_out_folder(args.out)  # before the scoring, not after it
     eval_sets, unmasked, excluded = find_eval_sets(args.data, _names(args.exclude), args.exclude_mismatches)
     for path in unmasked:
         print(f"lunartune evaluate: warning: {path} has no clean or ground mask; not scored", file=sys.stderr)

@@ -39,11 +39,12 @@ def staged_output(out: Path) -> Iterator[Path]:
     A missing `out` is created by one rename; into an existing `out` each finished file is moved with
     os.replace (atomic per file), so a failed run never leaves a partial file there.
     """
-    out = Path(out).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise CliError(f"--out {out}: exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    out = check_out_folder(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as err:
+        raise CliError(f"--out {out}: cannot create it ({err.strerror or err})") from None
     staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would become `out`'s: others could not read it
     try:
         yield staging
@@ -57,6 +58,31 @@ def staged_output(out: Path) -> Iterator[Path]:
                 os.replace(item, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_out_folder(out) -> Path:
+    """--out as an absolute path, refused before any work if no folder can be made there: it is a file, or
+    the nearest existing folder above it is a file or not writable."""
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out}: exists and is not a folder")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise CliError(f"--out {out}: {above} is a file, not a folder")
+    if above is not None and not out.exists() and not os.access(above, os.W_OK):
+        raise CliError(f"--out {out}: cannot create a folder in {above}")
+    return out
+
+
+def check_outputs_spare_inputs(images: list[Path], out) -> None:
+    """Refuse an --out where an output would replace one of the input images (--out = an input folder
+    holding a.png and a_mask.png, say, or the outputs of an earlier run)."""
+    out, inputs = Path(out).expanduser().resolve(), {p.resolve() for p in images}
+    for image in images:
+        for target in (out / f"{image.stem}{MASK_SUFFIX}", out / f"{image.stem}{OVERLAY_SUFFIX}"):
+            if target in inputs:
+                raise CliError(f"--out {out}: the outputs of {image.name} would replace the input image "
+                               f"{target.name}; choose another --out")
 
 
 def _umask() -> int:
@@ -148,6 +174,8 @@ def main(args, paths: RunPaths) -> int:
 
     device = device_from_flag(getattr(args, "device", "auto"))
     images = collect_images(args.inputs)
+    check_out_folder(args.out)
+    check_outputs_spare_inputs(images, args.out)
     model, info, resolved = load_model(args.model, paths)
     model.to(device)
     try:

@@ -215,6 +215,15 @@ def test_a_json_path_that_cannot_be_written_or_a_bad_device_is_refused_before_sc
     assert f"{taken} is a file, not a folder" in capsys.readouterr().err
     assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--out", out, "--device", "gpu") == 1
     assert "--device='gpu': expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+    # outputs that would replace an input: the model's checkpoint, a file of the data set
+    model_bytes = Path(checkpoint).read_bytes()
+    assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--json", checkpoint) == 1
+    assert "is the model's checkpoint" in capsys.readouterr().err and Path(checkpoint).read_bytes() == model_bytes
+    assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--json", root / "images/clean/clean0001.png") == 1
+    assert f"is inside --data {Path(root).resolve()}" in capsys.readouterr().err
+    # an --out no folder can be made at: refused before the scoring, on one line
+    assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--out", taken / "figs") == 1
+    assert f"--out {taken / 'figs'}: {taken} is a file, not a folder\n" == capsys.readouterr().err.split("error: ")[-1]
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".figs")]
 
 

@@ -84,6 +84,19 @@ def test_an_existing_out_keeps_its_files_when_a_later_run_fails(checkpoint, tmp_
     assert (tmp_path / "out" / "a_mask.png").read_bytes() == before
 
 
+def test_an_out_that_would_replace_an_input_image_is_refused(checkpoint, tmp_path, capsys):
+    """--out = the input folder, which holds a.png and the user's own a_mask.png: that file was replaced."""
+    folder = tmp_path / "photos"
+    write_png(folder / "a.png", (32, 48))
+    theirs = write_png(folder / "a_mask.png", (32, 48), seed=1).read_bytes()
+    assert predict(checkpoint, tmp_path, folder, out="photos") == 1
+    assert "the outputs of a.png would replace the input image a_mask.png" in capsys.readouterr().err
+    assert (folder / "a_mask.png").read_bytes() == theirs and sorted(p.name for p in folder.iterdir()) == ["a.png", "a_mask.png"]
+    (tmp_path / "a-file").write_text("x")  # and an --out under a file: one line (was FileExistsError's traceback)
+    assert predict(checkpoint, tmp_path, folder / "a.png", out="a-file/sub") == 1
+    assert f"{tmp_path / 'a-file'} is a file, not a folder" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case, expected", [
     ("missing", "no such image file or folder"),
     ("empty", "folder holds no images"),
