@@ -46,6 +46,7 @@ from data_pipeline.split import (
 CACHE_VERSION = 1  # bump when the array layout or the resize rule changes
 CACHE_DIR_NAME = ".lunartune_cache"
 PROGRESS_MIN_FILES = 50  # show a progress bar when the first build decodes at least this many frames
+MAX_WORKERS = 64  # DataLoader processes: 99999 of them exhausted the memory of the machine
 
 
 @dataclass(frozen=True)
@@ -235,5 +236,5 @@ def check_config(cfg: DataConfig) -> None:
         raise DataError(f"batch_size: expected an integer >= 1, got {cfg.batch_size!r}")
     if cfg.mask_source not in MASK_DIRS:
         raise DataError(f"mask_source: expected one of {', '.join(MASK_DIRS)} for training, got {cfg.mask_source!r}")
-    if not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
-        raise DataError(f"num_workers: expected an integer >= 0, got {cfg.num_workers!r}")
+    if not isinstance(cfg.num_workers, int) or not 0 <= cfg.num_workers <= MAX_WORKERS:
+        raise DataError(f"num_workers: expected an integer in [0, {MAX_WORKERS}], got {cfg.num_workers!r}")

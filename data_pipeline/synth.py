@@ -30,6 +30,7 @@ from data_pipeline.errors import DataError
 
 STYLES = {"realistic": synth_realistic.render, "simple": synth_simple.render}
 MIN_SIZE = 48  # smallest height or width, px: below it rocks and horizon no longer fit
+MAX_SIZE = 8192  # largest: a typo of 100000 asked numpy for 30 GB per scene
 MANIFEST = "lunartune_synth.json"
 MANIFEST_VERSION = 8  # bump when the generator's output changes for the same parameters
 BOX_COLUMNS = ("Frame", "TopLeftCornerX", "TopLeftCornerY", "Length", "Height")
@@ -97,8 +98,8 @@ def check_size(size) -> tuple[int, int]:
     if not isinstance(size, (tuple, list)) or len(size) != 2:
         raise DataError(f"size must be (height, width), got {size!r}")
     height, width = (check_int("size", v, 1) for v in size)
-    if min(height, width) < MIN_SIZE:
-        raise DataError(f"size must be at least {MIN_SIZE} px per side, got (height, width) = {size!r}")
+    if min(height, width) < MIN_SIZE or max(height, width) > MAX_SIZE:
+        raise DataError(f"size must be {MIN_SIZE} to {MAX_SIZE} px per side, got (height, width) = {size!r}")
     return height, width
 
 

@@ -76,6 +76,7 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
     check_field_types(cfg)
     checks = [
         ("epochs", cfg.epochs >= 1, "an integer >= 1"),
+        ("seed", 0 <= cfg.seed < 2**32, "an integer in [0, 2**32)"),  # numpy's seed range
         # BatchNorm in training needs two images per step (DeepLabV3+'s pooled branch fails on one)
         ("batch_size", cfg.batch_size >= 2, "an integer >= 2"),
         ("lr", cfg.lr > 0 and cfg.lr == cfg.lr, "a learning rate > 0"),

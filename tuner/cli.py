@@ -26,6 +26,9 @@ class CliError(Exception):
         self.code = code
 
 
+MAX_IMAGE_SIDE = 8192  # the data set's images are 720 x 480; 8192 leaves room for any real camera
+
+
 def _size(text: str) -> tuple[int, int]:
     """'128' -> (128, 128); '128x192' -> (128, 192) as HEIGHTxWIDTH."""
     try:
@@ -36,6 +39,8 @@ def _size(text: str) -> tuple[int, int]:
         parts = parts * 2
     if len(parts) != 2 or min(parts) <= 0:
         raise argparse.ArgumentTypeError(f"expected N or HxW with positive sizes, got {text!r}")
+    if max(parts) > MAX_IMAGE_SIDE:  # a typo's 80000 asked for a 77 GB tensor, or a 240 GB decode cache
+        raise argparse.ArgumentTypeError(f"expected sizes of at most {MAX_IMAGE_SIDE} px per side, got {text!r}")
     return parts[0], parts[1]
 
 

@@ -133,6 +133,8 @@ def load_space(path: str | Path, known_backbones: Iterable[str] | None = None) -
         raw = yaml.safe_load(path.read_text())
     except OSError as err:
         raise SpaceError(f"{where}: cannot read the search space ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise SpaceError(f"{where}: not a text (UTF-8) file: {err.reason} at byte {err.start}") from None
     except yaml.YAMLError as err:
         raise SpaceError(f"{where}: not valid YAML: {err}") from None
     if known_backbones is None:

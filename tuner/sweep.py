@@ -117,19 +117,20 @@ def sweep_config_from_args(args) -> SweepConfig:
 
 
 def check_sweep_config(cfg: SweepConfig) -> None:
+    gpus = cfg.gpus_per_trial if math.isfinite(cfg.gpus_per_trial) else 0.0  # nan/inf: refused by its own check
     checks = [
         ("--samples", cfg.samples >= 1, "an integer >= 1"),
         ("--max-epochs", cfg.max_epochs >= 1, "an integer >= 1"),
         ("--grace-epochs", 1 <= cfg.grace_epochs <= cfg.max_epochs, f"an integer in [1, --max-epochs={cfg.max_epochs}]"),
         ("--reduction-factor", cfg.reduction_factor >= 2, "an integer >= 2"),
         ("--concurrency", cfg.concurrency >= 1, "an integer >= 1"),
-        ("--cpus-per-trial", cfg.cpus_per_trial > 0, "a number > 0"),
-        ("--gpus-per-trial", cfg.gpus_per_trial >= 0, "a number >= 0"),
+        ("--cpus-per-trial", math.isfinite(cfg.cpus_per_trial) and cfg.cpus_per_trial > 0, "a number > 0"),
+        ("--gpus-per-trial", math.isfinite(cfg.gpus_per_trial) and cfg.gpus_per_trial >= 0, "a number >= 0"),
         ("--device", re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device) is not None, "auto, cpu, cuda or cuda:N"),
-        ("--device", cfg.gpus_per_trial > 0 or not cfg.device.startswith("cuda"),
+        ("--device", gpus > 0 or not cfg.device.startswith("cuda"),
          "auto or cpu when --gpus-per-trial is 0 (a trial may use only the GPUs Ray gives it)"),
-        ("--device", _gpu_index(cfg.device) < max(1, math.ceil(cfg.gpus_per_trial)),
-         f"auto, cpu, cuda or cuda:N with N < {max(1, math.ceil(cfg.gpus_per_trial))}: a trial sees only the "
+        ("--device", _gpu_index(cfg.device) < max(1, math.ceil(gpus)),
+         f"auto, cpu, cuda or cuda:N with N < {max(1, math.ceil(gpus))}: a trial sees only the "
          f"GPUs Ray gives it, numbered from 0"),
         ("--synthetic-count", cfg.synthetic_count >= 1, "an integer >= 1"),
         ("--experiment", bool(cfg.experiment) and set(cfg.experiment) <= _EXPERIMENT_CHARS,

@@ -105,7 +105,7 @@ def test_read_only_shared_data_is_never_written(shared_data, tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("image_size", (0, 32)), ("batch_size", 0), ("mask_source", "real"),
-                                          ("num_workers", -1)])
+                                          ("num_workers", -1), ("num_workers", 99999)])
 def test_bad_config_names_the_field(tiny_dataset, tmp_path, field, value):
     with pytest.raises(DataError, match=f"^{field}: expected"):
         make_loaders(_cfg(tiny_dataset, tmp_path, **{field: value}))

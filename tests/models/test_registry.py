@@ -49,7 +49,7 @@ def test_scratch_unet_rejects_pretrained_weights():
         models.validate(ModelConfig(backbone="unet_scratch", encoder_weights="imagenet"))
 
 
-@pytest.mark.parametrize("field, value", [("lr", 0.0), ("lr", -1e-3), ("epochs", 0), ("batch_size", 1), ("optimizer", "lion"),
+@pytest.mark.parametrize("field, value", [("lr", 0.0), ("lr", -1e-3), ("epochs", 0), ("batch_size", 1), ("seed", -1), ("seed", 2**32), ("optimizer", "lion"),
                                           ("loss", "lovasz"), ("lr_schedule", "step"), ("momentum", 1.0),
                                           ("bn_recalibration_batches", -1), ("bn_recalibration_batches", 2.5)])
 def test_bad_train_config_names_the_field(field, value):

@@ -54,6 +54,11 @@ def test_bad_image_size_names_the_expected_form(capsys):
         main(["train", "--image-size", "big"])
     assert exit_info.value.code == 2
     assert "expected N or HxW" in capsys.readouterr().err
+    for command in (["train", "--image-size", "80000"], ["evaluate", "--model", "m", "--data", "d", "--image-size", "64x9000"],
+                    ["data", "synth", "--out", "o", "--size", "100000x480"]):
+        with pytest.raises(SystemExit):  # a typo asked for tens of GB of memory, or a decode cache bigger than the disk
+            main(command)
+        assert "expected sizes of at most 8192 px per side" in capsys.readouterr().err
 
 
 def test_run_dir_flag_works_before_and_after_the_subcommand(tmp_path):

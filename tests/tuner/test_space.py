@@ -123,6 +123,9 @@ def test_a_bad_space_is_one_clear_error_naming_file_and_field(tmp_path, raw, fie
 def test_invalid_yaml_and_missing_files_are_clear(tmp_path):
     with pytest.raises(SpaceError, match="not valid YAML"):
         _load(tmp_path, "params: {lr: [\n")
+    (tmp_path / "utf16.yaml").write_bytes("params: {}".encode("utf-16"))  # was a UnicodeDecodeError traceback
+    with pytest.raises(SpaceError, match=r"utf16.yaml: not a text \(UTF-8\) file: invalid start byte at byte 0"):
+        load_space(tmp_path / "utf16.yaml")
     with pytest.raises(FileNotFoundError, match="shipped spaces: default, smoke, vgg11"):
         search_spaces.resolve("nope")
 

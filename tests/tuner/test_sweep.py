@@ -58,6 +58,9 @@ def test_flags_become_a_sweep_config():
     # else Ray would start and every trial fail three times on it
     (["--device", "gpu", "--gpus-per-trial", "1"], "--device='gpu': expected auto, cpu, cuda or cuda:N$"),
     (["--device", "mps"], "--device='mps': expected auto, cpu, cuda or cuda:N$"),
+    (["--gpus-per-trial", "nan"], "--gpus-per-trial=nan: expected a number >= 0"),  # was a ValueError traceback
+    (["--gpus-per-trial", "inf"], "--gpus-per-trial=inf: expected a number >= 0"),
+    (["--cpus-per-trial", "nan"], "--cpus-per-trial=nan: expected a number > 0"),
 ])
 def test_bad_flags_are_clear_errors(flags, says):
     with pytest.raises(CliError, match=says):
