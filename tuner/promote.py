@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import math
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -477,6 +478,8 @@ def promote(cfg: PromoteConfig, paths: RunPaths) -> PromoteResult:
         raise CliError(f"--backbone: {err}") from None
     if cfg.objective not in TEST_SCORE:
         raise CliError(f"--objective {cfg.objective!r}: expected one of {', '.join(TEST_SCORE)}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.model_name):  # it goes into models:/NAME@alias URIs
+        raise CliError(f"--model-name {cfg.model_name!r}: expected a name of letters, digits, '.', '_' or '-'")
     real = _real_set(cfg.real_data) if cfg.real_data else None  # a bad folder fails before anything is done
     experiment = find_experiment(paths, cfg.experiment)
     trial = best_trial(paths, experiment, backbone, cfg.objective)

@@ -243,7 +243,13 @@ def test_no_trial_of_the_backbone_is_a_clear_error(fresh):
         promote(PromoteConfig(experiment=fresh.experiment, backbone="resnet18"), fresh.paths)
     with pytest.raises(CliError, match="--backbone"):
         promote(PromoteConfig(experiment=fresh.experiment, backbone="vgg12"), fresh.paths)
+    for name in ("", "a/b@c"):  # before: MLflow refused it after the scoring, leaving a failed run of 140 MB
+        with pytest.raises(CliError, match=f"--model-name {name!r}: expected a name of letters"):
+            promote(PromoteConfig(experiment=fresh.experiment, model_name=name), fresh.paths)
     assert _nothing_registered(fresh)
+    promotions = _client(fresh).search_runs([_client(fresh).get_experiment_by_name(fresh.experiment).experiment_id],
+                                            filter_string="tags.`lunartune.role` = 'promotion' and attributes.status = 'FAILED'")
+    assert promotions == []
 
 
 def test_missing_store_is_a_clear_error(tmp_path):
