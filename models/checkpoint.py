@@ -92,9 +92,32 @@ def load_checkpoint(path) -> dict:
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    for key, ok, expected in _field_checks(ckpt):
+        if not ok:
+            raise CheckpointError(f"{path}: checkpoint field {key} = {str(ckpt[key])[:80]!r}: expected {expected}")
     if ckpt["version"] > VERSION:
         raise CheckpointError(f"{path}: checkpoint version {ckpt['version']} is newer than this code's {VERSION}")
     return ckpt
+
+
+def _field_checks(ckpt: dict):
+    """(key, valid?, what is expected) for the fields inference and export read: a file that passes the
+    format check but holds other shapes must be a CheckpointError, not a traceback deep in torch."""
+    def numbers(v, n):
+        return isinstance(v, (list, tuple)) and len(v) == n and all(isinstance(x, (int, float)) for x in v)
+
+    norm, classes, size = ckpt["normalization"], ckpt["classes"], ckpt["image_size"]
+    yield "version", isinstance(ckpt["version"], int), "an integer"
+    yield "state_dict", isinstance(ckpt["state_dict"], dict) and all(
+        isinstance(v, torch.Tensor) for v in ckpt["state_dict"].values()), "a dict of tensors"
+    yield "model_config", isinstance(ckpt["model_config"], dict), "a dict of ModelConfig fields"
+    yield "train_config", isinstance(ckpt["train_config"], dict), "a dict of TrainConfig fields"
+    yield "image_size", numbers(size, 2) and all(isinstance(s, int) and s > 0 for s in size), "[height, width] > 0"
+    yield "normalization", isinstance(norm, dict) and numbers(norm.get("mean"), 3) and numbers(norm.get("std"), 3) \
+        and all(s > 0 for s in norm["std"]), "{mean: [r, g, b], std: [r, g, b] > 0}"
+    yield "classes", isinstance(classes, list) and bool(classes) and all(
+        isinstance(c, dict) and {"index", "name", "color"} <= set(c) for c in classes), \
+        "a list of {index, name, color}"
 
 
 def _config_from(cls, data: dict, source: str):

@@ -144,6 +144,24 @@ def test_truncated_or_foreign_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+@pytest.mark.parametrize("key, value, says", [
+    ("image_size", [0, 0], r"image_size = '\[0, 0\]': expected \[height, width\] > 0"),
+    ("image_size", "abc", "image_size"),
+    ("normalization", {}, r"normalization = '\{\}': expected \{mean"),
+    ("normalization", {"mean": [0.5] * 3, "std": [0.0] * 3}, "normalization"),  # would predict NaN silently
+    ("version", "1", "version = '1': expected an integer"),
+    ("state_dict", "x", "state_dict = 'x': expected a dict of tensors"),
+    ("classes", [{"name": "ground"}], "classes"),
+])
+def test_a_checkpoint_with_malformed_fields_is_a_clear_error(tmp_path, key, value, says):
+    """Fields that pass the format check but would crash predict, evaluate or export deep inside torch."""
+    cfg = ModelConfig(backbone="unet_scratch", scratch_width=4, scratch_depth=2)
+    payload = load_checkpoint(_save(tmp_path / "good.pt", build(cfg), cfg))
+    torch.save({**payload, key: value}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=rf"bad\.pt: checkpoint field {says}"):
+        model_from_checkpoint(tmp_path / "bad.pt")
+
+
 def test_save_is_atomic_and_replaces_the_old_file(tmp_path):
     cfg = ModelConfig(backbone="unet_scratch", scratch_width=4, scratch_depth=2)
     path = tmp_path / "best.pt"
