@@ -16,6 +16,7 @@ import csv
 import json
 import multiprocessing
 import os
+import signal
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -119,7 +120,7 @@ def frame_name(index: int, count: int) -> str:
 def read_manifest(out: Path) -> dict | None:
     try:
         return json.loads((out / MANIFEST).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError):  # none there, or `out` is a file / under a file
         return None
 
 
@@ -145,9 +146,14 @@ def prepare_folder(out: Path, params: dict) -> None:
         if previous != params:
             raise DataError(f"{out}: holds a generated data set with other parameters ({previous}); "
                             f"refusing to overwrite it with {params} (choose another folder)")
-    for sub in ("images/render", "images/clean"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    write_manifest(out, {**params, "complete": False})
+    try:
+        for sub in ("images/render", "images/clean"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+            for partial in (out / sub).glob(".*.partial"):  # frames an interrupted run was writing
+                partial.unlink()
+        write_manifest(out, {**params, "complete": False})
+    except OSError as err:
+        raise DataError(f"{out}: cannot create the data set folder there ({err.strerror or err})") from None
 
 
 # ---------------------------------------------------------------- rendering and writing
@@ -171,7 +177,9 @@ def open_pool(workers: int):
     """A process pool for workers > 1, else an empty context (render in this process)."""
     if workers <= 1:
         return contextlib.nullcontext()
-    return multiprocessing.get_context("spawn" if os.name == "nt" else "fork").Pool(workers)
+    # workers ignore Ctrl-C: the main process stops them (each printed a KeyboardInterrupt traceback)
+    return multiprocessing.get_context("spawn" if os.name == "nt" else "fork").Pool(
+        workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
 
 
 def make_progress(total: int, enabled: bool):
@@ -183,12 +191,17 @@ def write_scene(out: Path, seed: int, size: tuple[int, int], style: str, count: 
     """Render scene `index`, write its PNGs, return its rows for bounding_boxes.csv."""
     scene = render_scene(seed, index, size, style)
     name = frame_name(index, count)
-    Image.fromarray(scene.image, "RGB").save(out / "images/render" / f"render{name}.png",
-                                             compress_level=PNG_COMPRESS_LEVEL)
-    Image.fromarray(encode_mask(scene.mask), "RGB").save(out / "images/clean" / f"clean{name}.png",
-                                                         compress_level=PNG_COMPRESS_LEVEL)
+    _save_whole(scene.image, out / "images/render" / f"render{name}.png")
+    _save_whole(encode_mask(scene.mask), out / "images/clean" / f"clean{name}.png")
     # Kaggle's boxes use pixel-edge coordinates of 1-based pixels: the left edge of column 0 is 0.5
     return [(index, left + 0.5, top + 0.5, width, height) for left, top, width, height in scene.boxes]
+
+
+def _save_whole(rgb: np.ndarray, path: Path) -> None:
+    """A PNG under a hidden temporary name, then renamed: an interrupted run never leaves a truncated frame."""
+    partial = path.with_name(f".{path.name}.partial")
+    Image.fromarray(rgb, "RGB").save(partial, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    os.replace(partial, path)
 
 
 def write_boxes(path: Path, rows: list[tuple]) -> None:

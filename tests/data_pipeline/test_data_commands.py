@@ -1,7 +1,17 @@
 """`lunartune data synth|check` end to end through the real CLI and the real generator."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-from data_pipeline import DataConfig, make_loaders
+from PIL import Image
+
+from data_pipeline import DataConfig, make_loaders, synth
 from tuner.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_synth_then_check_then_load(tmp_path, capsys):
@@ -15,3 +25,31 @@ def test_synth_then_check_then_load(tmp_path, capsys):
                                       test_fraction=0.25))
     x, y = next(iter(loaders.train))
     assert x.shape == (2, 3, 32, 32) and loaders.split_sizes == {"train": 4, "val": 2, "test": 2}
+
+
+def test_an_out_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x")
+    for out in (tmp_path / "a-file", tmp_path / "a-file" / "sub"):  # both were tracebacks (NotADirectoryError)
+        assert main(["--run-dir", str(tmp_path / "runs"), "data", "synth", "--out", str(out), "--count", "2"]) == 1
+        err = capsys.readouterr().err
+        assert str(tmp_path / "a-file") in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_ctrl_c_stops_a_pool_of_workers_quietly_and_a_rerun_completes_the_folder(tmp_path):
+    out = tmp_path / "scenes"
+    command = [sys.executable, "-m", "tuner.cli", "--run-dir", str(tmp_path / "runs"), "data", "synth", "--out",
+               str(out), "--count", "400", "--size", "96x64", "--workers", "2"]
+    proc = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(list((out / "images" / "clean").glob("clean*.png"))) < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the whole process group, workers too
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]  # each worker printed one
+    assert synth.read_manifest(out)["complete"] is False
+    rerun = synth.generate(out, 400, 0, size=(64, 96), workers=2, progress=False)  # redone, whole
+    frames = sorted((out / "images" / "render").iterdir())
+    assert synth.read_manifest(rerun)["complete"] and len(frames) == 400 and not list(out.rglob(".*.partial"))
+    for frame in frames[:: 40]:
+        with Image.open(frame) as image:
+            image.load()  # no truncated frame
