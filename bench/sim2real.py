@@ -54,7 +54,8 @@ from models.config import LOSSES  # noqa: E402
 from models.losses import make_loss  # noqa: E402
 from models.training import evaluate, make_optimizer, resolve_device, seed_everything, train_one_epoch  # noqa: E402
 from tuner.cli import _size  # noqa: E402  (the CLI's own N / HxW parser)
-from tuner.evaluate import KEEP_WORST, evaluate_model, find_eval_sets, write_figures, write_json_atomic  # noqa: E402
+from data_pipeline.split import write_json_atomic  # noqa: E402
+from tuner.evaluate import KEEP_WORST, evaluate_model, find_eval_sets, write_figures  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"

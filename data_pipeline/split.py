@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -155,12 +155,15 @@ def prepare_split(root: str | Path, seed: int, val_fraction: float, test_fractio
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temp file in the same folder, then rename: readers never see half a file."""
+    """Write JSON to a temp file in the same folder, then rename: readers never see half a file. The file
+    gets the mode the umask gives (mkstemp's 0600 hid it from the rest of a shared group)."""
+    path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with open(tmp, "x", encoding="utf-8") as f:
             json.dump(data, f, indent=1)
+            f.write("\n")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

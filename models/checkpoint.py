@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
-import tempfile
+import uuid
 from pathlib import Path
 
 import torch
@@ -60,9 +60,9 @@ def save_checkpoint(path, model: nn.Module, model_cfg: ModelConfig, train_cfg: T
         "extra": extra or {},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # not mkstemp: its 0600 outlives the rename
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible

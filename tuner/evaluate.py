@@ -23,7 +23,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
@@ -255,18 +254,6 @@ def write_figures(scores: dict, out: Path, label: str) -> list[Path]:
 
 # ----------------------------------------------------------------------------- the command
 
-def write_json_atomic(path: Path, content: dict) -> None:
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(content, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def log_to_run(paths: RunPaths, run_id: str, scores: dict, data_root: Path, prefix: str = DEFAULT_PREFIX) -> None:
     """The flat metrics on the model's MLflow run (step 0) and a tag naming the data folder."""
@@ -314,6 +301,7 @@ def _checked_json_path(value: str | None, model: str, data: str) -> Path | None:
 
 def main(args, paths: RunPaths) -> int:
     from data_pipeline import DataError
+    from data_pipeline.split import write_json_atomic
     from tuner.model_spec import load_model
     from tuner.predict import check_out_folder, device_from_flag, staged_output
 

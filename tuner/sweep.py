@@ -37,6 +37,7 @@ import data_pipeline
 import search_spaces
 from data_pipeline import DataError
 from data_pipeline.synth import generate
+from data_pipeline.split import write_json_atomic
 from models import ConfigError, ModelConfig, TrainConfig, WeightsError, canonical_backbone
 from tuner import disk, leftovers, tracking
 from tuner.cli import EXIT_INCOMPLETE, EXIT_INTERRUPTED, CliError
@@ -185,7 +186,7 @@ def _run_locked(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
     else:
         _check_study(cfg, paths, space, data_cfg.root)  # before the parent run: a refused sweep leaves nothing
         state = _new_sweep_state(cfg, paths, space, manifest, experiment_id, data_cfg.root)
-        _write_json(pointer, state)
+        write_json_atomic(pointer, state)
     target = tracking.TrackingTarget(paths.tracking_uri, experiment_id, state["parent_run_id"])
     setup = _trial_setup(cfg, data_cfg, target)
     interrupted, incomplete = True, []  # until Ray says otherwise: an exception also leaves the parent "interrupted"
@@ -207,7 +208,7 @@ def _run_locked(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
             tracking.end_parent_run(paths.tracking_uri, target.parent_run_id, interrupted, summary)
         except Exception as err:  # MLflow away: the results are safe in Ray's folder; --resume ends the run later
             incomplete.append(f"parent run {target.parent_run_id} ({type(err).__name__})")
-    _write_json(pointer, {**state, "mlflow_incomplete": incomplete})
+    write_json_atomic(pointer, {**state, "mlflow_incomplete": incomplete})
     return replace(result, mlflow_incomplete=incomplete)
 
 
@@ -692,13 +693,6 @@ def _reopen_parent_run(uri: str, run_id: str) -> None:
         raise CliError(f"--resume: the sweep's parent run {run_id} is not in the MLflow store at {uri} "
                        f"({str(err).splitlines()[0][:200]}); resume with the --tracking-uri the sweep was "
                        f"started with") from None
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
 
 
 def _is_uri(storage: str | None) -> bool:

@@ -1,4 +1,5 @@
 import math
+import os
 
 import pytest
 import torch
@@ -169,6 +170,9 @@ def test_save_is_atomic_and_replaces_the_old_file(tmp_path):
     _save(path, build(cfg), cfg, extra={"note": "second"})
     assert load_checkpoint(path)["extra"] == {"note": "second"}
     assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]  # no temp file left behind
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as any file the user writes (mkstemp's was 0600)
 
 
 def _stale_scratch_unet():
