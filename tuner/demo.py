@@ -119,7 +119,7 @@ def where_to_look(result: DemoResult, paths: RunPaths) -> str:
         f"  registry:       models:/{promoted.model_name}@champion = version {promoted.champion_version} "
         f"(this run: version {promoted.version}, {'new' if promoted.registered else 'already registered'})",
         f"  MLflow UI:      lunartune --run-dir {paths.root} ui --experiment {sweep.experiment}",
-        f"                  then open http://127.0.0.1:5000/#/experiments/{sweep.experiment_id}/runs",
+        "                  it prints the links to open (port 5000 unless that one is taken)",
         f"  Optuna study:   {sweep.experiment} in {paths.optuna_db}",
         "  run it again:   a new sweep joins the same experiment and study; promote moves the champion only "
         "for a better model"])

@@ -750,5 +750,5 @@ def format_summary(result: SweepResult, cfg: SweepConfig, paths: RunPaths) -> st
               f"Optuna study:  {cfg.experiment} in {paths.optuna_db}",
               f"MLflow:        {result.tracking_uri} (experiment {result.experiment_id}, parent run {result.parent_run_id})",
               f"browse it:     lunartune --run-dir {paths.root} ui --experiment {result.experiment}"
-              f"   then open http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs"]
+              f"   (it prints the links to open; port 5000 unless that one is taken)"]
     return "\n".join(lines)
