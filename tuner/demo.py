@@ -1,4 +1,4 @@
-"""`lunartune demo`: the whole job on embedded defaults, in about ten minutes on 2 CPU cores.
+"""`lunartune demo`: the whole job on embedded defaults, in about two minutes on 2 CPU cores.
 
     generate scenes -> sweep (local Ray, Optuna + ASHA, SQLite MLflow in the run dir)
     -> promote the best VGG11 trial (test split, registry aliases) -> export it (TorchScript + ONNX)
