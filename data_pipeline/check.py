@@ -80,10 +80,24 @@ def check_dataset(root: str | Path, mask_source: str = "clean", allow_missing: b
     if not root.is_dir():
         report.renders.problems.append(f"{root}: data folder not found")
         return report
+    interrupted = _interrupted_generation(root)
+    if interrupted:
+        report.renders.problems.append(interrupted)
     real = _check_real(root, report.real, progress)
     _check_renders(root, mask_source, allow_missing, exclude_mismatches, report.renders, progress,
                    has_real=real > 0)
     return report
+
+
+def _interrupted_generation(root: Path) -> str | None:
+    """A generated folder whose run was stopped: its scenes so far look like a smaller, valid data set."""
+    from data_pipeline.synth import MANIFEST, read_manifest
+
+    manifest = read_manifest(root)
+    if manifest is None or manifest.get("complete") is not False:
+        return None
+    return (f"{root / MANIFEST}: the generation of {manifest.get('count')} scenes was interrupted; rerun "
+            f"`lunartune data synth` with the same parameters to complete it")
 
 
 def _check_renders(root: Path, mask_source: str, allow_missing: bool, exclude_mismatches: bool,

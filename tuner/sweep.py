@@ -8,6 +8,7 @@ experiment + parent run, then Ray.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -306,7 +307,11 @@ def _new_sweep_state(cfg: SweepConfig, paths: RunPaths, space, manifest, experim
 
 def _fit(cfg: SweepConfig, paths: RunPaths, space, setup: TrialSetup, results_path: str):
     """Start (or join) Ray, build the Tuner (or restore it) and run it; Ray is shut down if we started it."""
-    _configure_ray_output()
+    with _ray_output_settings():
+        return _fit_on_ray(cfg, paths, space, setup, results_path)
+
+
+def _fit_on_ray(cfg: SweepConfig, paths: RunPaths, space, setup: TrialSetup, results_path: str):
     started_here, lock = not ray.is_initialized(), _lock_path(paths, cfg.experiment)
     if started_here and cfg.address:
         ray.init(address=cfg.address)
@@ -333,11 +338,22 @@ def _stop_after_shutdown(lock: Path) -> None:
               f"(pids {', '.join(map(str, sorted(stopped)))})", file=sys.stderr)
 
 
-def _configure_ray_output() -> None:
-    # Ray reads these when fit() starts. The old output engine is the one that shows CLIReporter's live
-    # trial table; per-epoch checkpoints otherwise warn about "excessive" experiment syncing.
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
+@contextlib.contextmanager
+def _ray_output_settings():
+    """Ray reads these when fit() starts. The old output engine is the one that shows CLIReporter's live
+    trial table; per-epoch checkpoints otherwise warn about "excessive" experiment syncing. Restored after
+    the sweep: a program that calls run_sweep and then Ray Tune itself gets Ray's defaults back."""
+    settings = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+    before = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _tuner(cfg: SweepConfig, paths: RunPaths, space, setup: TrialSetup, results_path: str):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from data_pipeline import DataConfig, make_loaders, synth
+from data_pipeline import DataConfig, check_dataset, make_loaders, synth
 from tuner.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +39,10 @@ def test_ctrl_c_stops_a_pool_of_workers_quietly_and_a_rerun_completes_the_folder
     out = tmp_path / "scenes"
     command = [sys.executable, "-m", "tuner.cli", "--run-dir", str(tmp_path / "runs"), "data", "synth", "--out",
                str(out), "--count", "400", "--size", "96x64", "--workers", "2"]
-    proc = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # Ctrl-C's handler as in a terminal: a job started in the background (CI's `.ci/run &`) inherits SIGINT
+    # ignored, which Python then keeps
+    proc = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while len(list((out / "images" / "clean").glob("clean*.png"))) < 4 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -47,6 +50,8 @@ def test_ctrl_c_stops_a_pool_of_workers_quietly_and_a_rerun_completes_the_folder
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]  # each worker printed one
     assert synth.read_manifest(out)["complete"] is False
+    report = check_dataset(out)  # what is there so far looks like a valid, smaller data set: said
+    assert not report.ok and "the generation of 400 scenes was interrupted" in report.problems[0]
     rerun = synth.generate(out, 400, 0, size=(64, 96), workers=2, progress=False)  # redone, whole
     frames = sorted((out / "images" / "render").iterdir())
     assert synth.read_manifest(rerun)["complete"] and len(frames) == 400 and not list(out.rglob(".*.partial"))

@@ -51,6 +51,8 @@ def test_sigkilled_driver_resumes_without_rerunning_and_a_second_sweep_is_refuse
     sweeps.procs.append(survivor)
     uri = f"sqlite:///{run_dir / 'mlflow.db'}"
     before = {name: steps for name, steps in epoch_histories(uri, "killed").items() if steps == [1, 2]}
+    assert len(before) >= 2, before  # the two trials Optuna saw finish (no ASHA: both ran 2 epochs), else
+    # "finished trials were not rerun" below would check nothing
 
     code, out = sweeps.run(run_dir, "tune", "--experiment", "killed", "--resume", timeout_s=400)
     assert code == 0, out[-4000:]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 
 import optuna
@@ -114,7 +115,10 @@ def test_diverged_trial_ends_as_diverged_not_as_a_crash(local_ray, scenes, tmp_p
                      "fixed: {backbone: unet_scratch, optimizer: sgd, scratch_width: 4, scratch_depth: 3}\n")
     (tmp_path / "store").mkdir()  # and an SQLite store outside the run dir: its artifacts go beside it
     run_paths = RunPaths(root=tmp_path / "run", tracking_uri_override=f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    ray_output = {k: v for k, v in os.environ.items() if k.startswith(("RAY_AIR_", "TUNE_WARN_"))}
     result = run_sweep(_cfg(str(space), scenes, samples=1, concurrency=1, experiment="nan"), run_paths)
+    # Ray's output settings are the sweep's only, not the rest of the process's
+    assert {k: v for k, v in os.environ.items() if k.startswith(("RAY_AIR_", "TUNE_WARN_"))} == ray_output
     location = tracking.client(run_paths.tracking_uri).get_experiment(result.experiment_id).artifact_location
     assert location == (tmp_path / "store" / "mlartifacts").as_uri()  # not ./mlruns wherever tune ran
     assert result.statuses == {"diverged": 1} and not result.interrupted
