@@ -2,7 +2,7 @@
 
 Batches are `(images, masks)`: images float32 N x 3 x H x W normalised with IMAGENET_MEAN/IMAGENET_STD,
 masks int64 N x H x W class indices. Inference (models.inference) resizes in float with torch's
-antialiased bilinear, the cache in uint8 with PIL's: the inputs differ by rounding only (under one grey
+antialiased bilinear, the cache in uint8 with PIL's: the inputs differ by rounding only (at most one grey
 level; tests/models/test_inference_export.py holds them to that).
 
 Augmentation (train split, `DataConfig.augment`): a horizontal flip with probability 1/2 (no vertical

@@ -111,7 +111,7 @@ def _check_sqlite(uri: str) -> None:
     if not path.is_file():
         return  # MLflow creates it on first use (commands that only read refuse that: RunPaths.missing_store)
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
             db.execute("PRAGMA schema_version")
     except sqlite3.Error as err:
         raise TrackingError(f"MLflow store {uri}: {path} is not an SQLite database ({err})") from None
