@@ -27,7 +27,6 @@ from tuner.settings import RunPaths
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MASK_SUFFIX, OVERLAY_SUFFIX = "_mask.png", "_overlay.png"
-TRUTH_PREFIX = "g_"  # Kaggle real_moon_images: g_PCAM1.png is the mask of PCAM1.png
 OVERLAY_ALPHA = 0.45  # weight of the class colour over the image where a class other than ground is predicted
 BATCH = 4  # images loaded and predicted at once
 
@@ -110,9 +109,11 @@ def collect_images(inputs: list[str]) -> list[Path]:
 
 
 def _images_in(folder: Path) -> list[Path]:
+    from data_pipeline.kaggle import REAL_MASK_PREFIX  # g_PCAM1.png is the mask of PCAM1.png: not an input
+
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     names = {p.name for p in files}
-    return [p for p in files if not (p.name.startswith(TRUTH_PREFIX) and p.name[len(TRUTH_PREFIX):] in names)]
+    return [p for p in files if not (p.name.startswith(REAL_MASK_PREFIX) and p.name[len(REAL_MASK_PREFIX):] in names)]
 
 
 def _unique(paths: list[Path]) -> list[Path]:
