@@ -73,28 +73,28 @@ def main(argv=None) -> int:
         space = load_space(space_file)
         cfg = sweep.SweepConfig(space=str(space_file), samples=args.trials, max_epochs=args.epochs,
                                 concurrency=args.concurrency, experiment="many")
-        sweep._configure_ray_output()
         os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(args.concurrency)
         experiment_id = tracking.get_or_create_experiment(paths.tracking_uri, "many", paths.mlflow_artifacts.as_uri())
         parent = tracking.start_parent_run(paths.tracking_uri, experiment_id, "many", {"trials": args.trials}, {})
         target = tracking.TrackingTarget(paths.tracking_uri, experiment_id, parent)
         setup = sweep._trial_setup(cfg, DataConfig(root=tmp, image_size=cfg.image_size), target)
-        t0 = time.monotonic()
-        ray.init(address="local", num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False)
-        t_ray = time.monotonic() - t0
-        try:
-            tuner = tune.Tuner(
-                tune.with_parameters(cheap_trial, target=target, max_epochs=args.epochs),
-                tune_config=sweep._tune_config(cfg, paths, space),
-                run_config=tune.RunConfig(name="many", storage_path=str(paths.ray_results), verbose=0,
-                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                          callbacks=[sweep.TrialStatusCallback(setup)]))
-            t1 = time.monotonic()
-            results = tuner.fit()
-            t_fit = time.monotonic() - t1
-            incomplete = sweep.sync_to_mlflow(results, setup, resumable=set())
-        finally:
-            ray.shutdown()
+        with sweep._ray_output_settings():  # the live table's output engine, as a sweep uses
+            t0 = time.monotonic()
+            ray.init(address="local", num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False)
+            t_ray = time.monotonic() - t0
+            try:
+                tuner = tune.Tuner(
+                    tune.with_parameters(cheap_trial, target=target, max_epochs=args.epochs),
+                    tune_config=sweep._tune_config(cfg, paths, space),
+                    run_config=tune.RunConfig(name="many", storage_path=str(paths.ray_results), verbose=0,
+                                              checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                              callbacks=[sweep.TrialStatusCallback(setup)]))
+                t1 = time.monotonic()
+                results = tuner.fit()
+                t_fit = time.monotonic() - t1
+                incomplete = sweep.sync_to_mlflow(results, setup, resumable=set())
+            finally:
+                ray.shutdown()
         children = tracking.child_runs(paths.tracking_uri, experiment_id, parent, max_results=10_000)
         statuses = {}
         for run in children:
