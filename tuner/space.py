@@ -125,18 +125,39 @@ def _suggest(space: SearchSpace, trial) -> dict:
 # Loading and validation
 # ---------------------------------------------------------------------------------------------
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping: YAML keeps the last silently, so a second
+    `lr:` further down would replace the range the user reads first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: what is wrong and where (its own text quotes the line over several)."""
+    mark = getattr(err, "problem_mark", None)
+    what = " ".join(p for p in (getattr(err, "context", None), getattr(err, "problem", None)) if p) or str(err)
+    return f"{what} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else what
+
+
 def load_space(path: str | Path, known_backbones: Iterable[str] | None = None) -> SearchSpace:
     """Read and validate a space file. `known_backbones` defaults to models.registry's list."""
     path = Path(path)
     where = str(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except OSError as err:
         raise SpaceError(f"{where}: cannot read the search space ({err.strerror})") from None
     except UnicodeDecodeError as err:
         raise SpaceError(f"{where}: not a text (UTF-8) file: {err.reason} at byte {err.start}") from None
     except yaml.YAMLError as err:
-        raise SpaceError(f"{where}: not valid YAML: {err}") from None
+        raise SpaceError(f"{where}: not valid YAML: {_yaml_problem(err)}") from None
     if known_backbones is None:
         from models import ALIASES, available_backbones  # torch import: only when really loading
         known_backbones = [*available_backbones(), *ALIASES]

@@ -123,6 +123,8 @@ def test_a_bad_space_is_one_clear_error_naming_file_and_field(tmp_path, raw, fie
 def test_invalid_yaml_and_missing_files_are_clear(tmp_path):
     with pytest.raises(SpaceError, match="not valid YAML"):
         _load(tmp_path, "params: {lr: [\n")
+    with pytest.raises(SpaceError, match=r"not valid YAML: duplicate key 'lr' \(line 3, column 3\)$"):  # YAML kept the last
+        _load(tmp_path, "params:\n  lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n  lr: {choices: [0.1]}\n")
     (tmp_path / "utf16.yaml").write_bytes("params: {}".encode("utf-16"))  # was a UnicodeDecodeError traceback
     with pytest.raises(SpaceError, match=r"utf16.yaml: not a text \(UTF-8\) file: invalid start byte at byte 0"):
         load_space(tmp_path / "utf16.yaml")
