@@ -12,6 +12,7 @@ from pathlib import Path
 DEFAULT_RUN_DIR = "lunartune-runs"
 RUN_DIR_ENV = "LUNARTUNE_RUN_DIR"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+SQLITE = "sqlite:///"  # MLflow's SQLite store URIs: sqlite:///relative/path or sqlite:////abs/path
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class RunPaths:
 
     @property
     def tracking_uri(self) -> str:
-        return self.tracking_uri_override or f"sqlite:///{self.mlflow_db}"
+        return self.tracking_uri_override or f"{SQLITE}{self.mlflow_db}"
 
     @property
     def uses_embedded_store(self) -> bool:
@@ -56,20 +57,25 @@ class RunPaths:
         in whatever folder the command ran from, scattered checkpoints). None for a server: its own."""
         if self.uses_embedded_store:
             return self.mlflow_artifacts
-        uri = self.tracking_uri
-        return Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts" if uri.startswith("sqlite:///") else None
+        db = sqlite_file(self.tracking_uri)
+        return db.resolve().parent / "mlartifacts" if db is not None else None
 
     def missing_store(self) -> Path | None:
         """The SQLite file the tracking URI names (the run dir's or a sqlite:/// override) if it does not
         exist: opening it would create an empty store there. None for a server or an existing file."""
-        uri = self.tracking_uri
-        db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+        db = sqlite_file(self.tracking_uri)
         return db if db is not None and not db.is_file() else None
 
     def ensure(self) -> "RunPaths":
         for d in (self.root, self.mlflow_artifacts, self.ray_results, self.data):
             d.mkdir(parents=True, exist_ok=True)
         return self
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a sqlite:/// tracking URI (sqlite:////abs/path or sqlite:///relative/path);
+    None for any other store."""
+    return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) else None
 
 
 def resolve_run_paths(run_dir: str | None, tracking_uri: str | None, env: dict | None = None) -> RunPaths:

@@ -27,6 +27,8 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from tuner.settings import sqlite_file
+
 ROLE_TAG = "lunartune.role"  # "sweep" on parent runs, "trial" on child runs
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (the UI nests children under it)
 TRIAL_ID_TAG = "ray_trial_id"
@@ -79,7 +81,7 @@ def bound_http_retries() -> None:
 def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
     """Fail within `timeout_s` with a clear message if the store cannot be used: an HTTP tracking server
     that does not answer, an SQLite store that is not a database (SQLAlchemy's error is a traceback)."""
-    if uri.startswith(SQLITE):
+    if sqlite_file(uri) is not None:
         return _check_sqlite(uri)
     if not uri.startswith(("http://", "https://")):
         return  # file stores are opened on first use; their errors already name the path
@@ -98,16 +100,8 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
                         f"--tracking-uri to use the embedded SQLite store")
 
 
-SQLITE = "sqlite:///"
-
-
-def sqlite_path(uri: str) -> Path:
-    """The database file of a sqlite:/// URI (sqlite:////abs/path or sqlite:///relative/path)."""
-    return Path(uri[len(SQLITE):])
-
-
 def _check_sqlite(uri: str) -> None:
-    path = sqlite_path(uri)
+    path = sqlite_file(uri)
     if not path.is_file():
         return  # MLflow creates it on first use (commands that only read refuse that: RunPaths.missing_store)
     try:
