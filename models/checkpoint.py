@@ -39,7 +39,7 @@ def _rng_state() -> dict:
 
 def save_checkpoint(path, model: nn.Module, model_cfg: ModelConfig, train_cfg: TrainConfig, *, classes: list[dict],
                     image_size: tuple[int, int], normalization: dict, epoch: int, metrics: dict,
-                    optimizer=None, scheduler=None, extra: dict | None = None) -> Path:
+                    optimizer=None, scheduler=None, grad_scaler=None, extra: dict | None = None) -> Path:
     """Write the checkpoint atomically; returns its path. `extra` must be plain data (or tensors)."""
     path = Path(path)
     payload = {
@@ -56,6 +56,7 @@ def save_checkpoint(path, model: nn.Module, model_cfg: ModelConfig, train_cfg: T
         "metrics": {k: float(v) for k, v in metrics.items()},
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else None,  # {} when disabled
         "rng": _rng_state(),
         "extra": extra or {},
     }
@@ -155,8 +156,9 @@ def restore_rng(ckpt: dict) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def restore_training_state(ckpt: dict, optimizer=None, scheduler=None) -> int:
-    """Load optimizer/scheduler state and torch's RNG from `ckpt`; returns the epoch to continue after.
+def restore_training_state(ckpt: dict, optimizer=None, scheduler=None, grad_scaler=None) -> int:
+    """Load optimizer/scheduler/loss-scaler state and torch's RNG from `ckpt`; returns the epoch to continue
+    after. A checkpoint without a scaler state (fp32/bfloat16, or older) leaves `grad_scaler` as it is.
 
     Build the scheduler BEFORE calling this: constructing a LambdaLR rewrites the optimizer's lr, so the
     optimizer state must be loaded after it (then the scheduler's step count) to resume exactly.
@@ -165,5 +167,7 @@ def restore_training_state(ckpt: dict, optimizer=None, scheduler=None) -> int:
         optimizer.load_state_dict(ckpt["optimizer"])
     if scheduler is not None and ckpt.get("scheduler") is not None:
         scheduler.load_state_dict(ckpt["scheduler"])
+    if grad_scaler is not None and ckpt.get("grad_scaler"):
+        grad_scaler.load_state_dict(ckpt["grad_scaler"])
     restore_rng(ckpt)
     return int(ckpt["epoch"])

@@ -145,17 +145,29 @@ def _progress(loader, enabled: bool, desc: str):
     return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
 
 
+def make_grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
+    """The loss scaler for float16 autocast; a disabled one (a no-op) for bfloat16 and fp32.
+
+    Make one per training run and pass it to every epoch (and save it with the checkpoints): a fresh
+    scaler starts at a scale of 2**16, which overflows float16 gradients, so its first steps are skipped
+    while it backs off; one per epoch skipped them at every epoch.
+    """
+    fp16 = uses_cuda_extras(device, amp) and not torch.cuda.is_bf16_supported()
+    return torch.amp.GradScaler("cuda", enabled=fp16)
+
+
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, loss_fn: Callable,
                     device: torch.device, scheduler=None, progress: bool = False, *, epoch: int = 0,
                     amp: bool = False, channels_last: bool = False,
-                    bn_batches: int = TrainConfig.bn_recalibration_batches) -> dict[str, float]:
+                    bn_batches: int = TrainConfig.bn_recalibration_batches,
+                    grad_scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
     """One pass over `loader`, then `recalibrate_batchnorm` over `bn_batches` of it (0: skipped).
 
     {loss (mean per batch), lr (at the end), seconds (both passes)}. DivergedError on NaN/inf.
+    `grad_scaler`: the run's `make_grad_scaler` (None: a fresh one, for a single epoch).
     """
     model.train()
-    fp16 = uses_cuda_extras(device, amp) and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=fp16)  # bfloat16 and fp32 need no loss scaling
+    scaler = grad_scaler if grad_scaler is not None else make_grad_scaler(device, amp)
     total, batches, start = 0.0, 0, time.perf_counter()
     for step, (images, masks) in enumerate(_progress(loader, progress, f"epoch {epoch}")):
         images, masks = _to_device(images, masks, device, channels_last)

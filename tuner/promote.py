@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuner.cli import CliError
+from tuner.objective import best_epoch
 from tuner.settings import RunPaths
 
 ROLE_PROMOTION = "promotion"  # lunartune.role of promotion runs (sweeps are "sweep", trials "trial")
@@ -141,9 +142,10 @@ def sweep_runs(paths: RunPaths, experiment_id: str) -> list:
 
 
 def best_of_history(client, run_id: str, metric: str) -> tuple[float, int] | None:
-    """(best finite value, its step) of a metric's history; None if it has no finite value."""
-    points = [(m.value, m.step) for m in client.get_metric_history(run_id, metric) if math.isfinite(m.value)]
-    return max(points, key=lambda p: (p[0], -p[1])) if points else None
+    """(score, epoch) of the best epoch in a metric's history by the trial's own rule (tuner.objective:
+    NaN scores 0, the first epoch with the top score wins; its checkpoint/best.pt is that epoch's); None if
+    no epoch has a finite value."""
+    return best_epoch([(m.step, m.value) for m in client.get_metric_history(run_id, metric)])
 
 
 def checkpoint_score(client, run_id: str, objective: str, kept_by: str) -> tuple[float, int] | None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuner.cli import CliError
+from tuner.objective import best_epoch
 from tuner.settings import RunPaths
 
 FIGURES = ("curves.png", "best_per_backbone.png", "test_vs_real.png", "importance.png", "predictions.png")
@@ -79,8 +80,7 @@ def _curves(client, run, objective: str) -> TrialCurves:
     from tuner import tracking
 
     history = {m: _history(client, run.info.run_id, m) for m in ("train_loss", "val_miou", "val_rock_miou", objective)}
-    finite = [(v, s) for s, v in history[objective] if math.isfinite(v)]
-    best, epoch = max(finite, key=lambda p: (p[0], -p[1])) if finite else (math.nan, 0)
+    best, epoch = best_epoch(history[objective]) or (math.nan, 0)  # the trial's rule: its best.pt is that epoch's
     tags = run.data.tags
     return TrialCurves(run.info.run_name or run.info.run_id, run.info.run_id, tags.get(tracking.BACKBONE_TAG, "?"),
                        tags.get(tracking.STATUS_TAG, "?"), dict(run.data.params), history, best, epoch)

@@ -42,6 +42,7 @@ from data_pipeline.split import write_json_atomic
 from models import ConfigError, ModelConfig, TrainConfig, WeightsError, canonical_backbone
 from tuner import disk, leftovers, tracking
 from tuner.cli import EXIT_INCOMPLETE, EXIT_INTERRUPTED, CliError
+from tuner.objective import best_epoch
 from tuner.searcher import DIVERGED, PruningAwareOptunaSearch, RetryPassingLimiter
 from tuner.settings import RunPaths
 from tuner.space import SpaceError, check_against_models, define_by_run, load_space
@@ -591,14 +592,14 @@ def _sync_trial(result, setup: TrialSetup, resumable: set[str]) -> None:
 
 def _sync_best_checkpoint(result, uri: str, run_id: str, objective: str) -> None:
     """Upload the trial's best checkpoint from Ray's folder when MLflow's checkpoint/best.pt is missing or from
-    another epoch: MLflow was away when the trial tried. Best = the first epoch with the top score, as in the
-    trial; the sweep keeps it (CheckpointConfig scores by the objective), a folder that did not is left be."""
+    another epoch: MLflow was away when the trial tried. Best by the trial's own rule (tuner.objective); the
+    sweep keeps it (CheckpointConfig scores by the objective), a folder that did not is left be."""
     frame = result.metrics_dataframe
-    if frame is None or objective not in frame or frame[objective].isna().all():
+    best = None if frame is None or objective not in frame else best_epoch(zip(frame[EPOCH], frame[objective]))
+    if best is None:
         return
-    best_epoch = int(frame.loc[frame[objective].idxmax(), EPOCH])  # idxmax: the first row with the maximum
-    kept = [c for c, metrics in result.best_checkpoints if metrics.get(EPOCH) == best_epoch]
-    if kept and tracking.best_checkpoint_epoch(uri, run_id) != best_epoch:
+    kept = [c for c, metrics in result.best_checkpoints if metrics.get(EPOCH) == best[1]]
+    if kept and tracking.best_checkpoint_epoch(uri, run_id) != best[1]:
         with kept[-1].as_directory() as folder:  # local, or downloaded from the cluster's storage
             upload_best_from_ray(uri, run_id, Path(folder) / STATE_FILE, objective)
 

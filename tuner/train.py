@@ -146,8 +146,8 @@ def _run(job: TrainJob, staging: Path) -> dict:
     from models import build
     from models.checkpoint import save_checkpoint
     from models.losses import make_loss
-    from models.training import (evaluate, make_optimizer, make_scheduler, prepare_model, resolve_device,
-                                 seed_everything, train_one_epoch)
+    from models.training import (evaluate, make_grad_scaler, make_optimizer, make_scheduler, prepare_model,
+                                 resolve_device, seed_everything, train_one_epoch)
 
     loaders = _prepare_data(job)
     seed_everything(job.train.seed)
@@ -156,6 +156,7 @@ def _run(job: TrainJob, staging: Path) -> dict:
     loss_fn = make_loss(job.train, loaders.class_frequencies).to(device)
     optimizer = make_optimizer(model, job.train)
     scheduler = make_scheduler(optimizer, job.train, steps_per_epoch=len(loaders.train))
+    grad_scaler = make_grad_scaler(device, job.train.amp)
     classes = data_pipeline.class_table()
     names, rocks = [c["name"] for c in classes], list(data_pipeline.ROCK_CLASS_IDS)
     extras = dict(amp=job.train.amp, channels_last=job.train.channels_last)
@@ -163,7 +164,8 @@ def _run(job: TrainJob, staging: Path) -> dict:
     checkpoint = staging / BEST_CHECKPOINT
     for epoch in range(1, job.train.epochs + 1):
         train = train_one_epoch(model, loaders.train, optimizer, loss_fn, device, scheduler, progress=True,
-                                epoch=epoch, bn_batches=job.train.bn_recalibration_batches, **extras)
+                                epoch=epoch, bn_batches=job.train.bn_recalibration_batches, grad_scaler=grad_scaler,
+                                **extras)
         val = evaluate(model, loaders.val, device, loss_fn, names, rocks, **extras)
         improved = is_better(val["miou"], best)
         print(epoch_line(epoch, job.train.epochs, train, val, improved), file=sys.stderr, flush=True)

@@ -10,7 +10,6 @@ only known on the driver: `tuner.sweep.TrialStatusCallback` sets them.
 from __future__ import annotations
 
 import atexit
-import math
 import shutil
 import sys
 import tempfile
@@ -27,9 +26,11 @@ from data_pipeline import DataConfig
 from models import ModelConfig, TrainConfig, build, validate, validate_train
 from models.checkpoint import CheckpointError, load_checkpoint, restore_training_state, save_checkpoint
 from models.losses import make_loss
-from models.training import (DivergedError, describe_device, evaluate, make_optimizer, make_scheduler,
-                             prepare_model, resolve_device, seed_everything, train_one_epoch, uses_cuda_extras)
+from models.training import (DivergedError, describe_device, evaluate, make_grad_scaler, make_optimizer,
+                             make_scheduler, prepare_model, resolve_device, seed_everything, train_one_epoch,
+                             uses_cuda_extras)
 from tuner import tracking
+from tuner.objective import score as objective_score
 from tuner.searcher import DIVERGED
 
 EPOCH = "epoch"  # reported every epoch; ASHA's time attribute (survives restores, unlike a counter)
@@ -71,8 +72,9 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     loss_fn = make_loss(train_cfg, loaders.class_frequencies).to(device)
     optimizer = make_optimizer(model, train_cfg)
     scheduler = make_scheduler(optimizer, train_cfg, steps_per_epoch=len(loaders.train))
+    grad_scaler = make_grad_scaler(device, train_cfg.amp)
     tracking.bound_http_retries()
-    epoch, best, run_id = _restore(tune.get_checkpoint(), model, optimizer, scheduler)
+    epoch, best, run_id = _restore(tune.get_checkpoint(), model, optimizer, scheduler, grad_scaler)
     placement = _placement_tags(device, train_cfg)
     run = ChildRun(setup, run_id, lambda: _open_child_run(config, setup, placement), placement)
     run.attempt("child run", lambda: run.log_epoch({}, 0))  # opened now if MLflow is there, else later
@@ -85,7 +87,8 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
             loaders.train.sampler.set_epoch(epoch - 1)  # a resumed trial sees the batches it would have seen
             try:
                 train = train_one_epoch(model, loaders.train, optimizer, loss_fn, device, scheduler, epoch=epoch,
-                                        bn_batches=train_cfg.bn_recalibration_batches, **extras)
+                                        bn_batches=train_cfg.bn_recalibration_batches, grad_scaler=grad_scaler,
+                                        **extras)
             except DivergedError:
                 # the worst score, flagged: the searcher tells Optuna PRUNED, the callback tags "diverged"
                 run.log({}, epoch)  # opens the run if MLflow was away until now
@@ -94,13 +97,13 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
             val = evaluate(model, loaders.val, device, loss_fn, names, data_pipeline.ROCK_CLASS_IDS, **extras)
             metrics = epoch_metrics(train, val, epoch)
             run.log(metrics, epoch)  # before the report: a kill in between retrains the epoch, never logs it twice
-            score = _objective(metrics, setup.objective)
+            score = objective_score(metrics[setup.objective])
             improved = best is None or score > best
             best = score if improved else best
             folder = staging.empty()
             state = dict(run_id=run.run_id, best=best, manifest_hash=loaders.manifest_hash)
             _save(folder / STATE_FILE, model, model_cfg, train_cfg, data_cfg, epoch, metrics,
-                  optimizer, scheduler, state)
+                  (optimizer, scheduler, grad_scaler), state)
             if improved and run.run_id is not None:
                 run.attempt("best checkpoint upload", lambda: _upload_best(
                     folder, model, model_cfg, train_cfg, data_cfg, epoch, metrics, state, setup))
@@ -208,21 +211,15 @@ class ChildRun:
             return False
 
 
-def _objective(metrics: dict, name: str) -> float:
-    """NaN (a class absent from val in truth and prediction) ranks as 0 so ASHA/Optuna can compare it."""
-    value = metrics[name]
-    return value if math.isfinite(value) else 0.0
-
-
-def _restore(checkpoint, model, optimizer, scheduler) -> tuple[int, float | None, str | None]:
+def _restore(checkpoint, model, optimizer, scheduler, grad_scaler) -> tuple[int, float | None, str | None]:
     """(last finished epoch, best objective so far, child run id) from the trial's newest checkpoint, or a
     fresh start."""
     saved = _newest_readable(_kept_checkpoints(checkpoint, tune.get_context().get_storage()))
     if saved is None:
         return 0, None, None
     model.load_state_dict(saved["state_dict"])
-    # optimizer, scheduler and torch's RNG: dropout goes on as if the trial had never stopped
-    epoch = restore_training_state(saved, optimizer, scheduler)
+    # optimizer, scheduler, loss scale and torch's RNG: dropout goes on as if the trial had never stopped
+    epoch = restore_training_state(saved, optimizer, scheduler, grad_scaler)
     return epoch, saved["extra"]["best"], saved["extra"]["run_id"]
 
 
@@ -291,16 +288,18 @@ def _open_child_run(config: dict, setup: TrialSetup, placement: dict) -> str:
                                    {**tags, **placement})
 
 
-def _save(path: Path, model, model_cfg, train_cfg, data_cfg, epoch, metrics, optimizer, scheduler, state) -> None:
+def _save(path: Path, model, model_cfg, train_cfg, data_cfg, epoch, metrics, training_state, state) -> None:
+    """`training_state`: (optimizer, scheduler, grad_scaler) to resume from, or (None, None, None): weights only."""
+    optimizer, scheduler, grad_scaler = training_state
     save_checkpoint(path, model, model_cfg, train_cfg, classes=data_pipeline.class_table(),
                     image_size=data_cfg.image_size, epoch=epoch, metrics=metrics, optimizer=optimizer,
-                    scheduler=scheduler, extra=state,
+                    scheduler=scheduler, grad_scaler=grad_scaler, extra=state,
                     normalization={"mean": data_pipeline.IMAGENET_MEAN, "std": data_pipeline.IMAGENET_STD})
 
 
 def _upload_best(folder: Path, model, model_cfg, train_cfg, data_cfg, epoch, metrics, state, setup) -> None:
     best_file = folder / "mlflow" / BEST_FILE  # not part of Ray's checkpoint contents once removed below
-    _save(best_file, model, model_cfg, train_cfg, data_cfg, epoch, metrics, None, None, state)
+    _save(best_file, model, model_cfg, train_cfg, data_cfg, epoch, metrics, (None, None, None), state)
     described = best_description(model_cfg.to_dict(), train_cfg.to_dict(), data_cfg.image_size, epoch,
                                  data_pipeline.class_table(), metrics, setup.objective, state["manifest_hash"])
     try:
@@ -314,7 +313,7 @@ def best_description(model_config: dict, train_config: dict, image_size, epoch: 
                      objective: str, manifest_hash) -> dict:
     """model_config.json beside checkpoint/best.pt: what promote and model_spec read without the weights."""
     return {"model_config": model_config, "train_config": train_config, "image_size": list(image_size),
-            "epoch": epoch, "classes": classes, objective: _objective(metrics, objective),
+            "epoch": epoch, "classes": classes, objective: objective_score(metrics[objective]),
             "manifest_hash": manifest_hash}
 
 

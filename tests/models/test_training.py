@@ -9,8 +9,8 @@ from models import ModelConfig, TrainConfig, build
 from models.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, restore_training_state,
                                save_checkpoint)
 from models.losses import make_loss
-from models.training import (DivergedError, describe_device, evaluate, lr_factor, make_optimizer, make_scheduler,
-                             recalibrate_batchnorm, resolve_device, seed_everything, train_one_epoch)
+from models.training import (DivergedError, describe_device, evaluate, lr_factor, make_grad_scaler, make_optimizer,
+                             make_scheduler, recalibrate_batchnorm, resolve_device, seed_everything, train_one_epoch)
 
 CPU = torch.device("cpu")
 CLASSES = [{"name": n, "index": i, "color": c} for i, (n, c) in
@@ -109,6 +109,24 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, backbone):
     assert torch.equal(model.eval()(x), restored(x))
     assert info["model_config"] == cfg and info["epoch"] == 3 and info["classes"][1]["name"] == "sky"
     assert info["image_size"] == [64, 64] and info["normalization"]["std"] == pytest.approx(STD)
+
+
+def test_one_loss_scaler_carries_across_epochs_and_into_checkpoints(tmp_path):
+    """The loop used to make a GradScaler per epoch: on a float16 GPU each epoch restarted at a scale of 2**16
+    and skipped its first steps while backing off. An enabled CPU scaler shows the same state handling."""
+    cfg, train_cfg = ModelConfig(backbone="unet_scratch", scratch_width=4, scratch_depth=2), TrainConfig()
+    model = build(cfg)
+    optimizer = make_optimizer(model, train_cfg)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 4, growth_interval=1)  # doubles at every step it takes
+    for epoch in (1, 2):  # 2 batches each
+        train_one_epoch(model, blob_batches(8, 4, seed=epoch), optimizer, make_loss(train_cfg), CPU, epoch=epoch,
+                        grad_scaler=scaler)
+    assert scaler.get_scale() == 2.0 ** 8  # four steps over two epochs: one scaler throughout
+    ckpt = load_checkpoint(_save(tmp_path / "c.pt", model, cfg, train_cfg, optimizer=optimizer, grad_scaler=scaler))
+    resumed = torch.amp.GradScaler("cpu", init_scale=2.0 ** 4, growth_interval=1)
+    restore_training_state(ckpt, make_optimizer(model_from_checkpoint(ckpt)[0], train_cfg), grad_scaler=resumed)
+    assert resumed.get_scale() == 2.0 ** 8
+    assert not make_grad_scaler(CPU, amp=True).is_enabled()  # float16 loss scaling is for CUDA only
 
 
 def test_checkpoint_resumes_optimizer_and_scheduler(tmp_path):

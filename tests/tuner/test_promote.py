@@ -302,6 +302,23 @@ def test_checkpoint_score_reads_the_objective_at_the_epoch_the_sweep_kept(tmp_pa
     assert checkpoint_score(client, run_id, "val_rock_miou", "val_rock_miou") == (0.30, 1)
 
 
+def test_an_undefined_first_score_ranks_as_the_trial_ranked_it(tmp_path):
+    """val_rock_miou NaN at epoch 1 (no rock in val, none predicted), 0.0 after: the trial scored epoch 1 as
+    0.0 and kept its best.pt from it; promote used to skip the NaN and score epoch 2's weights."""
+    from tuner.promote import checkpoint_score
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    for epoch, rock in enumerate([float("nan"), 0.0, 0.0], 1):
+        tracking.log_metrics(uri, run_id, {"val_miou": 0.4 + epoch / 10, "val_rock_miou": rock}, step=epoch)
+    assert checkpoint_score(client, run_id, "val_rock_miou", "val_rock_miou") == (0.0, 1)
+    assert checkpoint_score(client, run_id, "val_miou", "val_rock_miou") == (0.5, 1)
+    never = client.create_run(client.get_experiment_by_name("e").experiment_id).info.run_id
+    tracking.log_metrics(uri, never, {"val_rock_miou": float("nan")}, step=1)
+    assert checkpoint_score(client, never, "val_rock_miou", "val_rock_miou") is None  # never defined: unranked
+
+
 @pytest.mark.parametrize("command", [["promote", "--experiment", "x"], ["report", "--experiment", "x"]])
 def test_a_store_that_cannot_be_used_is_one_line_in_seconds(command, tmp_path, capsys):
     """Before: a server away took MLflow's retries (~250 s), then a traceback; a file that is not a
