@@ -96,6 +96,12 @@ def scan_pairs(root: str | Path, mask_source: str = "clean", exclude_mismatches:
     )
 
 
+def render_files(root: str | Path) -> list[Path]:
+    """Every images/render/renderNNNN.png, by frame number (named as scan_pairs reads them); [] if no folder."""
+    folder = Path(root) / RENDER_DIR
+    return [path for _, (_, path) in sorted(_numbered(folder, "render").items())] if folder.is_dir() else []
+
+
 def find_real_photos(root: str | Path) -> list[Sample]:
     """Real photos that have a g_* mask, sorted (PCAM before TCAM, then by number); [] if none."""
     return scan_real_photos(root).samples

@@ -74,7 +74,7 @@ def find_eval_sets(root: str | Path, exclude: Iterable[str] = (), exclude_mismat
 def _render_samples(root: Path, exclude_mismatches: bool) -> tuple[list, list[Path], dict]:
     """Each render with its clean mask, else its ground mask; the renders with neither; {frame: why} for
     the frames mismatch_IDs.txt excluded."""
-    from data_pipeline.kaggle import MASK_DIRS, RENDER_DIR, scan_pairs
+    from data_pipeline.kaggle import MASK_DIRS, RENDER_DIR, render_files, scan_pairs
 
     if not (root / RENDER_DIR).is_dir():
         return [], [], {}
@@ -86,7 +86,7 @@ def _render_samples(root: Path, exclude_mismatches: bool) -> tuple[list, list[Pa
             mismatched.update({f: f"listed in {scan.mismatch_file.name}" for f in scan.excluded_frames})
             unpaired = set(scan.renders_without_mask)
             renders = unpaired if renders is None else renders & unpaired
-    unmasked = sorted(renders if renders is not None else (root / RENDER_DIR).glob("render*.png"))
+    unmasked = sorted(renders) if renders is not None else render_files(root)  # no mask folder at all
     return sorted(by_frame.values(), key=lambda s: int(s.frame)), unmasked, mismatched
 
 

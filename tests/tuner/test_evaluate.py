@@ -227,6 +227,21 @@ def test_a_json_path_that_cannot_be_written_or_a_bad_device_is_refused_before_sc
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".figs")]
 
 
+def test_renders_without_any_mask_folder_are_named_and_not_scored(tmp_path):
+    """With neither images/clean nor images/ground, the renders were listed by a glob of its own: case-sensitive
+    (RENDER0003.PNG went unnamed) and loose (render_notes.png was named), unlike the pairing."""
+    from tuner.evaluate import find_eval_sets
+
+    root = tmp_path / "data"
+    for name in ("render0002.png", "RENDER0003.PNG", "render_notes.png"):
+        save(root / "images/render" / name, photo((8, 12), 1))
+    save(root / "real_moon_images/PCAM1.png", photo((8, 12), 3))
+    save(root / "real_moon_images/g_PCAM1.png", PALETTE[scene_classes((8, 12), 3)])
+    found = find_eval_sets(root)
+    assert [p.name for p in found.unmasked] == ["render0002.png", "RENDER0003.PNG"]
+    assert list(found.sets) == ["photos"]
+
+
 def test_excluded_frames_and_photos_are_not_scored_and_are_named(checkpoint, data, tmp_path, capsys):
     root, truth = data
     assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--exclude", "1, PCAM1") == 0  # 1 = frame 0001
