@@ -5,9 +5,14 @@ from PIL import Image
 from data_pipeline import DataError, load_rgb, read_size, resize_image, resize_mask, save_rgb
 
 
+def _mode(path) -> str:
+    with Image.open(path) as image:
+        return image.mode
+
+
 def test_rgba_real_photos_load_as_rgb(shared_data):
     folder = shared_data / "kaggle-samples/real_moon_images"
-    rgba = [p for p in sorted(folder.glob("PCAM*.png")) if Image.open(p).mode == "RGBA"]
+    rgba = [p for p in sorted(folder.glob("PCAM*.png")) if _mode(p) == "RGBA"]
     assert rgba, "the samples are documented to include RGBA photos"
     image = load_rgb(rgba[0])
     assert image.shape == (571, 777, 3) and image.dtype == np.uint8
@@ -24,7 +29,7 @@ def test_rgba_and_grey_files_become_rgb(tmp_path):
 
 def test_16_bit_grey_is_refused_not_clipped_to_white(tmp_path):
     Image.fromarray(np.full((4, 5), 32768, dtype=np.uint16)).save(tmp_path / "deep.png")
-    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    assert _mode(tmp_path / "deep.png").startswith("I")
     with pytest.raises(DataError, match="deep.png: I.*16-bit grey.*expected 8 bits per channel"):
         load_rgb(tmp_path / "deep.png")
 

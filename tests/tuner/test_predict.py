@@ -34,7 +34,10 @@ def write_png(path, shape, mode="RGB", seed=0):
 
 @pytest.mark.skipif(not REAL_PHOTOS.is_dir(), reason=f"{REAL_PHOTOS} absent (the shared data sits beside the repo)")
 def test_real_photos_get_masks_and_overlays_at_their_own_size(checkpoint, tmp_path):
-    modes = {p: Image.open(p).mode for p in sorted(REAL_PHOTOS.glob("*.png"))}
+    modes = {}
+    for p in sorted(REAL_PHOTOS.glob("*.png")):
+        with Image.open(p) as image:  # the header only; closed, not left to the garbage collector
+            modes[p] = image.mode
     rgba = [p for p, m in modes.items() if m == "RGBA"][:2]  # the point: 777 x 571 RGBA photos are handled
     photos = [p for p, m in modes.items() if m == "RGB"][:1] + rgba
     assert len(photos) == 3
