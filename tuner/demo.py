@@ -87,9 +87,9 @@ def run_demo(cfg: DemoConfig, paths: RunPaths) -> DemoResult | None:
     from tuner.report import ReportConfig, report
     from tuner.sweep import run_sweep_cli_errors
 
-    paths.ensure()
     space = demo_space(cfg.backbone)
-    sweep_config(cfg, paths.data, space)  # its flags checked before the scenes are made, not after
+    sweep_config(cfg, paths.data, space)  # its flags checked before the run dir and the scenes are made
+    paths.ensure()
     data = generate_scenes(cfg, paths)
     print(f"[2/5] sweep: {cfg.samples} trials, experiment {cfg.experiment}", file=sys.stderr)
     swept = run_sweep_cli_errors(sweep_config(cfg, data, space), paths)

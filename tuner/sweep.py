@@ -153,6 +153,8 @@ def run_sweep(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
     """Run (or with cfg.resume, continue) a sweep; returns where everything is and the best trial.
 
     One sweep per (run dir, experiment) at a time: a second one is refused (CliError naming the lock)."""
+    if not cfg.resume:  # a resumed sweep's space is the one it started with, read from its pointer file
+        _load_space(cfg)  # a wrong --space fails before the run dir is made, not after (checked again below)
     paths.ensure()
     with sweep_lock(paths, cfg.experiment) as lock:
         _stop_leftovers(lock)

@@ -55,7 +55,7 @@ def test_a_bad_experiment_name_is_refused_before_any_scene_is_made(tmp_path):
     paths = RunPaths(root=tmp_path / "run")
     with pytest.raises(CliError, match="--experiment='bad name': expected a name of letters"):
         run_demo(replace(TINY, experiment="bad name"), paths)
-    assert not any(paths.data.iterdir())
+    assert not paths.root.exists()  # no scenes, not even the run dir
 
 
 def test_the_demo_space_evaluates_a_point_of_the_promoted_backbone_first():

@@ -89,6 +89,7 @@ def test_a_bad_space_fails_before_anything_starts(scenes, tmp_path, run_paths):
         run_sweep(_cfg(str(bad), scenes), run_paths)
     with pytest.raises(CliError, match="--space: search space 'nope'"):
         run_sweep(_cfg("nope", scenes), run_paths)
+    assert not run_paths.root.exists()  # not even the run dir's folders and lock file
 
 
 def test_resume_without_a_started_sweep_is_a_clear_error(scenes, run_paths):
