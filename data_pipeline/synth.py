@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import json
 import multiprocessing
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -80,11 +82,37 @@ def generate(out, count: int, seed: int, size: tuple[int, int] = (480, 720), sty
     out = Path(out)
     if is_complete(out, params):
         return out
-    prepare_folder(out, params)
-    rows = render_all(out, params, min(workers, params["count"]), progress)
-    write_boxes(out / "bounding_boxes.csv", rows)
-    write_manifest(out, {**params, "complete": True})
+    with folder_lock(out):  # another process generating here (two sweeps of one --data synthetic): wait for it
+        if is_complete(out, params):
+            return out
+        prepare_folder(out, params)
+        rows = render_all(out, params, min(workers, params["count"]), progress)
+        write_boxes(out / "bounding_boxes.csv", rows)
+        write_manifest(out, {**params, "complete": True})
     return out
+
+
+@contextlib.contextmanager
+def folder_lock(out: Path):
+    """Hold an flock on the folder itself (created if missing; no lock file left behind), waiting for a
+    holder with a message. Without it, two processes generating into one folder refused each other's
+    half-made folder or removed each other's frames mid-write."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as err:
+        raise DataError(f"{out}: cannot create the data set folder there ({err.strerror or err})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process generating scenes into {out}", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def check_int(name: str, value, minimum: int) -> int:

@@ -210,3 +210,36 @@ def test_an_interrupted_set_with_identical_parameters_is_redone(tmp_path: Path):
     (out / "images/render/render0002.png").unlink()
     make(out, count=2, seed=1)
     assert tree_bytes(out) == reference
+
+
+def test_two_processes_generating_into_one_folder_both_get_the_whole_set(tmp_path: Path):
+    """Two sweeps of one `--data synthetic` started together: the second used to refuse the first's half-made
+    folder ("holds no lunartune_synth.json") or crash removing its frames mid-write (FileNotFoundError).
+    A third process holds the folder's lock while both start, so they overlap for sure: one waits for the
+    other. (Not this process: forked children would inherit its locked file description.)"""
+    import multiprocessing
+
+    out = tmp_path / "shared"
+    context = multiprocessing.get_context("fork")
+    locked, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold_folder_lock, args=(out, locked, release))
+    holder.start()
+    assert locked.wait(60)
+    runs = [context.Process(target=make, args=(out,), kwargs=dict(count=3, seed=2)) for _ in range(2)]
+    for run in runs:
+        run.start()
+    runs[0].join(1.0)  # both are waiting on the lock now
+    assert runs[0].exitcode is None and not any(out.iterdir())
+    release.set()
+    for run in [holder, *runs]:
+        run.join(120)
+    assert [run.exitcode for run in runs] == [0, 0]
+    assert tree_bytes(out) == tree_bytes(make(tmp_path / "alone", count=3, seed=2))
+
+
+def _hold_folder_lock(out: Path, locked, release) -> None:
+    from data_pipeline.synth import folder_lock
+
+    with folder_lock(out):
+        locked.set()
+        release.wait(60)
