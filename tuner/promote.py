@@ -33,6 +33,7 @@ from pathlib import Path
 
 from tuner.cli import CliError
 from tuner.objective import best_epoch
+from tuner.objective import score as objective_score
 from tuner.settings import RunPaths
 
 ROLE_PROMOTION = "promotion"  # lunartune.role of promotion runs (sweeps are "sweep", trials "trial")
@@ -149,36 +150,75 @@ def best_of_history(client, run_id: str, metric: str) -> tuple[float, int] | Non
 
 
 def checkpoint_score(client, run_id: str, objective: str, kept_by: str) -> tuple[float, int] | None:
-    """(objective's value, epoch) at the epoch of the trial's checkpoint/best.pt, which the trial kept by
-    the sweep's objective `kept_by`: ranking by another objective's best epoch would register weights of
-    another epoch than the one scored. None if there is no finite value there."""
-    kept = best_of_history(client, run_id, kept_by)
-    if kept is None or objective == kept_by:
-        return kept
-    at = {m.step: m.value for m in client.get_metric_history(run_id, objective)}
-    value = at.get(kept[1], math.nan)
-    return (value, kept[1]) if math.isfinite(value) else None
+    """(objective's value, epoch) at the epoch the trial's checkpoint/best.pt holds, which the trial kept by
+    the sweep's objective `kept_by`. The epoch comes from the checkpoint's model_config.json, not from the
+    metric history: a trial stopped between logging an epoch and uploading its checkpoint (Ctrl-C, a crash)
+    logged a best epoch whose weights were never saved; ranking by another objective's best epoch would
+    register another epoch's weights too. The history's rule (best_of_history) stands in for a trial whose
+    model_config.json is missing (fetch_checkpoint then says what is wrong). None if there is no finite
+    value there."""
+    history = {m.step: m.value for m in client.get_metric_history(run_id, objective)}
+    epoch = _checkpoint_epoch(client, run_id)
+    if epoch is None:
+        kept = best_of_history(client, run_id, kept_by)
+        if kept is None or objective == kept_by:
+            return kept
+        epoch = kept[1]
+    value = history.get(epoch, math.nan)
+    if objective == kept_by and epoch in history and any(math.isfinite(v) for v in history.values()):
+        value = objective_score(value)  # as the trial ranked it: an undefined score is 0
+    return (value, epoch) if math.isfinite(value) else None
+
+
+def _checkpoint_epoch(client, run_id: str) -> int | None:
+    """The epoch in the trial's model_config.json (written beside checkpoint/best.pt); None if it has none."""
+    from tuner import tracking
+
+    if tracking.MODEL_CONFIG_ARTIFACT not in {a.path for a in client.list_artifacts(run_id)}:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(client.download_artifacts(run_id, tracking.MODEL_CONFIG_ARTIFACT, folder))
+        epoch = json.loads(path.read_text()).get("epoch")
+    return epoch if isinstance(epoch, int) else None
 
 
 def trials_of(paths: RunPaths, experiment_id: str, objective: str, backbone: str | None = None) -> list[Trial]:
-    """Scored trials of every sweep in the experiment (optionally one backbone), best first."""
+    """Scored trials of every finished or interrupted sweep of the experiment (optionally one backbone), best
+    first. A sweep still running is left out: its trials' checkpoints may still change (running_sweeps)."""
     from tuner import tracking
 
     client = open_client(paths)
     found = []
     for parent in sweep_runs(paths, experiment_id):
+        if parent.data.tags.get(tracking.STATUS_TAG) == tracking.RUNNING:
+            continue
         kept_by = parent.data.params.get("objective", objective)  # what the sweep's trials kept best.pt by
         for run in tracking.child_runs(paths.tracking_uri, experiment_id, parent.info.run_id, backbone=backbone):
+            if run.data.tags.get(tracking.STATUS_TAG) in EXCLUDED_STATUSES:
+                continue
             best = checkpoint_score(client, run.info.run_id, objective, kept_by)
-            if best is not None and run.data.tags.get(tracking.STATUS_TAG) not in EXCLUDED_STATUSES:
+            if best is not None:
                 found.append(Trial(run, parent, best[0], best[1]))
     # ties: the earlier trial wins, so a re-run of promote picks the same one
     return sorted(found, key=lambda t: (-t.best_value, t.run.info.start_time))
 
 
+def running_sweeps(paths: RunPaths, experiment_id: str) -> list[str]:
+    """Names of the experiment's sweeps whose parent run says running: in flight, or killed and not resumed."""
+    from tuner import tracking
+
+    return [p.info.run_name or p.info.run_id for p in sweep_runs(paths, experiment_id)
+            if p.data.tags.get(tracking.STATUS_TAG) == tracking.RUNNING]
+
+
 def best_trial(paths: RunPaths, experiment, backbone: str, objective: str) -> Trial:
     from tuner import tracking
 
+    running = running_sweeps(paths, experiment.experiment_id)
+    if running:
+        print(f"lunartune promote: warning: sweep {', '.join(running)} of experiment {experiment.name!r} is still "
+              f"running, or was killed (`lunartune tune --resume` ends it): its trials are not candidates",
+              file=sys.stderr)
     trials = trials_of(paths, experiment.experiment_id, objective, backbone)
     if trials:
         return trials[0]
@@ -276,6 +316,17 @@ def fetch_checkpoint(paths: RunPaths, trial: Trial, folder: Path):
     except (CheckpointError, ConfigError) as err:
         raise CliError(f"trial {trial.name} (run {trial.run_id}): {err}") from None
     return local, model, info
+
+
+def check_ranked_epoch(trial: Trial, info: dict) -> None:
+    """The downloaded weights are of the epoch the trial was ranked at; else its upload was cut between
+    checkpoint/best.pt and model_config.json, and registering them would attach another epoch's score."""
+    from tuner import tracking
+
+    if info.get("epoch") != trial.best_epoch:
+        raise CliError(f"trial {trial.name} (run {trial.run_id}): {tracking.CHECKPOINT_ARTIFACT} holds epoch "
+                       f"{info.get('epoch')}, but it was ranked at epoch {trial.best_epoch}; nothing was "
+                       f"registered (`lunartune tune --resume` of its sweep uploads the checkpoint again)")
 
 
 def score(model, info, eval_sets: dict, device) -> dict[str, float]:
@@ -489,6 +540,7 @@ def promote(cfg: PromoteConfig, paths: RunPaths) -> PromoteResult:
     client = open_client(paths)
     with tempfile.TemporaryDirectory(prefix="lunartune-promote-") as folder:
         checkpoint, model, info = fetch_checkpoint(paths, trial, Path(folder))
+        check_ranked_epoch(trial, info)
         sha = sha256_of(checkpoint)
         data = sweep_data(paths, trial.parent)
         version = existing_version(client, cfg.model_name, trial.run_id, sha)

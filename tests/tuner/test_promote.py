@@ -302,6 +302,42 @@ def test_checkpoint_score_reads_the_objective_at_the_epoch_the_sweep_kept(tmp_pa
     assert checkpoint_score(client, run_id, "val_rock_miou", "val_rock_miou") == (0.30, 1)
 
 
+def test_a_trial_is_ranked_at_the_epoch_its_checkpoint_holds(tmp_path):
+    """A trial stopped between logging epoch 2 and uploading its checkpoint (Ctrl-C, a crash, or still running)
+    has epoch 2 as its history's best but epoch 1's weights in best.pt: promote used to rank (and tag) it at
+    epoch 2 and register epoch 1's weights."""
+    from tuner.promote import Trial, check_ranked_epoch, checkpoint_score
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    for epoch, (miou, rock) in enumerate([(0.50, 0.30), (0.70, 0.10)], 1):
+        tracking.log_metrics(uri, run_id, {"val_miou": miou, "val_rock_miou": rock}, step=epoch)
+    assert checkpoint_score(client, run_id, "val_miou", "val_miou") == (0.70, 2)  # no model_config.json: history
+    client.log_dict(run_id, {"epoch": 1, "val_miou": 0.5}, tracking.MODEL_CONFIG_ARTIFACT)
+    assert checkpoint_score(client, run_id, "val_miou", "val_miou") == (0.50, 1)
+    assert checkpoint_score(client, run_id, "val_rock_miou", "val_miou") == (0.30, 1)
+    trial = Trial(client.get_run(run_id), None, 0.70, 2)
+    with pytest.raises(CliError, match=r"best.pt holds epoch 1, but it was ranked at epoch 2; nothing was registered"):
+        check_ranked_epoch(trial, {"epoch": 1})
+    check_ranked_epoch(trial, {"epoch": 2})
+
+
+def test_the_trials_of_a_sweep_still_running_are_not_candidates(fresh, capsys):
+    """promote during a sweep registered a trial mid-training (and moved champion to it)."""
+    from tuner.promote import trials_of
+
+    client = _client(fresh)
+    assert trials_of(fresh.paths, fresh.experiment_id, "val_miou")
+    client.set_tag(fresh.parent_run_id, tracking.STATUS_TAG, tracking.RUNNING)
+    assert trials_of(fresh.paths, fresh.experiment_id, "val_miou") == []
+    with pytest.raises(CliError, match="has no finished vgg11 trial"):
+        promote(PromoteConfig(experiment=fresh.experiment), fresh.paths)
+    sweep_name = client.get_run(fresh.parent_run_id).info.run_name
+    assert f"sweep {sweep_name} of experiment {fresh.experiment!r} is still running" in capsys.readouterr().err
+    assert _nothing_registered(fresh)
+
+
 def test_an_undefined_first_score_ranks_as_the_trial_ranked_it(tmp_path):
     """val_rock_miou NaN at epoch 1 (no rock in val, none predicted), 0.0 after: the trial scored epoch 1 as
     0.0 and kept its best.pt from it; promote used to skip the NaN and score epoch 2's weights."""
