@@ -189,6 +189,7 @@ def _run_locked(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
         _reopen_parent_run(paths.tracking_uri, state["parent_run_id"])
     else:
         _check_study(cfg, paths, space, data_cfg.root)  # before the parent run: a refused sweep leaves nothing
+        _end_abandoned_sweep(paths, pointer)
         state = _new_sweep_state(cfg, paths, space, manifest, experiment_id, data_cfg.root)
         write_json_atomic(pointer, state)
     target = tracking.TrackingTarget(paths.tracking_uri, experiment_id, state["parent_run_id"])
@@ -688,6 +689,38 @@ def _resumed_config(cfg: SweepConfig, pointer: Path) -> SweepConfig:
     saved = json.loads(pointer.read_text())["config"]
     saved["image_size"] = tuple(saved["image_size"])
     return replace(SweepConfig(**saved), resume=True, address=cfg.address)
+
+
+def _end_abandoned_sweep(paths: RunPaths, pointer: Path) -> None:
+    """End what is left running of the sweep the pointer names: the new sweep's pointer replaces the one its
+    `--resume` needed. A parent run still running was killed (SIGKILL, a lost machine: we hold the
+    experiment's lock, so it is not running) and ends interrupted; its trials still marked running (after a
+    kill or Ctrl-C) end unfinished, so MLflow does not show them running forever and promote ranks their
+    checkpoints. Every epoch they logged stays; the user is told."""
+    if not pointer.is_file():
+        return
+    state = json.loads(pointer.read_text())
+    started = state.get("tracking_uri_override", paths.tracking_uri_override)
+    uri = replace(paths, tracking_uri_override=started).tracking_uri  # the store that sweep logged to
+    mlflow = tracking.client(uri)
+    try:
+        parent = mlflow.get_run(state["parent_run_id"])
+    except (MlflowException, KeyError):
+        return  # not in this store (or an old pointer): nothing of it to end here
+    killed = parent.data.tags.get(tracking.STATUS_TAG) == tracking.RUNNING
+    if not killed and parent.data.tags.get(tracking.STATUS_TAG) != tracking.INTERRUPTED:
+        return
+    running = [run for run in tracking.child_runs(uri, parent.info.experiment_id, parent.info.run_id)
+               if run.data.tags.get(tracking.STATUS_TAG) == tracking.RUNNING]
+    for run in running:
+        tracking.finish_child_run(uri, run.info.run_id, tracking.UNFINISHED)
+    if killed:
+        tracking.end_parent_run(uri, parent.info.run_id, interrupted=True, summary={})
+    if killed or running:
+        print(f"lunartune tune: warning: sweep {parent.info.run_name} of this experiment was "
+              f"{'killed' if killed else 'interrupted'} and never resumed; a new sweep replaces it, so it can no "
+              f"longer be resumed: {len(running)} unfinished trial(s) ended" + (", its parent run ended interrupted"
+              if killed else "") + "; every epoch they logged stays in MLflow", file=sys.stderr)
 
 
 def _resumed_paths(paths: RunPaths, state: dict) -> RunPaths:

@@ -39,7 +39,9 @@ CHECKPOINT_TAG = "best_checkpoint"  # artifact path of the best checkpoint insid
 CHECKPOINT_ARTIFACT = "checkpoint/best.pt"
 MODEL_CONFIG_ARTIFACT = "model_config.json"
 COMPLETED, PRUNED, ERRORED, DIVERGED, RUNNING = "completed", "pruned", "errored", "diverged", "running"
-UNFINISHED = "unfinished"  # Ray ended the trial before its first epoch's result (tuner.sweep.trial_status)
+INTERRUPTED = "interrupted"  # a parent run whose sweep stopped before its end (Ctrl-C, killed): --resume goes on
+UNFINISHED = "unfinished"  # Ray ended the trial before its first epoch's result (tuner.sweep.trial_status),
+# or its sweep was killed and a new one replaced it (tuner.sweep._end_abandoned_sweep)
 # MLflow's run status for each final trial status (the tag is the precise one; this drives the UI icon)
 _RUN_STATUS = {COMPLETED: "FINISHED", PRUNED: "KILLED", DIVERGED: "FAILED", ERRORED: "FAILED", UNFINISHED: "KILLED"}
 _MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
@@ -142,7 +144,7 @@ def reopen_run(uri: str, run_id: str) -> None:
 def end_parent_run(uri: str, run_id: str, interrupted: bool, summary: dict) -> None:
     mlflow = client(uri)
     log_metrics(uri, run_id, {k: v for k, v in summary.items() if isinstance(v, (int, float))}, step=0)
-    mlflow.set_tag(run_id, STATUS_TAG, "interrupted" if interrupted else "finished")
+    mlflow.set_tag(run_id, STATUS_TAG, INTERRUPTED if interrupted else "finished")
     mlflow.set_terminated(run_id, status="KILLED" if interrupted else "FINISHED")
 
 

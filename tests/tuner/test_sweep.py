@@ -207,3 +207,62 @@ def test_smoke_sweep_end_to_end(local_ray, scenes, tmp_path, run_paths):
     with pytest.raises(CliError, match="different search space or objective"):
         run_sweep(_cfg("smoke", scenes, experiment="e2e", objective="val_rock_miou"), run_paths)
     assert len(tracking.client(run_paths.tracking_uri).search_runs([result.experiment_id])) == len(parents)
+
+
+def test_a_new_sweep_ends_the_killed_sweep_whose_pointer_it_replaces(tmp_path, capsys):
+    """A sweep SIGKILLed and never resumed, then a new sweep of the experiment: the new pointer made the old
+    one unresumable, and its parent and unfinished trials stayed RUNNING in MLflow for good (promote then
+    counts the sweep as running). The new sweep's driver ends them, keeping every logged epoch."""
+    import json
+
+    from tuner.sweep import _end_abandoned_sweep, _pointer_path
+
+    paths = RunPaths(root=tmp_path / "run").ensure()
+    uri = paths.tracking_uri
+    experiment = tracking.get_or_create_experiment(uri, "e", None)
+    parent = tracking.start_parent_run(uri, experiment, "e-killed", {}, {})
+    target = tracking.TrackingTarget(uri, experiment, parent)
+    done = tracking.open_child_run(target, "t1", "vgg11-t1", {}, {})
+    tracking.finish_child_run(uri, done, tracking.COMPLETED)
+    cut = tracking.open_child_run(target, "t2", "vgg11-t2", {}, {})
+    tracking.log_metrics(uri, cut, {"val_miou": 0.4}, step=1)
+    pointer = _pointer_path(paths, "e")
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    pointer.write_text(json.dumps({"parent_run_id": parent, "tracking_uri_override": None}))
+
+    _end_abandoned_sweep(paths, pointer)
+    client = tracking.client(uri)
+    runs = {run_id: client.get_run(run_id) for run_id in (parent, done, cut)}
+    assert (runs[parent].info.status, runs[parent].data.tags[tracking.STATUS_TAG]) == ("KILLED", "interrupted")
+    assert (runs[done].info.status, runs[done].data.tags[tracking.STATUS_TAG]) == ("FINISHED", "completed")
+    assert (runs[cut].info.status, runs[cut].data.tags[tracking.STATUS_TAG]) == ("KILLED", tracking.UNFINISHED)
+    assert [m.value for m in client.get_metric_history(cut, "val_miou")] == [0.4]
+    assert "sweep e-killed of this experiment was killed and never resumed" in capsys.readouterr().err
+    _end_abandoned_sweep(paths, pointer)  # nothing left running: left as it is, silently
+    assert capsys.readouterr().err == ""
+
+
+def test_a_new_sweep_ends_the_trials_of_an_interrupted_sweep_it_replaces(tmp_path, capsys):
+    """Ctrl-C leaves the parent interrupted and its unfinished trials running, for --resume; a new sweep
+    instead replaces the pointer, and those trials would show running for good."""
+    import json
+
+    from tuner.sweep import _end_abandoned_sweep, _pointer_path
+
+    paths = RunPaths(root=tmp_path / "run").ensure()
+    uri = paths.tracking_uri
+    experiment = tracking.get_or_create_experiment(uri, "e", None)
+    parent = tracking.start_parent_run(uri, experiment, "e-stopped", {}, {})
+    cut = tracking.open_child_run(tracking.TrackingTarget(uri, experiment, parent), "t1", "vgg11-t1", {}, {})
+    tracking.end_parent_run(uri, parent, interrupted=True, summary={})
+    pointer = _pointer_path(paths, "e")
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    pointer.write_text(json.dumps({"parent_run_id": parent, "tracking_uri_override": None}))
+    _end_abandoned_sweep(paths, pointer)
+    assert tracking.client(uri).get_run(cut).data.tags[tracking.STATUS_TAG] == tracking.UNFINISHED
+    assert "sweep e-stopped of this experiment was interrupted and never resumed" in capsys.readouterr().err
+    finished = tracking.start_parent_run(uri, experiment, "e-done", {}, {})
+    tracking.end_parent_run(uri, finished, interrupted=False, summary={})
+    pointer.write_text(json.dumps({"parent_run_id": finished, "tracking_uri_override": None}))
+    _end_abandoned_sweep(paths, pointer)  # a finished sweep: nothing to say
+    assert capsys.readouterr().err == ""
