@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import fcntl
 import hashlib
 import json
 import math
+import os
 import re
 import sys
 import tempfile
@@ -318,6 +320,26 @@ def fetch_checkpoint(paths: RunPaths, trial: Trial, folder: Path):
     return local, model, info
 
 
+@contextlib.contextmanager
+def registry_lock(paths: RunPaths, model_name: str):
+    """One promote of a model name at a time in a run dir (an flock; a second one waits, then finds the
+    version the first registered). Without it, two at once both found no version of the trial, registered
+    it twice and split the aliases. Promotes from other run dirs sharing an MLflow server are not ordered."""
+    path = paths.root / "promote" / f"{model_name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"lunartune promote: waiting for another promote of {model_name!r} ({path})", file=sys.stderr,
+                  flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def check_ranked_epoch(trial: Trial, info: dict) -> None:
     """The downloaded weights are of the epoch the trial was ranked at; else its upload was cut between
     checkpoint/best.pt and model_config.json, and registering them would attach another epoch's score."""
@@ -543,16 +565,17 @@ def promote(cfg: PromoteConfig, paths: RunPaths) -> PromoteResult:
         check_ranked_epoch(trial, info)
         sha = sha256_of(checkpoint)
         data = sweep_data(paths, trial.parent)
-        version = existing_version(client, cfg.model_name, trial.run_id, sha)
-        registered = version is None
-        if registered:
-            eval_sets = {TEST_GROUP: data.test_set(), **({REAL_GROUP: real} if real is not None else {})}
-            metrics = score(model, info, eval_sets, device)
-            tags = version_tags(trial, sha, info, metrics, data, cfg.objective)
-            version = publish(paths, cfg, experiment.experiment_id, trial, checkpoint, model, info, metrics, tags)
-        elif real is not None:  # scored on the real photos now: on the version and its promotion run
-            version = add_scores(paths, version, score(model, info, {REAL_GROUP: real}, device))
-    moved, reason, mine = decide_champion(paths, cfg, version, data, device)
+        with registry_lock(paths, cfg.model_name):
+            version = existing_version(client, cfg.model_name, trial.run_id, sha)
+            registered = version is None
+            if registered:
+                eval_sets = {TEST_GROUP: data.test_set(), **({REAL_GROUP: real} if real is not None else {})}
+                metrics = score(model, info, eval_sets, device)
+                tags = version_tags(trial, sha, info, metrics, data, cfg.objective)
+                version = publish(paths, cfg, experiment.experiment_id, trial, checkpoint, model, info, metrics, tags)
+            elif real is not None:  # scored on the real photos now: on the version and its promotion run
+                version = add_scores(paths, version, score(model, info, {REAL_GROUP: real}, device))
+            moved, reason, mine = decide_champion(paths, cfg, version, data, device)
     champion = version_by_alias(client, cfg.model_name, CHAMPION)
     tags = version.tags or {}
     return PromoteResult(cfg.model_name, str(version.version), registered, trial.name, trial.run_id, version.run_id,

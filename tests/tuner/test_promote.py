@@ -133,6 +133,22 @@ def test_running_it_twice_registers_nothing_new(fresh):
 
 
 @pytest.mark.slow
+def test_two_promotes_at_once_register_one_version(fresh):
+    """Both used to find no version of the trial, both registered one (same checkpoint bytes) and the aliases
+    split between them; the registry lock makes the second wait and reuse the first's version."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(promote, PromoteConfig(experiment=fresh.experiment, device="cpu"), fresh.paths)
+                for _ in range(2)]
+        results = [run.result(timeout=600) for run in runs]
+    assert sorted(r.registered for r in results) == [False, True]
+    assert results[0].version == results[1].version
+    assert len(_client(fresh).search_model_versions(f"name = '{MODEL}'")) == 1
+    assert len(_promotion_runs(fresh)) == 1
+
+
+@pytest.mark.slow
 def test_champion_moves_only_when_beaten_or_forced(fresh):
     client = _client(fresh)
     first = promote(PromoteConfig(experiment=fresh.experiment, device="cpu"), fresh.paths)
