@@ -154,7 +154,7 @@ def run_sweep(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
 
     One sweep per (run dir, experiment) at a time: a second one is refused (CliError naming the lock)."""
     if not cfg.resume:  # a resumed sweep's space is the one it started with, read from its pointer file
-        _load_space(cfg)  # a wrong --space fails before the run dir is made, not after (checked again below)
+        _read_space(cfg)  # a missing or malformed --space fails before the run dir is made, not after
     paths.ensure()
     with sweep_lock(paths, cfg.experiment) as lock:
         _stop_leftovers(lock)
@@ -242,13 +242,17 @@ def sweep_lock(paths: RunPaths, experiment: str):
 
 
 def _load_space(cfg: SweepConfig):
+    space = _read_space(cfg)
+    check_against_models(space, cfg.image_size)  # may read encoder weights files: once, under the lock
+    return space
+
+
+def _read_space(cfg: SweepConfig):
     try:
         path = search_spaces.resolve(cfg.space)
     except FileNotFoundError as err:
         raise CliError(f"--space: {err}") from None
-    space = load_space(path)
-    check_against_models(space, cfg.image_size)
-    return space
+    return load_space(path)
 
 
 def _warn_about_storage(cfg: SweepConfig) -> None:
