@@ -159,13 +159,13 @@ def checkpoint_score(client, run_id: str, objective: str, kept_by: str) -> tuple
     register another epoch's weights too. The history's rule (best_of_history) stands in for a trial whose
     model_config.json is missing (fetch_checkpoint then says what is wrong). None if there is no finite
     value there."""
-    history = {m.step: m.value for m in client.get_metric_history(run_id, objective)}
     epoch = _checkpoint_epoch(client, run_id)
     if epoch is None:
         kept = best_of_history(client, run_id, kept_by)
         if kept is None or objective == kept_by:
             return kept
         epoch = kept[1]
+    history = {m.step: m.value for m in client.get_metric_history(run_id, objective)}
     value = history.get(epoch, math.nan)
     if objective == kept_by and epoch in history and any(math.isfinite(v) for v in history.values()):
         value = objective_score(value)  # as the trial ranked it: an undefined score is 0
