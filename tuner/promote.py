@@ -159,7 +159,9 @@ def checkpoint_score(client, run_id: str, objective: str, kept_by: str) -> tuple
     register another epoch's weights too. The history's rule (best_of_history) stands in for a trial whose
     model_config.json is missing (fetch_checkpoint then says what is wrong). None if there is no finite
     value there."""
-    epoch = _checkpoint_epoch(client, run_id)
+    from tuner import tracking
+
+    epoch = tracking.described_epoch(client, run_id)
     if epoch is None:
         kept = best_of_history(client, run_id, kept_by)
         if kept is None or objective == kept_by:
@@ -170,18 +172,6 @@ def checkpoint_score(client, run_id: str, objective: str, kept_by: str) -> tuple
     if objective == kept_by and epoch in history and any(math.isfinite(v) for v in history.values()):
         value = objective_score(value)  # as the trial ranked it: an undefined score is 0
     return (value, epoch) if math.isfinite(value) else None
-
-
-def _checkpoint_epoch(client, run_id: str) -> int | None:
-    """The epoch in the trial's model_config.json (written beside checkpoint/best.pt); None if it has none."""
-    from tuner import tracking
-
-    if tracking.MODEL_CONFIG_ARTIFACT not in {a.path for a in client.list_artifacts(run_id)}:
-        return None
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(client.download_artifacts(run_id, tracking.MODEL_CONFIG_ARTIFACT, folder))
-        epoch = json.loads(path.read_text()).get("epoch")
-    return epoch if isinstance(epoch, int) else None
 
 
 def trials_of(paths: RunPaths, experiment_id: str, objective: str, backbone: str | None = None) -> list[Trial]:

@@ -219,12 +219,35 @@ def log_best_checkpoint(uri: str, run_id: str, checkpoint_file: Path, model_conf
 def best_checkpoint_epoch(uri: str, run_id: str) -> int | None:
     """The epoch of the run's checkpoint/best.pt as its model_config.json says; None if either is missing."""
     mlflow = client(uri)
-    have = {a.path for a in mlflow.list_artifacts(run_id)} | {a.path for a in mlflow.list_artifacts(run_id, "checkpoint")}
-    if not {CHECKPOINT_ARTIFACT, MODEL_CONFIG_ARTIFACT} <= have:
+    if CHECKPOINT_ARTIFACT not in {a.path for a in mlflow.list_artifacts(run_id, str(Path(CHECKPOINT_ARTIFACT).parent))}:
         return None
-    with tempfile.TemporaryDirectory() as folder:
+    return described_epoch(mlflow, run_id)
+
+
+def described_epoch(mlflow: MlflowClient, run_id: str) -> int | None:
+    """The epoch in the run's model_config.json (uploaded after checkpoint/best.pt); None if it has none."""
+    if MODEL_CONFIG_ARTIFACT not in {a.path for a in mlflow.list_artifacts(run_id)}:
+        return None
+    with tempfile.TemporaryDirectory() as folder, no_download_progress_bar():
         described = json.loads(Path(mlflow.download_artifacts(run_id, MODEL_CONFIG_ARTIFACT, folder)).read_text())
-    return described.get("epoch")
+    epoch = described.get("epoch")
+    return epoch if isinstance(epoch, int) else None
+
+
+@contextlib.contextmanager
+def no_download_progress_bar():
+    """MLflow draws a progress bar for every download, even of a 1 kB JSON file: the end of a sweep and promote
+    read one per trial, and printed a bar line per trial. MLflow reads its switch at each download."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 # ---------------------------------------------------------------------------------------------

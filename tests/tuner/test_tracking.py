@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -100,6 +101,26 @@ def test_checkpoint_download_and_status_tags(store):
     lonely = tracking.open_child_run(target, "c_00002", "vgg11-t002", {}, {})
     with pytest.raises(TrackingError, match=f"run {lonely} .* no checkpoint artifact"):
         tracking.download_checkpoint(uri, lonely, tmp_path / "dl2")
+
+
+def test_the_best_checkpoints_epoch_is_read_without_a_progress_bar(store, capfd, monkeypatch):
+    """The end of a sweep and promote read every trial's model_config.json: MLflow drew a download progress
+    bar for each (one line per trial on the terminal)."""
+    uri, experiment_id, tmp_path = store
+    _, target = _sweep(uri, experiment_id)
+    run_id = tracking.open_child_run(target, "e_00001", "vgg11-t001", {}, {})
+    assert tracking.best_checkpoint_epoch(uri, run_id) is None  # nothing uploaded yet
+    best = tmp_path / "best.pt"
+    best.write_bytes(b"weights")
+    tracking.log_best_checkpoint(uri, run_id, best, {"backbone": "vgg11", "epoch": 4})
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    capfd.readouterr()
+    assert tracking.best_checkpoint_epoch(uri, run_id) == 4
+    assert tracking.described_epoch(tracking.client(uri), run_id) == 4
+    assert "Downloading artifacts" not in capfd.readouterr().err
+    assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ  # the user's setting is left as it was
+    tracking.client(uri).download_artifacts(run_id, "model_config.json", str(tmp_path))
+    assert "Downloading artifacts" in capfd.readouterr().err  # MLflow's bar, as the test expects it
 
 
 @pytest.mark.parametrize("status", TRIAL_STATUSES)
