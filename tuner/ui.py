@@ -304,8 +304,10 @@ def _termination_as_exit() -> Iterator[None]:
 
 
 def _serve_until_interrupted(servers: Sequence[tuple[str, UiServer]]) -> None:
-    """Block until Ctrl-C; a server that dies on its own is an error."""
+    """Say how to stop, then block until Ctrl-C; a server that dies on its own is an error. The line is said
+    inside the `try`: a Ctrl-C that comes as soon as it shows is a stop like any other (exit 0), not 130."""
     try:
+        _say("Ctrl-C stops " + " and ".join(name for name, _ in servers) + ".")
         while True:
             for name, server in servers:
                 if server.process.poll() is not None:
@@ -372,7 +374,6 @@ def main(args, paths: RunPaths) -> int:
             _say(f"optuna-dashboard: {study_url(dashboard.url, args.experiment)}")
         if not servers:
             return 0  # a remote server: the links are all there is to give
-        _say("Ctrl-C stops " + " and ".join(name for name, _ in servers) + ".")
         _serve_until_interrupted(servers)
     # Ctrl-C is how a UI is meant to be stopped, not a failure or an interrupted job: exit 0.
     return 0

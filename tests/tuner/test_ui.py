@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pytest
 
 from tuner.cli import CliError, main as cli_main
 from tuner.settings import RunPaths
+from tuner import ui as ui_module
 from tuner.tracking import PARENT_TAG, ROLE_TAG, STATUS_TAG
 from tuner.ui import PORT_ATTEMPTS, running_mlflow_ui, running_optuna_dashboard, study_url, sweep_links
 
@@ -342,6 +344,20 @@ def test_stopping_leaves_no_server_behind(store, signum, exit_code):
     assert [g for g in groups if _group_members(g)] == []
 
 # ----------------------------------------------------------------------------- --optuna
+
+def test_a_ctrl_c_the_moment_the_stop_line_shows_is_a_clean_stop(monkeypatch, capsys, tmp_path):
+    """The test above sends Ctrl-C as soon as "Ctrl-C stops" shows; under load the signal landed after the
+    line and before the wait's `try`, and `ui` exited 130 instead of 0."""
+    def say(text):
+        print(text)
+        if text.startswith("Ctrl-C stops"):
+            raise KeyboardInterrupt  # a SIGINT delivered right after the line was printed
+
+    monkeypatch.setattr(ui_module, "_say", say)
+    exited = types.SimpleNamespace(poll=lambda: 0, returncode=0)  # the old code reached the loop: an error
+    ui_module._serve_until_interrupted([("mlflow server", types.SimpleNamespace(process=exited, log=tmp_path))])
+    assert capsys.readouterr().out.splitlines() == ["Ctrl-C stops mlflow server.", "", "stopping ..."]
+
 
 def test_optuna_without_optuna_dashboard_says_how_to_install(store, tmp_path):
     """A subprocess in which optuna_dashboard cannot be imported, installed or not here: a
