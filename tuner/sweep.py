@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import ray
@@ -305,6 +306,7 @@ def _new_sweep_state(cfg: SweepConfig, paths: RunPaths, space, manifest, experim
               # promote re-scores the chosen trial on this data set's held-out test split
               "data_root": data_root, "split_manifest": str(manifest.path),
               "scheduler": "asha" if cfg.use_asha else "fifo", "searcher": "optuna-tpe",
+              "sampler_seed": _optuna_study(cfg, paths, space)[2],
               "optuna_study": f"{cfg.experiment} @ {paths.optuna_db}", "results_path": results_path}
     tags = {"ray_run_name": run_name, "git_commit": _git_commit() or "unknown", "space": Path(space.source).name}
     parent = tracking.start_parent_run(paths.tracking_uri, experiment_id, run_name, params, tags)
@@ -401,9 +403,9 @@ def trial_device(cfg: SweepConfig) -> str:
 
 
 def _tune_config(cfg: SweepConfig, paths: RunPaths, space):
-    storage, points = _optuna_study(cfg, paths, space)
+    storage, points, seed = _optuna_study(cfg, paths, space)
     searcher = PruningAwareOptunaSearch(
-        space=define_by_run(space), metric=cfg.objective, mode="max", seed=cfg.seed, storage=storage,
+        space=define_by_run(space), metric=cfg.objective, mode="max", seed=seed, storage=storage,
         study_name=cfg.experiment, points_to_evaluate=points, max_t=cfg.max_epochs, time_attr=EPOCH)
     scheduler = (ASHAScheduler(time_attr=EPOCH, max_t=cfg.max_epochs, grace_period=cfg.grace_epochs,
                                reduction_factor=cfg.reduction_factor) if cfg.use_asha else FIFOScheduler())
@@ -457,9 +459,20 @@ def _check_study(cfg: SweepConfig, paths: RunPaths, space, data_root: str) -> No
 
 
 def _optuna_study(cfg: SweepConfig, paths: RunPaths, space):
-    """The study and the points to evaluate first (enqueued once: only into a study without trials)."""
+    """The study, the points to evaluate first (enqueued once: only into a study without trials) and the
+    sampler's seed (sampler_seed)."""
     storage, study = _load_study(cfg, paths)
-    return storage, (space.points_to_evaluate if not study.trials else None)
+    return storage, (space.points_to_evaluate if not study.trials else None), sampler_seed(cfg.seed, len(study.trials))
+
+
+def sampler_seed(seed: int, trials_before: int) -> int:
+    """TPE's seed for a new sweep: --seed for a study's first sweep, else --seed mixed with the number of
+    trials the study already holds. A later sweep seeded with --seed alone drew the same random start-up
+    trials as the first one and trained them again to the same scores (--data synthetic ties --seed to
+    the data, so a user could not even change it); mixed, it draws new ones, as reproducibly."""
+    if trials_before == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, trials_before]).generate_state(1)[0])
 
 
 def _reporter(cfg: SweepConfig, space):

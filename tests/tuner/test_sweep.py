@@ -17,8 +17,8 @@ from tuner import tracking
 from tuner.cli import CliError, build_parser
 from tuner.promote import best_of_history
 from tuner.settings import RunPaths
-from tuner.sweep import (TRIAL_STATUSES, SweepConfig, describe_error, run_sweep, sweep_config_from_args,
-                         trial_device)
+from tuner.sweep import (TRIAL_STATUSES, SweepConfig, describe_error, run_sweep, sampler_seed,
+                         sweep_config_from_args, trial_device)
 
 
 def _cfg(space, scenes, **kw) -> SweepConfig:
@@ -146,6 +146,22 @@ def test_asha_stops_a_trial_that_trails_the_rung(local_ray, scenes, tmp_path, ru
     assert epochs == {(3e-2, "completed"): 2, (1e-9, "pruned"): 1}
     states = {t.params["lr"]: t.state for t in _study(run_paths, "asha").trials}
     assert states == {3e-2: TrialState.COMPLETE, 1e-9: TrialState.PRUNED}
+
+
+@pytest.mark.slow
+def test_a_second_sweep_with_the_same_seed_proposes_new_trials(local_ray, scenes, tmp_path, run_paths):
+    """Seeded with --seed alone, a study's second sweep drew the same random start-up trials as its first
+    and trained them again to the same scores; its sampler's seed now mixes in the study's trial count."""
+    space = tmp_path / "two.yaml"
+    space.write_text("params:\n  lr: {low: 1.0e-4, high: 3.0e-2, log: true}\n"
+                     "fixed: {backbone: unet_scratch, optimizer: adam, scratch_width: 8, scratch_depth: 3}\n")
+    cfg = _cfg(str(space), scenes, samples=2, max_epochs=1, grace_epochs=1, concurrency=1, experiment="again")
+    first, second = run_sweep(cfg, run_paths), run_sweep(cfg, run_paths)
+    lrs = [t.params["lr"] for t in _study(run_paths, "again").trials]
+    assert len(lrs) == 4 and not set(lrs[:2]) & set(lrs[2:]), lrs
+    seeds = [tracking.client(run_paths.tracking_uri).get_run(r.parent_run_id).data.params["sampler_seed"]
+             for r in (first, second)]
+    assert seeds == ["0", str(sampler_seed(0, 2))] and sampler_seed(0, 2) == sampler_seed(0, 2) != 0
 
 
 @pytest.mark.slow
