@@ -100,7 +100,7 @@ def _unknown_colours_message(name: str, packed_unknown: np.ndarray) -> str:
     more = f" and {len(codes) - len(order)} more" if len(codes) > len(order) else ""
     return (f"{name}: {packed_unknown.size} pixels have colours outside the clean palette "
             f"(expected only black, red, green, blue): {listed}{more}. "
-            f"Use mask source 'ground' for graded raw labels or 'real' for anti-aliased masks.")
+            f"Use mask source 'ground' (--mask-source ground) for graded raw labels.")
 
 
 def _decode_graded(rgb: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import importlib
 import sys
 from typing import Callable, Sequence
 
-from tuner.settings import RUN_DIR_ENV, TRACKING_URI_ENV, resolve_run_paths
+from tuner.settings import RUN_DIR_ENV, TRACKING_URI_ENV, RunDirError, resolve_run_paths
 
 EXIT_ERROR = 1  # a clear, expected error (bad input, missing data, ...)
 EXIT_INCOMPLETE = 3  # the sweep finished but MLflow missed part of it (server away): `tune --resume` fills it in
@@ -224,9 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = resolve_run_paths(args.run_dir, args.tracking_uri)
     try:
         return int(_load_handler(args.handler)(args, paths) or 0)
-    except CliError as err:
+    except (CliError, RunDirError) as err:
         print(f"lunartune {args.command}: error: {err}", file=sys.stderr)
-        return err.code
+        return getattr(err, "code", EXIT_ERROR)
     except KeyboardInterrupt:
         print(f"lunartune {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -15,6 +15,10 @@ TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 SQLITE = "sqlite:///"  # MLflow's SQLite store URIs: sqlite:///relative/path or sqlite:////abs/path
 
 
+class RunDirError(Exception):
+    """The run dir cannot be made: the message names --run-dir (the CLI prints it as one line)."""
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """Layout of one run directory (all absolute)."""
@@ -67,8 +71,13 @@ class RunPaths:
         return db if db is not None and not db.is_file() else None
 
     def ensure(self) -> "RunPaths":
-        for d in (self.root, self.mlflow_artifacts, self.ray_results, self.data):
-            d.mkdir(parents=True, exist_ok=True)
+        """Make the run dir's folders; RunDirError naming --run-dir when the path (or a folder above it) is a file."""
+        try:
+            for d in (self.root, self.mlflow_artifacts, self.ray_results, self.data):
+                d.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as err:
+            raise RunDirError(f"--run-dir {self.root}: cannot make a folder there ({err.strerror}: "
+                              f"{err.filename}); expected a folder or a path where one can be made") from None
         return self
 
 

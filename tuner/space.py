@@ -133,6 +133,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (list, dict)):  # YAML allows `? [a]: 1`; Python cannot hash it (a traceback)
+                raise yaml.constructor.ConstructorError(None, None, f"a key must be a name, not a {type(key).__name__}",
+                                                        key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
@@ -354,6 +357,9 @@ def check_against_models(space: SearchSpace, image_size: tuple[int, int]) -> Non
                 weights_checked.add(encoder)
         except ConfigError as err:
             culprit = err.field.rpartition(".")[2]  # a fixed value may be the one at fault, whichever was checked
+            if culprit == "image_size":  # the flag, not the space, sets the size: name it, not the backbone
+                raise SpaceError(f"--image-size {'x'.join(map(str, image_size))} does not fit every configuration "
+                                 f"of {space.source} ({field}: {value!r}): {err}") from None
             if culprit != name and culprit in fixed:
                 field, value = f"fixed.{culprit}", fixed[culprit]
             raise SpaceError(f"{space.source}: {field}: {value!r} is refused: {err}") from None

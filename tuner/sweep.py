@@ -137,6 +137,7 @@ def check_sweep_config(cfg: SweepConfig) -> None:
          f"auto, cpu, cuda or cuda:N with N < {max(1, math.ceil(gpus))}: a trial sees only the "
          f"GPUs Ray gives it, numbered from 0"),
         ("--synthetic-count", cfg.synthetic_count >= 1, "an integer >= 1"),
+        ("--seed", 0 <= cfg.seed < 2**32, "an integer in [0, 2**32)"),  # Optuna's and numpy's range
         ("--experiment", bool(cfg.experiment) and set(cfg.experiment) <= _EXPERIMENT_CHARS,
          "a name of letters, digits, '.', '_' or '-'"),
     ]
@@ -154,12 +155,20 @@ def run_sweep(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
     """Run (or with cfg.resume, continue) a sweep; returns where everything is and the best trial.
 
     One sweep per (run dir, experiment) at a time: a second one is refused (CliError naming the lock)."""
-    if not cfg.resume:  # a resumed sweep's space is the one it started with, read from its pointer file
-        _read_space(cfg)  # a missing or malformed --space fails before the run dir is made, not after
+    space = None  # a resumed sweep's space is the one it started with, read from its pointer file
+    if not cfg.resume:  # a bad --space, --image-size or --data fails before the run dir is made, not after
+        space = _load_space(cfg)
+        _check_data_exists(cfg)
     paths.ensure()
     with sweep_lock(paths, cfg.experiment) as lock:
         _stop_leftovers(lock)
-        return _run_locked(cfg, paths)
+        return _run_locked(cfg, paths, space)
+
+
+def _check_data_exists(cfg: SweepConfig) -> None:
+    if cfg.data != SYNTHETIC and not Path(cfg.data).expanduser().is_dir():
+        raise CliError(f"--data {cfg.data}: no such folder (expected a data set in the Kaggle layout, or "
+                       f"'{SYNTHETIC}' for generated scenes)")
 
 
 def _stop_leftovers(lock: Path) -> None:
@@ -171,13 +180,13 @@ def _stop_leftovers(lock: Path) -> None:
               f"(driver pid {drivers}) of this experiment", file=sys.stderr)
 
 
-def _run_locked(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
+def _run_locked(cfg: SweepConfig, paths: RunPaths, space=None) -> SweepResult:
     tracking.bound_http_retries()  # the driver's MLflow calls too (callback, parent run) give up in ~10 s
     pointer = _pointer_path(paths, cfg.experiment)
     if cfg.resume:
         cfg = _resumed_config(cfg, pointer)
         paths = _resumed_paths(paths, json.loads(pointer.read_text()))
-    space = _load_space(cfg)
+    space = space or _load_space(cfg)
     tracking.check_reachable(paths.tracking_uri)  # before any data work: an unreachable server fails in <= 10 s
     _warn_about_storage(cfg)
     _warn_about_disk(cfg, paths, space)
@@ -244,7 +253,7 @@ def sweep_lock(paths: RunPaths, experiment: str):
 
 def _load_space(cfg: SweepConfig):
     space = _read_space(cfg)
-    check_against_models(space, cfg.image_size)  # may read encoder weights files: once, under the lock
+    check_against_models(space, cfg.image_size)  # may read encoder weights files: once per sweep
     return space
 
 

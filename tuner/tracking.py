@@ -86,7 +86,7 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
     if sqlite_file(uri) is not None:
         return _check_sqlite(uri)
     if not uri.startswith(("http://", "https://")):
-        return  # file stores are opened on first use; their errors already name the path
+        return _check_other_store(uri)
     url = uri.rstrip("/") + "/health"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
@@ -104,6 +104,8 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
 
 def _check_sqlite(uri: str) -> None:
     path = sqlite_file(uri)
+    if path.exists() and not path.is_file():
+        raise TrackingError(f"MLflow store {uri}: {path} is a folder, not an SQLite database file")
     if not path.is_file():
         return  # MLflow creates it on first use (commands that only read refuse that: RunPaths.missing_store)
     try:
@@ -111,6 +113,18 @@ def _check_sqlite(uri: str) -> None:
             db.execute("PRAGMA schema_version")
     except sqlite3.Error as err:
         raise TrackingError(f"MLflow store {uri}: {path} is not an SQLite database ({err})") from None
+
+
+def _check_other_store(uri: str) -> None:
+    """A database URI (postgresql://, mysql://, ...) is tried once; a path or an unknown scheme (an old
+    ./mlruns habit: MLflow's file store is read-only now) failed deep inside the first command's work."""
+    try:
+        client(uri).search_experiments(max_results=1)
+    except Exception as err:  # MLflow's and SQLAlchemy's errors alike: the first line says what is wrong
+        problem = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+        raise TrackingError(f"MLflow tracking URI {uri!r} cannot be used ({problem[:300]}); expected "
+                            f"http(s)://host:port (an mlflow server), sqlite:///path/to/mlflow.db or a "
+                            f"database URI such as postgresql://user@host/db") from None
 
 
 def get_or_create_experiment(uri: str, name: str, artifact_location: str | None) -> str:

@@ -69,6 +69,15 @@ def test_run_dir_flag_works_before_and_after_the_subcommand(tmp_path):
     assert after.run_dir == str(tmp_path / "b")
 
 
+def test_a_run_dir_that_is_a_file_is_one_clear_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    for run_dir in (tmp_path / "file", tmp_path / "file" / "sub"):  # were FileExistsError, NotADirectoryError
+        assert main(["--run-dir", str(run_dir), "tune", "--space", "smoke", "--samples", "1"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"lunartune tune: error: --run-dir {run_dir}: cannot make a folder there") \
+            and "Traceback" not in err
+
+
 def test_run_paths_precedence_flag_env_default(tmp_path, monkeypatch):
     env = {"LUNARTUNE_RUN_DIR": str(tmp_path / "env"), "MLFLOW_TRACKING_URI": "http://127.0.0.1:5999"}
     assert resolve_run_paths(str(tmp_path / "flag"), None, env).root == tmp_path / "flag"

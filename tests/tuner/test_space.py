@@ -125,6 +125,8 @@ def test_invalid_yaml_and_missing_files_are_clear(tmp_path):
         _load(tmp_path, "params: {lr: [\n")
     with pytest.raises(SpaceError, match=r"not valid YAML: duplicate key 'lr' \(line 3, column 3\)$"):  # YAML kept the last
         _load(tmp_path, "params:\n  lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n  lr: {choices: [0.1]}\n")
+    with pytest.raises(SpaceError, match=r"not valid YAML: a key must be a name, not a list \(line 2"):
+        _load(tmp_path, "params:\n  {[a]: 1}\n")  # was "TypeError: unhashable type: 'list'"
     (tmp_path / "utf16.yaml").write_bytes("params: {}".encode("utf-16"))  # was a UnicodeDecodeError traceback
     with pytest.raises(SpaceError, match=r"utf16.yaml: not a text \(UTF-8\) file: invalid start byte at byte 0"):
         load_space(tmp_path / "utf16.yaml")
@@ -143,8 +145,9 @@ def test_values_the_models_package_refuses_are_caught_before_any_trial(tmp_path)
         check_against_models(space, (64, 64))
     space = _load(tmp_path, {"params": {"backbone": {"choices": ["unet_scratch", "vgg11"]}}})
     check_against_models(space, (64, 64))
-    with pytest.raises(SpaceError, match=r"params.backbone: 'vgg11' is refused.*multiples of 32"):
-        check_against_models(space, (48, 48))  # fine for the scratch U-Net, not for smp encoders
+    with pytest.raises(SpaceError, match=r"^--image-size 48x48 does not fit every configuration of .*space.yaml "
+                                         r"\(params.backbone: 'vgg11'\): .*multiples of 32 for backbone vgg11$"):
+        check_against_models(space, (48, 48))  # fine for the scratch U-Net, not for smp encoders: the flag's fault
 
 
 @pytest.mark.parametrize("raw, field, says", [
@@ -178,7 +181,8 @@ def test_each_value_is_checked_with_every_backbone_the_space_pairs_it_with(tmp_p
     # a scratch U-Net 8 levels deep needs multiples of 128: its trials would all fail at 64
     space = _load(tmp_path, {"params": {"backbone": {"choices": ["unet_scratch", "vgg11"]},
                                         "scratch_depth": {"low": 3, "high": 8, "type": "int"}}})
-    with pytest.raises(SpaceError, match=r"params.scratch_depth: 8 is refused.*multiples of 128 for backbone unet_scratch"):
+    with pytest.raises(SpaceError, match=r"--image-size 64x64 does not fit every configuration of .*space.yaml "
+                                         r"\(params.scratch_depth: 8\): .*multiples of 128 for backbone unet_scratch"):
         check_against_models(space, (64, 64))
     # encoder weights for a backbone without an encoder
     space = _load(tmp_path, {"params": {"backbone": {"choices": ["vgg11", "unet_scratch"]}},

@@ -62,6 +62,7 @@ def test_flags_become_a_sweep_config():
     (["--gpus-per-trial", "nan"], "--gpus-per-trial=nan: expected a number >= 0"),  # was a ValueError traceback
     (["--gpus-per-trial", "inf"], "--gpus-per-trial=inf: expected a number >= 0"),
     (["--cpus-per-trial", "nan"], "--cpus-per-trial=nan: expected a number > 0"),
+    (["--seed", "-1"], r"--seed=-1: expected an integer in \[0, 2\*\*32\)"),  # was Optuna's traceback, after a parent run
 ])
 def test_bad_flags_are_clear_errors(flags, says):
     with pytest.raises(CliError, match=says):
@@ -89,6 +90,11 @@ def test_a_bad_space_fails_before_anything_starts(scenes, tmp_path, run_paths):
         run_sweep(_cfg(str(bad), scenes), run_paths)
     with pytest.raises(CliError, match="--space: search space 'nope'"):
         run_sweep(_cfg("nope", scenes), run_paths)
+    # what the models refuse, and a missing data folder, made the run dir's folders and lock file first
+    with pytest.raises(ValueError, match=r"--image-size 48x48 does not fit every configuration of .*smoke.yaml"):
+        run_sweep(_cfg("smoke", scenes, image_size=(48, 48)), run_paths)
+    with pytest.raises(CliError, match=f"--data {tmp_path / 'nope'}: no such folder"):
+        run_sweep(_cfg("smoke", str(tmp_path / "nope")), run_paths)
     assert not run_paths.root.exists()  # not even the run dir's folders and lock file
 
 

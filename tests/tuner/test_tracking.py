@@ -137,3 +137,16 @@ def test_every_final_trial_status_ends_its_run(store, status):
 def test_unreachable_server_fails_fast_with_a_clear_message():
     with pytest.raises(TrackingError, match=r"http://127.0.0.1:9 is not reachable.*embedded SQLite"):
         tracking.check_reachable("http://127.0.0.1:9", timeout_s=2)
+
+
+def test_a_store_that_cannot_be_used_is_one_clear_line(tmp_path):
+    """A folder where the SQLite file should be, MLflow's read-only file store (./mlruns) and an unknown scheme
+    were tracebacks from deep inside the first command's work."""
+    (tmp_path / "mlflow.db").mkdir()
+    with pytest.raises(TrackingError, match=r"mlflow.db is a folder, not an SQLite database file"):
+        tracking.check_reachable(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for uri, says in [(str(tmp_path / "mlruns"), "filesystem tracking backend"), ("foo://bar", "unsupported URI")]:
+        with pytest.raises(TrackingError, match=f"MLflow tracking URI '{uri}' cannot be used \\(.*{says}.*\\); "
+                                                f"expected http"):
+            tracking.check_reachable(uri)
+    assert not (tmp_path / "mlruns").exists()
