@@ -22,6 +22,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -299,6 +300,14 @@ def _checked_json_path(value: str | None, model: str, data: str) -> Path | None:
     return path
 
 
+def _checked_prefix(prefix: str) -> str:
+    """MLflow refuses metric names outside these characters, and it said so only after the scoring and --json."""
+    if not re.fullmatch(r"[\w./ :-]*", prefix):
+        raise CliError(f"--metric-prefix {prefix!r}: expected letters, digits, '_', '-', '.', '/', ':' or spaces "
+                       f"(MLflow's metric names)")
+    return prefix
+
+
 def main(args, paths: RunPaths) -> int:
     from data_pipeline import DataError
     from data_pipeline.split import write_json_atomic
@@ -306,6 +315,7 @@ def main(args, paths: RunPaths) -> int:
     from tuner.predict import check_out_folder, device_from_flag, staged_output
 
     device = device_from_flag(getattr(args, "device", "auto"))
+    prefix = _checked_prefix(getattr(args, "metric_prefix", DEFAULT_PREFIX))
     json_path = _checked_json_path(args.json, args.model, args.data)
     if args.out:
         check_out_folder(args.out)  # before the scoring, not after it
@@ -336,7 +346,7 @@ def main(args, paths: RunPaths) -> int:
             except OSError as err:
                 raise CliError(f"--json {json_path}: {err.strerror or err}") from None
     if resolved.run_id:
-        log_to_run(paths, resolved.run_id, scores, Path(header["data"]), getattr(args, "metric_prefix", DEFAULT_PREFIX))
+        log_to_run(paths, resolved.run_id, scores, Path(header["data"]), prefix)
     print(format_table(scores), file=sys.stderr)
     print(json.dumps(results, indent=2))
     return 0

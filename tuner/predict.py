@@ -39,24 +39,33 @@ def staged_output(out: Path) -> Iterator[Path]:
     os.replace (atomic per file), so a failed run never leaves a partial file there.
     """
     out = check_out_folder(out)
+    made = [p for p in reversed(out.parents) if not p.exists()]  # folders above `out` this run creates
+    landed = False
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    except OSError as err:
-        raise CliError(f"--out {out}: cannot create it ({err.strerror or err})") from None
-    staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would become `out`'s: others could not read it
-    try:
-        yield staging
-        if not out.exists():
-            os.replace(staging, out)
-            return
-        for item in sorted(staging.rglob("*")):
-            if item.is_file():
-                target = out / item.relative_to(staging)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(item, target)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        except OSError as err:
+            raise CliError(f"--out {out}: cannot create it ({err.strerror or err})") from None
+        staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would become `out`'s: others could not read it
+        try:
+            yield staging
+            if not out.exists():
+                os.replace(staging, out)
+            else:
+                for item in sorted(staging.rglob("*")):
+                    if item.is_file():
+                        target = out / item.relative_to(staging)
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(item, target)
+            landed = True
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not landed:  # a failed run leaves no trace, not even the empty folders it made on the way to `out`
+            for folder in reversed(made):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only if still empty
 
 
 def check_out_folder(out) -> Path:

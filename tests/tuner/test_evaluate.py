@@ -215,6 +215,11 @@ def test_a_json_path_that_cannot_be_written_or_a_bad_device_is_refused_before_sc
     assert f"{taken} is a file, not a folder" in capsys.readouterr().err
     assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--out", out, "--device", "gpu") == 1
     assert "--device='gpu': expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+    # MLflow refused it only when logging, after the scoring and the --json
+    assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--json", tmp_path / "m.json",
+                   "--metric-prefix", "bad#") == 1
+    assert "--metric-prefix 'bad#': expected letters, digits" in capsys.readouterr().err
+    assert not (tmp_path / "m.json").exists()
     # outputs that would replace an input: the model's checkpoint, a file of the data set
     model_bytes = Path(checkpoint).read_bytes()
     assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--json", checkpoint) == 1

@@ -74,6 +74,10 @@ def test_a_file_that_is_not_an_image_fails_and_writes_nothing(checkpoint, tmp_pa
     assert f"{bad}: cannot decode image" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []  # no staging left behind
+    assert predict(checkpoint, tmp_path, good, bad, out="n1/n2/out") == 1
+    assert not (tmp_path / "n1").exists()  # nor the folders made on the way to --out
+    (tmp_path / "n3").mkdir()
+    assert predict(checkpoint, tmp_path, good, out="n3/n4/out") == 0 and (tmp_path / "n3/n4/out/a_mask.png").is_file()
 
 
 def test_an_existing_out_keeps_its_files_when_a_later_run_fails(checkpoint, tmp_path):
