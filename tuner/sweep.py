@@ -159,10 +159,44 @@ def run_sweep(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
     if not cfg.resume:  # a bad --space, --image-size or --data fails before the run dir is made, not after
         space = _load_space(cfg)
         _check_data_exists(cfg)
+        _check_where_trials_run(cfg)
     paths.ensure()
     with sweep_lock(paths, cfg.experiment) as lock:
         _stop_leftovers(lock)
         return _run_locked(cfg, paths, space)
+
+
+def _check_where_trials_run(cfg: SweepConfig) -> None:
+    """What Ray would wait on forever: a cluster address nobody answers at (ray.init retries for minutes), or
+    on this machine's own Ray, GPUs it does not have (every trial PENDING). And a --storage folder that is a
+    file (Ray failed on it after the parent run was made)."""
+    if cfg.address:
+        _check_address_answers(cfg.address)
+    elif cfg.gpus_per_trial > 0:
+        import torch
+
+        have, need = torch.cuda.device_count(), math.ceil(cfg.gpus_per_trial)
+        if have < need:
+            raise CliError(f"--gpus-per-trial {cfg.gpus_per_trial:g}: this machine has {have} GPU(s) and a trial "
+                           f"needs {need}: it would wait for one forever; use --gpus-per-trial 0, or --address to "
+                           f"join a Ray cluster with GPUs")
+    if cfg.storage and not _is_uri(cfg.storage):
+        storage = Path(cfg.storage).expanduser()
+        above = next((p for p in (storage, *storage.parents) if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise CliError(f"--storage {cfg.storage}: {above} is a file, not a folder")
+
+
+def _check_address_answers(address: str, timeout_s: float = 5.0) -> None:
+    """A host:port (or ray://host:port) must accept a connection; "auto" and other forms are Ray's to read."""
+    found = re.fullmatch(r"(?:ray://)?([\w.-]+):(\d+)", address)
+    if found is None:
+        return
+    try:
+        socket.create_connection((found[1], int(found[2])), timeout=timeout_s).close()
+    except OSError as err:
+        raise CliError(f"--address {address}: nothing answers there ({err.strerror or err}); start the head "
+                       f"node (ray start --head) or give its address (host:6379)") from None
 
 
 def _check_data_exists(cfg: SweepConfig) -> None:

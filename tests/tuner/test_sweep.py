@@ -98,6 +98,26 @@ def test_a_bad_space_fails_before_anything_starts(scenes, tmp_path, run_paths):
     assert not run_paths.root.exists()  # not even the run dir's folders and lock file
 
 
+def test_what_ray_would_wait_on_forever_is_refused_before_anything_starts(scenes, tmp_path, run_paths):
+    """An --address nobody answers at (ray.init retried for minutes), GPUs this machine lacks (every trial
+    PENDING for good) and a --storage that is a file (a traceback after the parent run was made)."""
+    import socket
+    import torch
+
+    with socket.socket() as closed:  # a port that was free a moment ago: nothing listens there
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(CliError, match=f"--address 127.0.0.1:{port}: nothing answers there"):
+        run_sweep(_cfg("smoke", scenes, address=f"127.0.0.1:{port}"), run_paths)
+    if torch.cuda.device_count() == 0:
+        with pytest.raises(CliError, match="--gpus-per-trial 0.5: this machine has 0 GPU"):
+            run_sweep(_cfg("smoke", scenes, gpus_per_trial=0.5), run_paths)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(CliError, match=f"--storage {tmp_path}/afile/x: {tmp_path}/afile is a file, not a folder"):
+        run_sweep(_cfg("smoke", scenes, storage=str(tmp_path / "afile" / "x")), run_paths)
+    assert not run_paths.root.exists()
+
+
 def test_resume_without_a_started_sweep_is_a_clear_error(scenes, run_paths):
     with pytest.raises(CliError, match="--resume: no sweep of experiment 'test'"):
         run_sweep(_cfg("smoke", scenes, resume=True), run_paths)
