@@ -117,7 +117,8 @@ def _check_sqlite(uri: str) -> None:
 
 def _check_other_store(uri: str) -> None:
     """A database URI (postgresql://, mysql://, ...) is tried once; a path or an unknown scheme (an old
-    ./mlruns habit: MLflow's file store is read-only now) failed deep inside the first command's work."""
+    ./mlruns habit: MLflow refuses its file store unless MLFLOW_ALLOW_FILE_STORE=true) failed deep inside
+    the first command's work."""
     try:
         client(uri).search_experiments(max_results=1)
     except Exception as err:  # MLflow's and SQLAlchemy's errors alike: the first line says what is wrong
