@@ -137,6 +137,7 @@ def check_sweep_config(cfg: SweepConfig) -> None:
          f"auto, cpu, cuda or cuda:N with N < {max(1, math.ceil(gpus))}: a trial sees only the "
          f"GPUs Ray gives it, numbered from 0"),
         ("--synthetic-count", cfg.synthetic_count >= 1, "an integer >= 1"),
+        ("--num-workers", cfg.num_workers >= 0, "an integer >= 0"),
         ("--seed", 0 <= cfg.seed < 2**32, "an integer in [0, 2**32)"),  # Optuna's and numpy's range
         ("--experiment", bool(cfg.experiment) and set(cfg.experiment) <= _EXPERIMENT_CHARS,
          "a name of letters, digits, '.', '_' or '-'"),

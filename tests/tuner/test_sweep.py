@@ -62,6 +62,7 @@ def test_flags_become_a_sweep_config():
     (["--gpus-per-trial", "nan"], "--gpus-per-trial=nan: expected a number >= 0"),  # was a ValueError traceback
     (["--gpus-per-trial", "inf"], "--gpus-per-trial=inf: expected a number >= 0"),
     (["--cpus-per-trial", "nan"], "--cpus-per-trial=nan: expected a number > 0"),
+    (["--num-workers", "-1"], "--num-workers=-1: expected an integer >= 0"),
     (["--seed", "-1"], r"--seed=-1: expected an integer in \[0, 2\*\*32\)"),  # was Optuna's traceback, after a parent run
 ])
 def test_bad_flags_are_clear_errors(flags, says):
