@@ -161,6 +161,8 @@ def run_sweep(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
         space = _load_space(cfg)
         _check_data_exists(cfg)
         _check_where_trials_run(cfg)
+    else:
+        _resumed_config(cfg, _pointer_path(paths, cfg.experiment))  # no sweep to resume: refused before ensure
     paths.ensure()
     with sweep_lock(paths, cfg.experiment) as lock:
         _stop_leftovers(lock)

@@ -122,6 +122,7 @@ def test_what_ray_would_wait_on_forever_is_refused_before_anything_starts(scenes
 def test_resume_without_a_started_sweep_is_a_clear_error(scenes, run_paths):
     with pytest.raises(CliError, match="--resume: no sweep of experiment 'test'"):
         run_sweep(_cfg("smoke", scenes, resume=True), run_paths)
+    assert not run_paths.root.exists()  # the run dir's folders and lock were made first
 
 
 def test_an_errored_trial_is_described_by_its_root_cause_on_one_line():
