@@ -28,6 +28,8 @@ def load_rgb(path: str | Path) -> np.ndarray:
                 raise DataError(f"{path}: {im.mode} image ({'16' if ';16' in im.mode else '32'}-bit grey); "
                                 f"expected 8 bits per channel (RGB, RGBA, L or P)")
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except DataError:
+        raise  # ours, already naming the file (a ValueError, which _PIL_ERRORS would wrap again)
     except _PIL_ERRORS as err:
         raise DataError(f"{path}: cannot decode image (expected a readable PNG): {err}") from None
 

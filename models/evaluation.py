@@ -74,9 +74,10 @@ def score_group(model: nn.Module, samples: Iterable, *, image_size: tuple[int, i
             if keep_predictions:
                 kept.append(prediction)
             if keep_worst:
-                # a max-heap on mIoU (negated) of size keep_worst keeps the lowest scores seen so far
-                item = (-miou, next(order), ScoredImage(sample.name, miou, sample.image, sample.mask, prediction))
+                # a max-heap on mIoU (negated) of size keep_worst keeps the lowest scores seen so far; on a tie
+                # the earlier image stays (-order), as in the JSON's stable sort of per_image
+                item = (-miou, -next(order), ScoredImage(sample.name, miou, sample.image, sample.mask, prediction))
                 (heapq.heappush if len(heap) < keep_worst else heapq.heappushpop)(heap, item)
-    worst = [entry[2] for entry in sorted(heap, key=lambda e: (-e[0], e[1]))]
+    worst = [entry[2] for entry in sorted(heap, key=lambda e: (-e[0], -e[1]))]
     return GroupScore(total.matrix.numpy(), segmentation_metrics(total.matrix, class_names, rock_ids),
                       len(per_image), per_image, worst, kept)

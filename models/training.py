@@ -231,16 +231,19 @@ def recalibrate_batchnorm(model: nn.Module, loader, device: torch.device, max_ba
 @torch.no_grad()
 def confusion_and_loss(model: nn.Module, loader, device: torch.device, loss_fn: Callable, num_classes: int, *,
                        amp: bool = False, channels_last: bool = False) -> tuple[torch.Tensor, float]:
-    """The split's confusion matrix (int64, true x predicted) and its pixel-weighted mean loss."""
+    """The split's confusion matrix (int64, true x predicted) and its mean loss over the split's pixels, as one
+    batch of the whole split would give it whatever the batch size (a searched value)."""
     model.eval()
     confusion = ConfusionMatrix(num_classes)
-    loss_sum, pixels = 0.0, 0
+    class_weight = getattr(loss_fn, "weight", None)  # weighted CE's mean divides by its pixels' summed weights
+    loss_sum, pixels = 0.0, 0.0
     for images, masks in loader:
         images, masks = _to_device(images, masks, device, channels_last)
         with _autocast(device, amp):
             logits = model(images)
-        loss_sum += float(loss_fn(logits.float(), masks)) * masks.numel()  # weight batches by size
-        pixels += masks.numel()
+        size = float(class_weight.to(masks.device)[masks].sum()) if class_weight is not None else masks.numel()
+        loss_sum += float(loss_fn(logits.float(), masks)) * size  # each batch weighted as its mean was taken
+        pixels += size
         confusion.update(logits.argmax(dim=1), masks)
     if pixels == 0:
         raise ValueError("evaluate: the loader yielded no batches")

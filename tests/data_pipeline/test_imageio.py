@@ -30,8 +30,9 @@ def test_rgba_and_grey_files_become_rgb(tmp_path):
 def test_16_bit_grey_is_refused_not_clipped_to_white(tmp_path):
     Image.fromarray(np.full((4, 5), 32768, dtype=np.uint16)).save(tmp_path / "deep.png")
     assert _mode(tmp_path / "deep.png").startswith("I")
-    with pytest.raises(DataError, match="deep.png: I.*16-bit grey.*expected 8 bits per channel"):
+    with pytest.raises(DataError, match="deep.png: I.*16-bit grey.*expected 8 bits per channel") as refused:
         load_rgb(tmp_path / "deep.png")
+    assert "cannot decode" not in str(refused.value)  # it was wrapped again as a decoding error
 
 
 def test_truncated_png_is_a_data_error_naming_the_file(tmp_path, write):

@@ -90,3 +90,41 @@ def test_losses():
     assert both == pytest.approx(float(ce + DiceLoss()(logits, target)), rel=1e-5)
     with pytest.raises(ConfigError, match="class_frequencies"):
         make_loss(TrainConfig(loss="weighted_ce"))
+
+
+def test_a_splits_loss_does_not_depend_on_its_batch_size():
+    """Weighted CE's batch mean divides by the batch's summed class weights: weighting batches by their pixel
+    count gave another val_loss at each (searched) batch size."""
+    from models.training import confusion_and_loss
+
+    torch.manual_seed(0)
+    logits, masks = torch.randn(4, 4, 6, 6), torch.zeros(4, 6, 6, dtype=torch.long)
+    masks[0, :3], masks[1, :1], masks[2, 2:, 2:] = 3, 2, 1
+    identity = torch.nn.Identity()
+    for loss_fn in (make_loss(TrainConfig(loss="weighted_ce"), [0.76, 0.19, 0.028, 0.023]), make_loss(TrainConfig())):
+        whole = float(loss_fn(logits, masks))
+        for size in (4, 2, 1):
+            batches = [(logits[i:i + size], masks[i:i + size]) for i in range(0, 4, size)]
+            assert confusion_and_loss(identity, batches, torch.device("cpu"), loss_fn, 4)[1] == pytest.approx(whole), size
+
+
+def test_the_worst_images_kept_are_those_the_json_lists_when_scores_tie():
+    """On a tie the heap kept the later image while the JSON's stable sort named the earlier one."""
+    from types import SimpleNamespace
+
+    from models.evaluation import score_group
+
+    class Ground(torch.nn.Module):
+        def forward(self, x):
+            out = torch.zeros(x.shape[0], 4, *x.shape[2:])
+            out[:, 0] = 1
+            return out
+
+    def sample(name):
+        mask = np.zeros((8, 8), np.uint8)
+        mask[:2], mask[5:, :2] = 1, 3
+        return SimpleNamespace(name=name, image=np.zeros((8, 8, 3), np.uint8), mask=mask)
+
+    score = score_group(Ground(), [sample("a"), sample("b"), sample("c")], image_size=(8, 8), mean=(0,) * 3,
+                        std=(1,) * 3, device="cpu", class_names=("g", "s", "sr", "lr"), rock_ids=(2, 3), keep_worst=2)
+    assert [w.name for w in score.worst] == [n for n, _ in sorted(score.per_image, key=lambda i: i[1])[:2]] == ["a", "b"]
