@@ -47,12 +47,15 @@ def test_images_are_imagenet_normalised_like_normalize_image(tiny_dataset, tmp_p
 def test_augmentation_is_seeded_varies_by_epoch_and_is_train_only(tiny_dataset, tmp_path):
     a, b = make_loaders(_cfg(tiny_dataset, tmp_path, seed=5)), make_loaders(_cfg(tiny_dataset, tmp_path, seed=5))
     epoch_a, epoch_b = _epoch(a.train), _epoch(b.train)
+    assert len(epoch_a) == len(epoch_b) == 3  # zip would hide a short epoch
     assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(epoch_a, epoch_b))
     assert not torch.equal(_epoch(a.train)[0][0], epoch_a[0][0])  # the next epoch draws anew
     other = _epoch(make_loaders(_cfg(tiny_dataset, tmp_path, seed=6)).train)
     assert not torch.equal(other[0][0], epoch_a[0][0])
     val_1, val_2 = _epoch(a.val), _epoch(a.val)
-    assert all(torch.equal(p[0], q[0]) for p, q in zip(val_1, val_2))
+    assert len(val_1) == len(val_2) >= 1 and all(torch.equal(p[0], q[0]) for p, q in zip(val_1, val_2))
+    plain_val = _epoch(make_loaders(_cfg(tiny_dataset, tmp_path, seed=5, augment=False)).val)
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(val_1, plain_val))  # train only
 
 
 def test_augmentation_flips_some_train_frames_and_jitters_their_pixels(tiny_dataset, tmp_path):
@@ -86,7 +89,8 @@ def test_a_flip_moves_image_and_mask_together():
 
 def test_worker_processes_give_the_same_batches(tiny_dataset, tmp_path):
     single = _epoch(make_loaders(_cfg(tiny_dataset, tmp_path)).train)
-    workers = _epoch(make_loaders(_cfg(tiny_dataset, tmp_path, num_workers=1)).train)
+    workers = _epoch(make_loaders(_cfg(tiny_dataset, tmp_path, num_workers=2)).train)
+    assert len(single) == len(workers) == 3  # zip would hide a short or empty epoch
     assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(single, workers))
 
 
@@ -98,9 +102,12 @@ def test_no_test_split_when_asked_and_a_lone_last_train_batch_is_dropped(tiny_da
 
 def test_read_only_shared_data_is_never_written(shared_data, tmp_path):
     root = shared_data / "kaggle-eval-small"
-    before = sorted(p.name for p in root.iterdir())
+    def snapshot():  # every file and folder with its mtime: root ignores the folder's read-only mode
+        return {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+
+    before = snapshot()
     loaders = make_loaders(DataConfig(root=str(root), image_size=(32, 48), cache_dir=str(tmp_path / "c")))
-    assert sum(loaders.split_sizes.values()) == 40 and sorted(p.name for p in root.iterdir()) == before
+    assert sum(loaders.split_sizes.values()) == 40 and snapshot() == before
     assert loaders.manifest_path.parent == tmp_path / "c"
 
 

@@ -67,7 +67,9 @@ def test_boxes_csv_header_matches_kaggle(dataset: Path):
 @pytest.mark.parametrize("style", STYLES)
 def test_masks_hold_only_the_four_palette_colours(tmp_path: Path, style: str):
     out = make(tmp_path / style, count=3, style=style)
-    for path in sorted((out / "images/clean").iterdir()):
+    paths = sorted((out / "images/clean").iterdir())
+    assert len(paths) == 3
+    for path in paths:
         colours = np.unique(read_rgb(path).reshape(-1, 3), axis=0)
         assert all((PALETTE == c).all(axis=1).any() for c in colours), f"{path.name}: {colours}"
 

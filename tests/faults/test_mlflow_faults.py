@@ -56,7 +56,8 @@ def _assert_complete_in_mlflow(uri: str, run_dir: Path, epochs: int = EPOCHS) ->
     histories = epoch_histories(uri, "outage")
     assert sorted(histories.values()) == [list(range(1, epochs + 1))] * 2, histories
     assert set(child_statuses(uri, "outage").values()) == {"completed"}
-    assert all(any(f.glob("checkpoint_*/trial.pt")) for f in trial_rows(run_dir / "ray"))
+    folders = trial_rows(run_dir / "ray")
+    assert len(folders) == 2 and all(any(f.glob("checkpoint_*/trial.pt")) for f in folders)
     _assert_best_checkpoints_in_mlflow(uri, run_dir, tmp=run_dir.parent / "downloaded")
 
 
@@ -68,7 +69,9 @@ def _assert_best_checkpoints_in_mlflow(uri: str, run_dir: Path, tmp: Path) -> No
     parent = tracking.latest_parent_run(uri, experiment.experiment_id)
     run_of = {r.data.tags[tracking.TRIAL_ID_TAG]: r.info.run_id
               for r in tracking.child_runs(uri, experiment.experiment_id, parent.info.run_id)}
-    for rows in trial_rows(run_dir / "ray").values():
+    trials = trial_rows(run_dir / "ray")
+    assert len(trials) == 2, trials
+    for rows in trials.values():
         scores = [row["val_miou"] for row in rows]
         best_epoch = rows[scores.index(max(scores))]["epoch"]
         run_id = run_of[rows[-1]["trial_id"]]
@@ -99,7 +102,8 @@ def test_server_gone_for_good_then_resume_fills_mlflow_in(sweeps, scenes, slow_s
     assert wait_exit(proc, 400) == EXIT_INCOMPLETE, proc.log.read_text()[-4000:]
     log = proc.log.read_text()
     assert "is missing data for" in log and "--experiment outage --resume" in log, log[-3000:]
-    assert all(len(rows) == EPOCHS for rows in trial_rows(run_dir / "ray").values())  # Ray has everything
+    trials = trial_rows(run_dir / "ray")
+    assert len(trials) == 2 and all(len(rows) == EPOCHS for rows in trials.values())  # Ray has everything
 
     server = _server(tmp_path, port)
     try:

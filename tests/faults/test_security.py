@@ -71,3 +71,7 @@ def test_secrets_in_the_environment_never_reach_mlflow(scenes, tiny_space, tmp_p
             assert not any(secret in value for secret in SECRETS.values()), (run.info.run_name, value)
     stored = (tmp_path / "run" / "mlflow.db").read_bytes()
     assert not any(secret.encode() in stored for secret in SECRETS.values())
+    artifacts = [p for p in (tmp_path / "run" / "mlartifacts").rglob("*") if p.is_file()]
+    assert artifacts  # the trial's checkpoint and model_config.json, the parent's space file
+    for path in artifacts:  # a logged config or environment dump would carry them
+        assert not any(secret.encode() in path.read_bytes() for secret in SECRETS.values()), path

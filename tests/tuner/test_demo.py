@@ -41,7 +41,9 @@ def test_demo_runs_end_to_end_and_again_on_the_same_run_dir(local_ray, tmp_path)
     second = run_demo(TINY, paths)  # a new sweep in the same experiment and Optuna study; never a crash
     assert {p: p.stat().st_mtime_ns for p in paths.data.glob("demo-*/images/*/*.png")} == scenes  # reused
     assert second is not None and second.sweep.parent_run_id != first.sweep.parent_run_id
-    _artifacts_exist(second, paths)
+    _artifacts_exist(second, paths)  # the first run's files would pass that: the report must be the new sweep's
+    report = json.loads((paths.root / "report" / TINY.experiment / "report.json").read_text())
+    assert report["parent_run_id"] == second.sweep.parent_run_id
     sweeps = MlflowClient(tracking_uri=paths.tracking_uri).search_runs(
         [first.sweep.experiment_id], filter_string="tags.`lunartune.role` = 'sweep'")
     assert len(sweeps) == 2

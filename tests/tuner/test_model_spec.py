@@ -116,6 +116,7 @@ def test_a_missing_store_is_not_created_as_a_side_effect(tmp_path):
     assert not paths.mlflow_db.exists()
 
 
+@pytest.mark.timeout(90)  # MLflow's own retries (~4 minutes) would fail it
 def test_a_tracking_server_that_is_away_or_refuses_is_one_line_in_seconds(tmp_path):
     # before: MLflow's own retries for ~4 minutes, then a traceback (a 401 server: a traceback at once)
     import http.server

@@ -371,6 +371,7 @@ def test_an_undefined_first_score_ranks_as_the_trial_ranked_it(tmp_path):
     assert checkpoint_score(client, never, "val_rock_miou", "val_rock_miou") is None  # never defined: unranked
 
 
+@pytest.mark.timeout(90)  # MLflow's own retries (~250 s) would fail it
 @pytest.mark.parametrize("command", [["promote", "--experiment", "x"], ["report", "--experiment", "x"]])
 def test_a_store_that_cannot_be_used_is_one_line_in_seconds(command, tmp_path, capsys):
     """Before: a server away took MLflow's retries (~250 s), then a traceback; a file that is not a

@@ -53,6 +53,7 @@ def test_markdown_table_lists_every_trial_best_first(sweep, reported):
     client = MlflowClient(tracking_uri=sweep.paths.tracking_uri)
     trials = client.search_runs([sweep.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{sweep.parent_run_id}'")
     best = {r.info.run_name: max(m.value for m in client.get_metric_history(r.info.run_id, "val_miou")) for r in trials}
+    assert len(best) == 4  # the shared sweep's samples: an empty lookup would pass the comparison below
     rows = [line for line in (reported.out / "report.md").read_text().splitlines() if line.startswith("| ") and
             line.split(" | ")[1] in best]
     assert [row.split(" | ")[1] for row in rows] == sorted(best, key=lambda n: -best[n])

@@ -189,7 +189,8 @@ def test_a_second_sweep_with_the_same_seed_proposes_new_trials(local_ray, scenes
     assert len(lrs) == 4 and not set(lrs[:2]) & set(lrs[2:]), lrs
     seeds = [tracking.client(run_paths.tracking_uri).get_run(r.parent_run_id).data.params["sampler_seed"]
              for r in (first, second)]
-    assert seeds == ["0", str(sampler_seed(0, 2))] and sampler_seed(0, 2) == sampler_seed(0, 2) != 0
+    assert seeds == ["0", str(sampler_seed(0, 2))] and sampler_seed(0, 2) != 0
+    assert sampler_seed(0, 6) != sampler_seed(6, 0) == 6  # (seed, trials) pairs do not collide
 
 
 @pytest.mark.slow
