@@ -89,7 +89,8 @@ def test_folders_on_one_disk_add_up_and_folders_on_two_are_checked_apart(tmp_pat
 
 
 def test_a_sweep_that_may_not_fit_warns_before_it_starts(tmp_path, run_paths, capsys):
-    cfg = SweepConfig(space="smoke", data=str(tmp_path / "no-data"), samples=10**6, device="cpu")
+    (tmp_path / "empty-data").mkdir()  # a folder without a data set: checked only after the disk
+    cfg = SweepConfig(space="smoke", data=str(tmp_path / "empty-data"), samples=10**6, device="cpu")
     with pytest.raises(DataError):  # what comes after the check stops the sweep before Ray starts
         run_sweep(cfg, run_paths)
     err = capsys.readouterr().err
