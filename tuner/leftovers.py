@@ -26,6 +26,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from tuner.settings import environment
+
 LABEL = "LUNARTUNE_SWEEP"
 PROC = Path("/proc")
 O_ACCMODE = 0o3  # the access-mode bits of an fd's flags: 0 read-only, 1 write-only, 2 read-write
@@ -42,15 +44,8 @@ def sessions_file(lock: Path) -> Path:
 @contextmanager
 def labelled(lock: Path):
     """Processes started inside (Ray's, through ray.init) carry LUNARTUNE_SWEEP=<lock>#<our pid>."""
-    previous = os.environ.get(LABEL)
-    os.environ[LABEL] = label_value(lock, os.getpid())
-    try:
+    with environment({LABEL: label_value(lock, os.getpid())}):
         yield
-    finally:
-        if previous is None:
-            os.environ.pop(LABEL, None)
-        else:
-            os.environ[LABEL] = previous
 
 
 def record_session(lock: Path, session_dir: str | Path, driver_pid: int | None = None) -> None:

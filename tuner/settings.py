@@ -6,6 +6,8 @@ results and its generated data can be found (and deleted) together.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,3 +95,19 @@ def resolve_run_paths(run_dir: str | None, tracking_uri: str | None, env: dict |
     root = Path(run_dir or env.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR).expanduser().resolve()
     uri = tracking_uri or env.get(TRACKING_URI_ENV) or None
     return RunPaths(root=root, tracking_uri_override=uri)
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """Set `values` in os.environ for the block, then put back what was there (unset names unset again):
+    the settings MLflow and Ray read from the environment, without leaking into the caller's later work."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

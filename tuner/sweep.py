@@ -45,7 +45,7 @@ from tuner import disk, leftovers, tracking
 from tuner.cli import EXIT_INCOMPLETE, EXIT_INTERRUPTED, CliError
 from tuner.objective import best_epoch
 from tuner.searcher import DIVERGED, PruningAwareOptunaSearch, RetryPassingLimiter
-from tuner.settings import RunPaths
+from tuner.settings import RunPaths, environment
 from tuner.space import SpaceError, check_against_models, define_by_run, load_space
 from tuner.trainable import (EPOCH, RUN_ID, STATE_FILE, CheckpointStaging, TrialSetup, is_epoch_metric,
                              run_params_and_tags, train_trial, upload_best_from_ray)
@@ -399,17 +399,8 @@ def _ray_output_settings():
     """Ray reads these when fit() starts. The old output engine is the one that shows CLIReporter's live
     trial table; per-epoch checkpoints otherwise warn about "excessive" experiment syncing. Restored after
     the sweep: a program that calls run_sweep and then Ray Tune itself gets Ray's defaults back."""
-    settings = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
-    before = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
-    try:
+    with environment({"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}):
         yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _tuner(cfg: SweepConfig, paths: RunPaths, space, setup: TrialSetup, results_path: str):

@@ -27,7 +27,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from tuner.settings import sqlite_file
+from tuner.settings import environment, sqlite_file
 
 ROLE_TAG = "lunartune.role"  # "sweep" on parent runs, "trial" on child runs
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (the UI nests children under it)
@@ -253,16 +253,8 @@ def described_epoch(mlflow: MlflowClient, run_id: str) -> int | None:
 def no_download_progress_bar():
     """MLflow draws a progress bar for every download, even of a 1 kB JSON file: the end of a sweep and promote
     read one per trial, and printed a bar line per trial. MLflow reads its switch at each download."""
-    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    before = os.environ.get(name)
-    os.environ[name] = "false"
-    try:
+    with environment({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
         yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The command line: help, usage errors, global flags, and that --help stays instant (lazy imports)."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tuner.cli import build_parser, main
-from tuner.settings import RunPaths, resolve_run_paths
+from tuner.settings import RunPaths, environment, resolve_run_paths
 from tuner.train import synthetic_root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,6 +91,17 @@ def test_run_paths_precedence_flag_env_default(tmp_path, monkeypatch):
     assert default.tracking_uri == f"sqlite:///{tmp_path / 'lunartune-runs' / 'mlflow.db'}"
     assert default.ray_results == tmp_path / "lunartune-runs" / "ray"
     assert default.data == tmp_path / "lunartune-runs" / "data"
+
+
+def test_environment_sets_for_the_block_and_restores_set_and_unset_names_even_on_error(monkeypatch):
+    monkeypatch.setenv("LUNARTUNE_TEST_SET", "before")
+    monkeypatch.delenv("LUNARTUNE_TEST_UNSET", raising=False)
+    with pytest.raises(RuntimeError, match="inside"):
+        with environment({"LUNARTUNE_TEST_SET": "during", "LUNARTUNE_TEST_UNSET": "during"}):
+            assert os.environ["LUNARTUNE_TEST_SET"] == os.environ["LUNARTUNE_TEST_UNSET"] == "during"
+            raise RuntimeError("inside")
+    assert os.environ["LUNARTUNE_TEST_SET"] == "before"
+    assert "LUNARTUNE_TEST_UNSET" not in os.environ
 
 
 def test_help_does_not_import_heavy_modules():
