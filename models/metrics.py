@@ -33,6 +33,10 @@ class ConfusionMatrix:
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
         k = self.num_classes
+        for name, labels in (("prediction", pred), ("target", target)):
+            # an out-of-range index would land in another cell (or break the reshape) instead of failing
+            if labels.numel() and ((labels < 0) | (labels >= k)).any():
+                raise ValueError(f"{name} class indices must be in [0, {k}); got {int(labels.min())}..{int(labels.max())}")
         flat = (target.reshape(-1).long() * k + pred.reshape(-1).long())
         counts = torch.bincount(flat, minlength=k * k).reshape(k, k)  # on the batch's device: no big copy
         self.matrix += counts.cpu()

@@ -62,6 +62,18 @@ def test_update_rejects_mismatched_shapes():
         ConfusionMatrix(4).update(torch.zeros(2, 3), torch.zeros(3, 2))
 
 
+@pytest.mark.parametrize("pred, target, named", [
+    ([0, 5], [0, 1], "prediction"),  # 0*4+5 would have counted as (truth 1, predicted 1)
+    ([0, 1], [4, 0], "target"),  # would have made 17 bins: a reshape error
+    ([0, -1], [0, 1], "prediction"),
+])
+def test_update_rejects_class_indices_out_of_range_and_counts_nothing(pred, target, named):
+    cm = ConfusionMatrix(4)
+    with pytest.raises(ValueError, match=rf"{named} class indices must be in \[0, 4\)"):
+        cm.update(torch.tensor(pred), torch.tensor(target))
+    assert cm.matrix.sum() == 0
+
+
 def test_median_frequency_weights_are_clipped_and_favour_rare_classes():
     w = median_frequency_weights([0.70, 0.20, 0.05, 0.05])  # median 0.125
     assert w.tolist() == pytest.approx([0.125 / 0.7, 0.125 / 0.2, 2.5, 2.5])
