@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuner.cli import CliError
-from tuner.settings import RunPaths
+from tuner.settings import RunPaths, shown_uri
 
 CHECKPOINT_DIR = "checkpoint"  # artifact folder of a run that holds its checkpoint file
 CHECKPOINT_SUFFIX = ".pt"
@@ -60,7 +60,7 @@ def resolve_model(spec: str, paths: RunPaths) -> ResolvedModel:
                          model_uri=spec if spec.startswith("runs:/") else None)
     except MlflowException as err:  # a server that refuses (401, 500), a store that cannot be read
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CliError(f"--model {spec}: MLflow {paths.tracking_uri}: {first[:300]}") from None
+        raise CliError(f"--model {spec}: MLflow {shown_uri(paths.tracking_uri)}: {first[:300]}") from None
 
 
 def load_model(spec: str, paths: RunPaths):
@@ -94,7 +94,7 @@ def _client(paths: RunPaths):
     uri = paths.tracking_uri
     missing = paths.missing_store()
     if missing is not None:
-        raise CliError(f"no MLflow store at {missing} (tracking URI {uri}); run `lunartune tune` first, "
+        raise CliError(f"no MLflow store at {missing} (tracking URI {shown_uri(uri)}); run `lunartune tune` first, "
                        f"or pass --run-dir / --tracking-uri of the store that holds the model")
     tracking.bound_http_retries()  # a server that went away is an error in seconds, not minutes of retries
     try:
@@ -120,7 +120,7 @@ def _from_registry(spec: str, paths: RunPaths) -> ResolvedModel:
         if not _not_found(err):
             raise
         known = sorted(m.name for m in client.search_registered_models())
-        raise CliError(f"--model {spec}: no registered model {name!r} in {paths.tracking_uri} "
+        raise CliError(f"--model {spec}: no registered model {name!r} in {shown_uri(paths.tracking_uri)} "
                        f"(registered models: {', '.join(known) or 'none'}); run `lunartune promote` first") from None
     try:
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
@@ -180,7 +180,7 @@ def _from_run(run_id: str, paths: RunPaths, artifact: str | None, model_uri: str
     except MlflowException as err:
         if not _not_found(err):
             raise
-        raise CliError(f"--model {model_uri or run_id}: no MLflow run {run_id!r} in {paths.tracking_uri}") from None
+        raise CliError(f"--model {model_uri or run_id}: no MLflow run {run_id!r} in {shown_uri(paths.tracking_uri)}") from None
     artifact = artifact or _checkpoint_artifact(client, run, model_uri)
     if not artifact.endswith(CHECKPOINT_SUFFIX):  # a folder (runs:/ID/checkpoint): apply the same rule inside
         artifact = _pick_checkpoint(client, run, artifact, model_uri)

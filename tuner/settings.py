@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_RUN_DIR = "lunartune-runs"
 RUN_DIR_ENV = "LUNARTUNE_RUN_DIR"
@@ -111,3 +112,12 @@ def environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def shown_uri(uri: str) -> str:
+    """`uri` for messages and logs: a password in it (postgresql://user:pw@host/db) becomes ***."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    user_info, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{user_info.split(':', 1)[0]}:***@{host}"))

@@ -45,7 +45,7 @@ from tuner import disk, leftovers, tracking
 from tuner.cli import EXIT_INCOMPLETE, EXIT_INTERRUPTED, CliError
 from tuner.objective import best_epoch
 from tuner.searcher import DIVERGED, PruningAwareOptunaSearch, RetryPassingLimiter
-from tuner.settings import RunPaths, environment
+from tuner.settings import RunPaths, environment, shown_uri
 from tuner.space import SpaceError, check_against_models, define_by_run, load_space
 from tuner.trainable import (EPOCH, RUN_ID, STATE_FILE, CheckpointStaging, TrialSetup, is_epoch_metric,
                              run_params_and_tags, train_trial, upload_best_from_ray)
@@ -788,7 +788,7 @@ def _resumed_paths(paths: RunPaths, state: dict) -> RunPaths:
     if paths.tracking_uri_override != started:
         where = started or f"sqlite:///{paths.mlflow_db}"
         print(f"lunartune tune: warning: --resume: the sweep was started logging to {where}; it goes on "
-              f"logging to {paths.tracking_uri} as asked (its parent run must be there)", file=sys.stderr)
+              f"logging to {shown_uri(paths.tracking_uri)} as asked (its parent run must be there)", file=sys.stderr)
     return paths
 
 
@@ -796,7 +796,7 @@ def _reopen_parent_run(uri: str, run_id: str) -> None:
     try:
         tracking.reopen_run(uri, run_id)
     except MlflowException as err:
-        raise CliError(f"--resume: the sweep's parent run {run_id} is not in the MLflow store at {uri} "
+        raise CliError(f"--resume: the sweep's parent run {run_id} is not in the MLflow store at {shown_uri(uri)} "
                        f"({str(err).splitlines()[0][:200]}); resume with the --tracking-uri the sweep was "
                        f"started with") from None
 
@@ -824,7 +824,7 @@ def main(args, paths: RunPaths) -> int:
     print(format_summary(result, cfg, paths))
     if result.mlflow_incomplete:
         print(f"\nMLflow is incomplete for {len(result.mlflow_incomplete)} run(s) (listed above); once "
-              f"{result.tracking_uri} is back, fill it in with:\n  lunartune --run-dir {paths.root} tune "
+              f"{shown_uri(result.tracking_uri)} is back, fill it in with:\n  lunartune --run-dir {paths.root} tune "
               f"--experiment {cfg.experiment} --resume", file=sys.stderr)
     if result.interrupted:
         print(f"\nsweep interrupted; continue it with:\n  lunartune --run-dir {paths.root} tune "
@@ -854,7 +854,7 @@ def format_summary(result: SweepResult, cfg: SweepConfig, paths: RunPaths) -> st
         lines.append(f"best config: {json.dumps(result.best_config, sort_keys=True, default=str)}")
     lines += [f"Ray results:   {result.results_path}",
               f"Optuna study:  {cfg.experiment} in {paths.optuna_db}",
-              f"MLflow:        {result.tracking_uri} (experiment {result.experiment_id}, parent run {result.parent_run_id})",
+              f"MLflow:        {shown_uri(result.tracking_uri)} (experiment {result.experiment_id}, parent run {result.parent_run_id})",
               f"browse it:     lunartune --run-dir {paths.root} ui --experiment {result.experiment}"
               f"   (it prints the links to open; port 5000 unless that one is taken)"]
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import sqlite3
 import tempfile
 import time
@@ -24,10 +25,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import sqlalchemy
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from tuner.settings import environment, sqlite_file
+from tuner.settings import environment, shown_uri, sqlite_file
 
 ROLE_TAG = "lunartune.role"  # "sweep" on parent runs, "trial" on child runs
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (the UI nests children under it)
@@ -44,6 +46,8 @@ UNFINISHED = "unfinished"  # Ray ended the trial before its first epoch's result
 # or its sweep was killed and a new one replaced it (tuner.sweep._end_abandoned_sweep)
 # MLflow's run status for each final trial status (the tag is the precise one; this drives the UI icon)
 _RUN_STATUS = {COMPLETED: "FINISHED", PRUNED: "KILLED", DIVERGED: "FAILED", ERRORED: "FAILED", UNFINISHED: "KILLED"}
+# default ports of the databases MLflow stores runs in (a URI without a port uses these)
+DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 _MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 # MLflow's HTTP defaults (7 retries, backoff factor 2, 120 s timeout) let one call to an absent server
 # block for minutes. Trials and the driver give up after ~10 s instead: what was not logged stays in Ray's
@@ -86,7 +90,7 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
     if sqlite_file(uri) is not None:
         return _check_sqlite(uri)
     if not uri.startswith(("http://", "https://")):
-        return _check_other_store(uri)
+        return _check_other_store(uri, timeout_s)
     url = uri.rstrip("/") + "/health"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
@@ -97,7 +101,8 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
         problem = f"HTTP {err.code}"
     except (urllib.error.URLError, OSError) as err:
         problem = str(getattr(err, "reason", err))
-    raise TrackingError(f"MLflow tracking server {uri} is not reachable ({problem} from {url}); start it "
+    raise TrackingError(f"MLflow tracking server {shown_uri(uri)} is not reachable ({problem} from "
+                        f"{shown_uri(url)}); start it "
                         f"(mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1) or omit "
                         f"--tracking-uri to use the embedded SQLite store")
 
@@ -115,17 +120,36 @@ def _check_sqlite(uri: str) -> None:
         raise TrackingError(f"MLflow store {uri}: {path} is not an SQLite database ({err})") from None
 
 
-def _check_other_store(uri: str) -> None:
+def _check_other_store(uri: str, timeout_s: float) -> None:
     """A database URI (postgresql://, mysql://, ...) is tried once; a path or an unknown scheme (an old
     ./mlruns habit: MLflow refuses its file store unless MLFLOW_ALLOW_FILE_STORE=true) failed deep inside
     the first command's work."""
+    _check_database_host_answers(uri, timeout_s)
     try:
         client(uri).search_experiments(max_results=1)
     except Exception as err:  # MLflow's and SQLAlchemy's errors alike: the first line says what is wrong
         problem = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
-        raise TrackingError(f"MLflow tracking URI {uri!r} cannot be used ({problem[:300]}); expected "
+        raise TrackingError(f"MLflow tracking URI {shown_uri(uri)!r} cannot be used ({problem[:300]}); expected "
                             f"http(s)://host:port (an mlflow server), sqlite:///path/to/mlflow.db or a "
                             f"database URI such as postgresql://user@host/db") from None
+
+
+def _check_database_host_answers(uri: str, timeout_s: float) -> None:
+    """MLflow retries a database it cannot reach ten times with growing sleeps (~100 s, a warning each):
+    a host that does not accept a TCP connection is refused at once instead."""
+    try:
+        url = sqlalchemy.engine.make_url(uri)
+    except sqlalchemy.exc.ArgumentError:
+        return  # not a database URI: MLflow's own error says what it is
+    port = url.port or DATABASE_PORTS.get(url.get_backend_name())
+    if not url.host or port is None:
+        return  # a local socket, or a database whose port we do not know: left to MLflow
+    try:
+        socket.create_connection((url.host, port), timeout=timeout_s).close()
+    except OSError as err:
+        raise TrackingError(f"MLflow tracking URI {shown_uri(uri)!r}: nothing answers "
+                            f"at {url.host}:{port} ({err.strerror or err}); start the database or fix the host "
+                            f"and port") from None
 
 
 def get_or_create_experiment(uri: str, name: str, artifact_location: str | None) -> str:
@@ -267,7 +291,7 @@ def find_experiment(uri: str, name: str):
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None or experiment.lifecycle_stage == "deleted":
         known = sorted(e.name for e in mlflow.search_experiments())
-        raise TrackingError(f"no MLflow experiment {name!r} in {uri} (experiments there: {known or 'none'}); "
+        raise TrackingError(f"no MLflow experiment {name!r} in {shown_uri(uri)} (experiments there: {known or 'none'}); "
                             f"run `lunartune tune --experiment {name}` first")
     return experiment
 
@@ -277,7 +301,7 @@ def latest_parent_run(uri: str, experiment_id: str):
     runs = client(uri).search_runs([experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'",
                                    order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
-        raise TrackingError(f"experiment {experiment_id} in {uri} has no sweep (no run tagged {ROLE_TAG}=sweep)")
+        raise TrackingError(f"experiment {experiment_id} in {shown_uri(uri)} has no sweep (no run tagged {ROLE_TAG}=sweep)")
     return runs[0]
 
 
@@ -303,5 +327,5 @@ def download_checkpoint(uri: str, run_id: str, dst_dir: str | Path) -> Path:
     try:
         local = client(uri).download_artifacts(run_id, artifact, str(dst_dir))
     except Exception as err:  # MLflow raises several types (OSError, MlflowException) for "not there"
-        raise TrackingError(f"run {run_id} in {uri} has no checkpoint artifact {artifact!r} ({err})") from None
+        raise TrackingError(f"run {run_id} in {shown_uri(uri)} has no checkpoint artifact {artifact!r} ({err})") from None
     return Path(local)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from tuner.cli import CliError
-from tuner.settings import RunPaths
+from tuner.settings import RunPaths, shown_uri
 
 DEFAULT_HOST = "127.0.0.1"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -193,7 +193,7 @@ def running_mlflow_ui(paths: RunPaths, port: int, host: str = DEFAULT_HOST,
     yields once /health answers, stops the server's whole process group on exit."""
     _require_loopback(host)
     if _is_http(paths.tracking_uri):
-        raise CliError(f"{paths.tracking_uri} is already a server: open it instead of starting one")
+        raise CliError(f"{shown_uri(paths.tracking_uri)} is already a server: open it instead of starting one")
     paths.root.mkdir(parents=True, exist_ok=True)
     port = _free_port(host, port)
     with _running_server("mlflow server", _mlflow_server_command(paths, host, port), host, port, "/health",
@@ -235,7 +235,7 @@ def _find_experiment(client, name: str):
         experiment = client.get_experiment_by_name(name)
     except MlflowException as err:  # a server that refuses (401 without credentials, 500)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CliError(f"MLflow {client.tracking_uri}: {first[:300]}") from None
+        raise CliError(f"MLflow {shown_uri(client.tracking_uri)}: {first[:300]}") from None
     if experiment is not None and experiment.lifecycle_stage == "active":
         return experiment
     names = sorted(e.name for e in client.search_experiments())
@@ -348,7 +348,7 @@ def _start_mlflow(stack: contextlib.ExitStack, paths: RunPaths, port: int, host:
     if _is_http(paths.tracking_uri):
         return None
     _require_store(paths)
-    _say(f"starting mlflow server on {paths.tracking_uri} (takes ~15 s) ...")
+    _say(f"starting mlflow server on {shown_uri(paths.tracking_uri)} (takes ~15 s) ...")
     server = stack.enter_context(running_mlflow_ui(paths, port, host))
     if server.port != port:
         _say(f"port {port} is busy: using {server.port}")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tuner.cli import build_parser, main
-from tuner.settings import RunPaths, environment, resolve_run_paths
+from tuner.settings import RunPaths, environment, resolve_run_paths, shown_uri
 from tuner.train import synthetic_root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,6 +102,18 @@ def test_environment_sets_for_the_block_and_restores_set_and_unset_names_even_on
             raise RuntimeError("inside")
     assert os.environ["LUNARTUNE_TEST_SET"] == "before"
     assert "LUNARTUNE_TEST_UNSET" not in os.environ
+
+
+@pytest.mark.parametrize("uri, shown", [
+    ("postgresql://lunar:s3cr:t@db.example:5432/mlflow?sslmode=require",
+     "postgresql://lunar:***@db.example:5432/mlflow?sslmode=require"),
+    ("mysql+pymysql://lunar:p%40ss@db/mlflow", "mysql+pymysql://lunar:***@db/mlflow"),
+    ("postgresql://lunar@db/mlflow", "postgresql://lunar@db/mlflow"),  # no password: unchanged
+    ("sqlite:////tmp/run/mlflow.db", "sqlite:////tmp/run/mlflow.db"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+])
+def test_shown_uri_hides_only_the_password(uri, shown):
+    assert shown_uri(uri) == shown
 
 
 def test_help_does_not_import_heavy_modules():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 
 import pytest
@@ -141,6 +142,22 @@ def test_unreachable_server_fails_fast_with_a_clear_message():
     for kwargs in ({"timeout_s": 2}, {}):
         with pytest.raises(TrackingError, match=r"http://127.0.0.1:9 is not reachable.*embedded SQLite"):
             tracking.check_reachable("http://127.0.0.1:9", **kwargs)
+
+
+@pytest.mark.timeout(60)  # MLflow alone retries an unreachable database for ~100 s
+@pytest.mark.parametrize("uri, shown", [
+    ("postgresql://lunar:secret@127.0.0.1:{port}/mlflow", "postgresql://lunar:***@127.0.0.1:{port}/mlflow"),
+    ("mysql+pymysql://127.0.0.1:{port}/mlflow", "mysql+pymysql://127.0.0.1:{port}/mlflow"),
+])
+def test_a_database_where_nothing_answers_is_refused_at_once_without_showing_its_password(uri, shown):
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(TrackingError) as refused:
+        tracking.check_reachable(uri.format(port=port), timeout_s=2)
+    message = str(refused.value)
+    assert message.startswith(f"MLflow tracking URI {shown.format(port=port)!r}: nothing answers at 127.0.0.1:{port}")
+    assert "secret" not in message
 
 
 def test_a_store_that_cannot_be_used_is_one_clear_line(tmp_path):
