@@ -157,10 +157,11 @@ def run_sweep(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
 
     One sweep per (run dir, experiment) at a time: a second one is refused (CliError naming the lock)."""
     space = None  # a resumed sweep's space is the one it started with, read from its pointer file
-    if not cfg.resume:  # a bad --space, --image-size or --data fails before the run dir is made, not after
+    if not cfg.resume:  # a bad --space, --image-size, --data or store fails before the run dir is made
         space = _load_space(cfg)
         _check_data_exists(cfg)
         _check_where_trials_run(cfg)
+        tracking.check_reachable(paths.tracking_uri)  # an unreachable store fails in <= 10 s
     else:
         _resumed_config(cfg, _pointer_path(paths, cfg.experiment))  # no sweep to resume: refused before ensure
     paths.ensure()
@@ -224,7 +225,8 @@ def _run_locked(cfg: SweepConfig, paths: RunPaths, space=None) -> SweepResult:
         cfg = _resumed_config(cfg, pointer)
         paths = _resumed_paths(paths, json.loads(pointer.read_text()))
     space = space or _load_space(cfg)
-    tracking.check_reachable(paths.tracking_uri)  # before any data work: an unreachable server fails in <= 10 s
+    if cfg.resume:  # the store the sweep logged to, read from its pointer (a new sweep's was checked)
+        tracking.check_reachable(paths.tracking_uri)
     _warn_about_storage(cfg)
     _warn_about_disk(cfg, paths, space)
     data_cfg, manifest = _prepare_data(cfg, paths)

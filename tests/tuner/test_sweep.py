@@ -81,7 +81,7 @@ def test_unreachable_tracking_server_fails_before_any_trial(scenes, tmp_path):
     paths = RunPaths(root=tmp_path / "run", tracking_uri_override="http://127.0.0.1:9")
     with pytest.raises(tracking.TrackingError, match="127.0.0.1:9 is not reachable"):
         run_sweep(_cfg("smoke", scenes), paths)
-    assert not list(paths.ray_results.iterdir())  # nothing started
+    assert not paths.root.exists()  # refused before the run dir's folders and lock file are made
 
 
 def test_a_bad_space_fails_before_anything_starts(scenes, tmp_path, run_paths):
