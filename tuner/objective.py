@@ -1,7 +1,8 @@
 """What "best" means, in one place: a trial keeps its checkpoint/best.pt by it, Ray ranks the trial's
-checkpoints and ASHA/Optuna compare trials by the score the trial reports, and sweep, promote and report
-find a trial's best epoch in its history by it. Rules that differ register the weights of one epoch
-with the score of another.
+checkpoints by it, ASHA compares trials at a rung by the score each reports there, Optuna is told a
+finished trial's best score (`best_<objective>`, which the trial reports and logs each epoch, so MLflow's
+UI sorts by it too), and sweep, promote and report find a trial's best epoch in its history by it. Rules
+that differ register the weights of one epoch with the score of another, or rank trials differently.
 
 An objective (val_miou, val_rock_miou) is NaN when a class it averages is absent from val in truth and
 in prediction (see models.metrics); it scores 0.0 so that ASHA and Optuna can compare it. The best
@@ -11,6 +12,14 @@ from __future__ import annotations
 
 import math
 from typing import Iterable
+
+
+BEST_EPOCH = "best_epoch"  # per-epoch metric: the trial's best epoch so far
+
+
+def best_name(objective: str) -> str:
+    """Per-epoch metric: the trial's best score of `objective` so far (MLflow's UI sorts runs by its latest)."""
+    return f"best_{objective}"
 
 
 def score(value: float) -> float:

@@ -4,7 +4,9 @@ Ray 2.60 hands a scheduler-stopped trial to `on_trial_complete(id, last_result, 
 a finished one, and the stock OptunaSearch tells it COMPLETE with its early-rung value. TPE then treats a
 1-epoch score as a final score and compares it with 10-epoch ones. Here a trial that ends before
 `max_t` (or that says it diverged) is told PRUNED at the step it reached; TPE still uses PRUNED trials
-(ranked by how far they got), while importance and GP samplers rightly skip them.
+(ranked by how far they got), while importance and GP samplers rightly skip them. A trial that finished is
+told its best epoch's score (best_<objective>), not its last epoch's as Ray's OptunaSearch does: the trial
+promote and the summary rank first is then Optuna's best trial too.
 
 A trial retried from a checkpoint older than its last report (a worker killed between its report and
 Ray's save; a resumed sweep) reports those epochs again: Optuna keeps the first value, and here says
@@ -28,6 +30,8 @@ import math
 from optuna.trial import TrialState, create_trial
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
+
+from tuner.objective import best_name
 
 DIVERGED = "diverged"  # result flag a trainable sets when its loss went non-finite (it then stops itself)
 STATUS_ATTR = "lunartune_status"  # Optuna user attribute: completed | pruned | diverged
@@ -72,6 +76,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
             if result and not error and trial_id in self._ot_trials and trial_id not in self._completed_trials:
                 self._ot_trials[trial_id].set_user_attr(STATUS_ATTR, "completed")
                 self._report_last_step(self._ot_trials[trial_id], result)
+                result = {**result, self.metric: self._best_value(result)}  # Ray's would tell the last epoch's
             return super().on_trial_complete(trial_id, result, error)
         self._tell_pruned(trial_id, result)
 
@@ -82,6 +87,11 @@ class PruningAwareOptunaSearch(OptunaSearch):
         step, value = int(result[self._time_attr]), result.get(self.metric)
         if value is not None and math.isfinite(value) and step not in _stored(ot_trial).intermediate_values:
             ot_trial.report(value, step)
+
+    def _best_value(self, result: dict):
+        """A finished trial's value for Optuna: its best epoch's score, as promote and the summary rank it
+        (tuner.objective), not its last epoch's; the trial reports it each epoch as best_<objective>."""
+        return result.get(best_name(self.metric), result.get(self.metric))
 
     def _tell_pruned(self, trial_id: str, result: dict) -> None:
         ot_trial = self._ot_trials[trial_id]
@@ -116,7 +126,8 @@ class PruningAwareOptunaSearch(OptunaSearch):
         self._ot_study.add_trial(create_trial(
             params=failed.params, distributions=failed.distributions, intermediate_values=values,
             state=TrialState.PRUNED if stopped_early else TrialState.COMPLETE,
-            value=None if stopped_early else value, user_attrs={STATUS_ATTR: status, RETRY_ATTR: failed.number}))
+            value=None if stopped_early else self._best_value(result),
+            user_attrs={STATUS_ATTR: status, RETRY_ATTR: failed.number}))
 
 
 class RetryPassingLimiter(ConcurrencyLimiter):

@@ -30,14 +30,16 @@ from models.training import (DivergedError, describe_device, evaluate, make_grad
                              make_scheduler, prepare_model, resolve_device, seed_everything, train_one_epoch,
                              uses_cuda_extras)
 from tuner import tracking
+from tuner.objective import BEST_EPOCH, best_name
 from tuner.objective import score as objective_score
 from tuner.searcher import DIVERGED
+from tuner.settings import shown_uri
 
 EPOCH = "epoch"  # reported every epoch; ASHA's time attribute (survives restores, unlike a counter)
 RUN_ID = "mlflow_run_id"  # reported so the driver's callback finds the child run without a search
 STATE_FILE = "trial.pt"  # inside each Ray checkpoint: weights + optimizer/scheduler + trial state
 BEST_FILE = "best.pt"  # uploaded to MLflow as checkpoint/best.pt: weights only (no optimizer: 1/3 the size)
-_EPOCH_METRICS = frozenset({"train_loss", "lr", "epoch_seconds", EPOCH})  # + every "val_*" (epoch_metrics)
+_EPOCH_METRICS = frozenset({"train_loss", "lr", "epoch_seconds", EPOCH})  # + every "val_*" and "best_*"
 _MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig))
 _TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
 
@@ -74,7 +76,7 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     scheduler = make_scheduler(optimizer, train_cfg, steps_per_epoch=len(loaders.train))
     grad_scaler = make_grad_scaler(device, train_cfg.amp)
     tracking.bound_http_retries()
-    epoch, best, run_id = _restore(tune.get_checkpoint(), model, optimizer, scheduler, grad_scaler)
+    epoch, best, best_at, run_id = _restore(tune.get_checkpoint(), model, optimizer, scheduler, grad_scaler)
     placement = _placement_tags(device, train_cfg)
     run = ChildRun(setup, run_id, lambda: _open_child_run(config, setup, placement), placement)
     run.attempt("child run", lambda: run.log_epoch({}, 0))  # opened now if MLflow is there, else later
@@ -96,12 +98,14 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
                 return
             val = evaluate(model, loaders.val, device, loss_fn, names, data_pipeline.ROCK_CLASS_IDS, **extras)
             metrics = epoch_metrics(train, val, epoch)
-            run.log(metrics, epoch)  # before the report: a kill in between retrains the epoch, never logs it twice
             score = objective_score(metrics[setup.objective])
             improved = best is None or score > best
-            best = score if improved else best
+            best, best_at = (score, epoch) if improved else (best, best_at)
+            if best_at is not None:  # None: resumed from a checkpoint that predates best_epoch, until it improves
+                metrics.update({best_name(setup.objective): best, BEST_EPOCH: best_at})
+            run.log(metrics, epoch)  # before the report: a kill in between retrains the epoch, never logs it twice
             folder = staging.empty()
-            state = dict(run_id=run.run_id, best=best, manifest_hash=loaders.manifest_hash)
+            state = dict(run_id=run.run_id, best=best, best_epoch=best_at, manifest_hash=loaders.manifest_hash)
             _save(folder / STATE_FILE, model, model_cfg, train_cfg, data_cfg, epoch, metrics,
                   (optimizer, scheduler, grad_scaler), state)
             if improved and run.run_id is not None:
@@ -167,7 +171,7 @@ def epoch_metrics(train: dict, val: dict, epoch: int) -> dict:
 
 def is_epoch_metric(name: str) -> bool:
     """Is `name` one of epoch_metrics' keys (what the child run logs per epoch)?"""
-    return name in _EPOCH_METRICS or name.startswith("val_")
+    return name in _EPOCH_METRICS or name.startswith(("val_", "best_"))
 
 
 class ChildRun:
@@ -205,22 +209,23 @@ class ChildRun:
             action()
             return True
         except Exception as err:  # MlflowException, requests' ConnectionError, sqlite's OperationalError, ...
-            print(f"lunartune trial: warning: MLflow {self.setup.tracking.uri}: {what} not logged "
+            print(f"lunartune trial: warning: MLflow {shown_uri(self.setup.tracking.uri)}: {what} not logged "
                   f"({type(err).__name__}: {str(err)[:200]}); training goes on, the driver logs it later "
                   f"from Ray's results", file=sys.stderr)
             return False
 
 
-def _restore(checkpoint, model, optimizer, scheduler, grad_scaler) -> tuple[int, float | None, str | None]:
-    """(last finished epoch, best objective so far, child run id) from the trial's newest checkpoint, or a
-    fresh start."""
+def _restore(checkpoint, model, optimizer, scheduler, grad_scaler) -> tuple[int, float | None, int | None, str | None]:
+    """(last finished epoch, best objective so far, its epoch, child run id) from the trial's newest
+    checkpoint, or a fresh start."""
     saved = _newest_readable(_kept_checkpoints(checkpoint, tune.get_context().get_storage()))
     if saved is None:
-        return 0, None, None
+        return 0, None, None, None
     model.load_state_dict(saved["state_dict"])
     # optimizer, scheduler, loss scale and torch's RNG: dropout goes on as if the trial had never stopped
     epoch = restore_training_state(saved, optimizer, scheduler, grad_scaler)
-    return epoch, saved["extra"]["best"], saved["extra"]["run_id"]
+    extra = saved["extra"]
+    return epoch, extra["best"], extra.get("best_epoch"), extra["run_id"]
 
 
 def _newest_readable(candidates: list) -> dict | None:

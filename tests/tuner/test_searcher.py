@@ -53,6 +53,22 @@ def test_early_stop_is_pruned_and_full_run_is_complete():
     assert full.user_attrs[STATUS_ATTR] == "completed"
 
 
+def test_a_finished_trial_is_told_its_best_epochs_score_not_its_last():
+    """Promote, the summary and the kept checkpoints rank a trial by its best epoch (tuner.objective); the
+    trial reports that as best_<objective>. Ray's OptunaSearch told the last epoch's score."""
+    searcher = _searcher(PruningAwareOptunaSearch, max_t=2)
+    searcher.suggest("peaked")
+    searcher.on_trial_result("peaked", {"score": 0.40, "best_score": 0.40, "training_iteration": 1})
+    searcher.on_trial_complete("peaked", {"score": 0.34, "best_score": 0.40, "training_iteration": 2})
+    (trial,) = searcher._ot_study.get_trials()
+    assert (trial.state, trial.value) == (TrialState.COMPLETE, pytest.approx(0.40))
+    assert trial.intermediate_values == pytest.approx({1: 0.40, 2: 0.34})  # the curve as it was
+    stock = _searcher(OptunaSearch)
+    stock.suggest("peaked")
+    stock.on_trial_complete("peaked", {"score": 0.34, "best_score": 0.40, "training_iteration": 2})
+    assert stock._ot_study.get_trials()[0].value == pytest.approx(0.34)  # what the subclass corrects
+
+
 def test_diverged_trial_is_pruned_with_its_status_and_errors_fail():
     searcher = _searcher(PruningAwareOptunaSearch, max_t=MAX_T)
     _run(searcher, "nan", steps=2, **{DIVERGED: True})
@@ -177,14 +193,15 @@ def test_an_errored_trial_run_again_by_resume_enters_the_study_as_a_new_trial(tm
         warnings.simplefilter("error")
         for step in range(2, steps + 1):  # from its checkpoint of step 1
             resumed.on_trial_result("t", {"score": 0.2 * step, "training_iteration": step})
-    resumed.on_trial_complete("t", {"score": 0.2 * steps, "training_iteration": steps})
+    # its best epoch is the one before its last (as the trial reports it): that is the value Optuna gets
+    resumed.on_trial_complete("t", {"score": 0.2 * steps, "best_score": 0.85, "training_iteration": steps})
     failed, retry = optuna.load_study(study_name="s", storage=storage).trials
     assert failed.state == TrialState.FAIL and retry.params == failed.params
     assert retry.user_attrs[RETRY_ATTR] == failed.number
     # the whole learning curve: the step reported before the failure, then the retry's
     assert retry.intermediate_values == pytest.approx({1: 0.1, **{s: 0.2 * s for s in range(2, steps + 1)}})
     if steps == MAX_T:
-        assert (retry.state, retry.value, retry.user_attrs[STATUS_ATTR]) == (TrialState.COMPLETE, 0.8, "completed")
+        assert (retry.state, retry.value, retry.user_attrs[STATUS_ATTR]) == (TrialState.COMPLETE, 0.85, "completed")
     else:
         assert (retry.state, retry.user_attrs[STATUS_ATTR]) == (TrialState.PRUNED, "pruned")
     resumed.on_trial_complete("t", {"score": 0.9, "training_iteration": MAX_T})  # Ray tells it once; never twice

@@ -225,6 +225,14 @@ def test_smoke_sweep_end_to_end(local_ray, scenes, tmp_path, run_paths):
             <= set(run.data.metrics)
         assert run.info.run_name.startswith(run.data.tags[tracking.BACKBONE_TAG] + "-t")
         assert run.data.tags["device"] == "cpu", "no GPU per trial: Ray hides every GPU from the trial"
+        # best so far, each epoch: the UI sorts runs by it (val_miou's latest value may be below its best)
+        best, best_epochs = (tracking.client(run_paths.tracking_uri).get_metric_history(run.info.run_id, name)
+                             for name in ("best_val_miou", "best_epoch"))
+        assert [m.step for m in best] == [m.step for m in history]
+        assert [m.value for m in best] == pytest.approx([max(h.value for h in history[:i + 1])
+                                                         for i in range(len(history))])
+        assert [m.value for m in best_epochs] == [
+            max(history[:i + 1], key=lambda h: (h.value, -h.step)).step for i in range(len(history))]
         ckpt = load_checkpoint(tracking.download_checkpoint(run_paths.tracking_uri, run.info.run_id, tmp_path / run.info.run_id))
         assert ckpt["model_config"]["backbone"] == run.data.tags[tracking.BACKBONE_TAG]
         assert ckpt["metrics"]["val_miou"] == pytest.approx(max(m.value for m in history))
@@ -234,6 +242,10 @@ def test_smoke_sweep_end_to_end(local_ray, scenes, tmp_path, run_paths):
     states = [t.state for t in _study(run_paths, "e2e").trials]
     assert states.count(TrialState.PRUNED) == by_status.get("pruned", 0)
     assert states.count(TrialState.COMPLETE) == by_status.get("completed", 0)
+    # Optuna ranks finished trials by their best epoch, as promote and MLflow's best_val_miou do
+    told = sorted(t.value for t in _study(run_paths, "e2e").trials if t.state == TrialState.COMPLETE)
+    assert told == pytest.approx(sorted(run.data.metrics["best_val_miou"] for run in children
+                                        if run.data.tags[tracking.STATUS_TAG] == "completed"))
 
     # the best trial is the same in Ray's results and in MLflow, by each trial's best epoch (as promote picks)
     client = tracking.client(run_paths.tracking_uri)
