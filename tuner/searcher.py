@@ -36,6 +36,9 @@ from tuner.objective import best_name
 DIVERGED = "diverged"  # result flag a trainable sets when its loss went non-finite (it then stops itself)
 STATUS_ATTR = "lunartune_status"  # Optuna user attribute: completed | pruned | diverged
 RETRY_ATTR = "lunartune_retry_of"  # Optuna user attribute: number of the FAILed trial this one reruns
+RAY_TRIAL_ATTR = "ray_trial_id"  # Optuna user attribute: the Ray trial (its MLflow run has the same tag)
+MLFLOW_RUN_ATTR = "mlflow_run_id"  # Optuna user attribute: the trial's MLflow child run, once it reported one
+RUN_ID = "mlflow_run_id"  # result key: the trial's MLflow child run (tuner.trainable reports it)
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
@@ -45,6 +48,12 @@ class PruningAwareOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self._max_t = max_t
         self._time_attr = time_attr
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:  # Optuna's trial -> Ray's trial -> MLflow's run (tagged ray_trial_id)
+            self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict):
         ot_trial = self._ot_trials.get(trial_id)
@@ -75,6 +84,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         if error or not stopped_early or trial_id in self._completed_trials:
             if result and not error and trial_id in self._ot_trials and trial_id not in self._completed_trials:
                 self._ot_trials[trial_id].set_user_attr(STATUS_ATTR, "completed")
+                _note_run(self._ot_trials[trial_id], result)
                 self._report_last_step(self._ot_trials[trial_id], result)
                 result = {**result, self.metric: self._best_value(result)}  # Ray's would tell the last epoch's
             return super().on_trial_complete(trial_id, result, error)
@@ -97,6 +107,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         self._report_last_step(ot_trial, result)
         ot_trial.set_user_attr(STATUS_ATTR, DIVERGED if result.get(DIVERGED) else "pruned")
+        _note_run(ot_trial, result)
         self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
@@ -127,7 +138,8 @@ class PruningAwareOptunaSearch(OptunaSearch):
             params=failed.params, distributions=failed.distributions, intermediate_values=values,
             state=TrialState.PRUNED if stopped_early else TrialState.COMPLETE,
             value=None if stopped_early else self._best_value(result),
-            user_attrs={STATUS_ATTR: status, RETRY_ATTR: failed.number}))
+            user_attrs={STATUS_ATTR: status, RETRY_ATTR: failed.number, RAY_TRIAL_ATTR: trial_id,
+                        **({MLFLOW_RUN_ATTR: result[RUN_ID]} if result.get(RUN_ID) else {})}))
 
 
 class RetryPassingLimiter(ConcurrencyLimiter):
@@ -160,6 +172,12 @@ class RetryPassingLimiter(ConcurrencyLimiter):
         if trial_id not in self.live_trials and self.searcher.is_failed_retry(trial_id):
             return self.searcher.on_trial_complete(trial_id, result=result, error=error)
         return super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def _note_run(ot_trial, result: dict) -> None:
+    """The MLflow run the trial logged to (before Optuna is told: a finished trial takes no attributes)."""
+    if result.get(RUN_ID):
+        ot_trial.set_user_attr(MLFLOW_RUN_ATTR, result[RUN_ID])
 
 
 def _stored(ot_trial):

@@ -44,7 +44,7 @@ from models import ConfigError, ModelConfig, TrainConfig, WeightsError, canonica
 from tuner import disk, leftovers, tracking
 from tuner.cli import EXIT_INCOMPLETE, EXIT_INTERRUPTED, CliError
 from tuner.objective import best_epoch
-from tuner.searcher import DIVERGED, PruningAwareOptunaSearch, RetryPassingLimiter
+from tuner.searcher import DIVERGED, RAY_TRIAL_ATTR, PruningAwareOptunaSearch, RetryPassingLimiter
 from tuner.settings import RunPaths, environment, shown_uri
 from tuner.space import SpaceError, check_against_models, define_by_run, load_space
 from tuner.trainable import (EPOCH, RUN_ID, STATE_FILE, CheckpointStaging, TrialSetup, is_epoch_metric,
@@ -249,7 +249,7 @@ def _run_locked(cfg: SweepConfig, paths: RunPaths, space=None) -> SweepResult:
         resumable = trials_ray_resumes(results)
         result = _summarise(cfg, results, experiment_id, target, state["results_path"], resumable)
         interrupted = result.interrupted
-        incomplete = sync_to_mlflow(results, setup, resumable)
+        incomplete = sync_to_mlflow(results, setup, resumable, _optuna_numbers(paths, cfg.experiment))
         if not interrupted:
             _fail_orphaned_study_trials(paths, cfg.experiment)
     finally:
@@ -600,33 +600,43 @@ def trial_status(last_result: dict | None, error, max_epochs: int) -> str:
     return "completed" if last_result[EPOCH] >= max_epochs else "pruned"
 
 
-def sync_to_mlflow(results, setup: TrialSetup, resumable: set[str]) -> list[str]:
+def _optuna_numbers(paths: RunPaths, experiment: str) -> dict[str, int]:
+    """{Ray trial id: its Optuna trial number} (a FAILed trial's retry, added later, has the higher number)."""
+    study = optuna.load_study(study_name=experiment, storage=f"sqlite:///{paths.optuna_db}")
+    return {t.user_attrs[RAY_TRIAL_ATTR]: t.number for t in study.get_trials(deepcopy=False)
+            if RAY_TRIAL_ATTR in t.user_attrs}
+
+
+def sync_to_mlflow(results, setup: TrialSetup, resumable: set[str],
+                   optuna_numbers: dict[str, int] | None = None) -> list[str]:
     """Fill each trial's child run in from Ray's results (every reported epoch and the best checkpoints are
     there): the epochs MLflow missed while it was away, the run itself if the trial never reached MLflow,
     the best checkpoint if its upload failed, the final status tag (not for the `resumable` trials: --resume
-    runs them on, and tags them when they end).
+    runs them on, and tags them when they end), and the Optuna trial number (`optuna_numbers`, by Ray trial id).
     Idempotent (steps already in MLflow are skipped); returns the trials MLflow still lacks."""
     incomplete = []
     for result in results:
         try:
-            _sync_trial(result, setup, resumable)
+            _sync_trial(result, setup, resumable, optuna_numbers or {})
         except Exception as err:  # MLflow still away (or refuses): say which, keep going
             incomplete.append(f"{Path(result.path or '?').name} ({type(err).__name__}: {str(err)[:120]})")
     if incomplete:
-        print(f"lunartune tune: warning: MLflow {setup.tracking.uri} is missing data for {len(incomplete)} trial(s):\n  "
+        print(f"lunartune tune: warning: MLflow {shown_uri(setup.tracking.uri)} is missing data for {len(incomplete)} trial(s):\n  "
               + "\n  ".join(incomplete) + "\nevery epoch and checkpoint is in Ray's results; once MLflow is "
               "back, `lunartune tune --experiment <name> --resume` fills it in", file=sys.stderr)
     return incomplete
 
 
-def _sync_trial(result, setup: TrialSetup, resumable: set[str]) -> None:
+def _sync_trial(result, setup: TrialSetup, resumable: set[str], optuna_numbers: dict[str, int]) -> None:
     target, frame, last = setup.tracking, result.metrics_dataframe, result.metrics or {}
     if frame is None or EPOCH not in frame or not last.get("trial_id"):
         if result.error is not None and result.path:  # failed before its first epoch: list it, with why
             name, trial_id = Path(result.path).name.rsplit("_", 1)  # sweep.trial_dirname
             run_id = (tracking.find_child_run(target.uri, target.experiment_id, target.parent_run_id, trial_id)
                       or _open_run_for(setup, trial_id, name, result.config))
-            if tracking.client(target.uri).get_run(run_id).data.tags.get(tracking.STATUS_TAG) == tracking.RUNNING:
+            tags = tracking.client(target.uri).get_run(run_id).data.tags
+            _tag_optuna_number(target.uri, run_id, tags, optuna_numbers.get(trial_id))
+            if tags.get(tracking.STATUS_TAG) == tracking.RUNNING:
                 tracking.finish_child_run(target.uri, run_id, "errored", describe_error(result.error))
         return
     trial_id = last["trial_id"]
@@ -641,12 +651,19 @@ def _sync_trial(result, setup: TrialSetup, resumable: set[str]) -> None:
             tracking.log_metrics(target.uri, run_id, {k: v for k, v in row.items()
                                                       if is_epoch_metric(k) and pd.notna(v)}, step=int(row[EPOCH]))
     _sync_best_checkpoint(result, target.uri, run_id, setup.objective)
+    tags = tracking.client(target.uri).get_run(run_id).data.tags
+    _tag_optuna_number(target.uri, run_id, tags, optuna_numbers.get(trial_id))
     if trial_id in resumable:
         return  # stopped by Ctrl-C: --resume continues it
     status = trial_status(last, result.error, setup.train.epochs)
-    if tracking.client(target.uri).get_run(run_id).data.tags.get(tracking.STATUS_TAG) == tracking.RUNNING:
+    if tags.get(tracking.STATUS_TAG) == tracking.RUNNING:
         error = describe_error(result.error) if result.error is not None else None
         tracking.finish_child_run(target.uri, run_id, status, error)
+
+
+def _tag_optuna_number(uri: str, run_id: str, tags: dict, number: int | None) -> None:
+    if number is not None and tags.get(tracking.OPTUNA_TRIAL_TAG) != str(number):
+        tracking.set_tags(uri, run_id, {tracking.OPTUNA_TRIAL_TAG: number})
 
 
 def _sync_best_checkpoint(result, uri: str, run_id: str, objective: str) -> None:
@@ -684,7 +701,8 @@ def _summarise(cfg: SweepConfig, results, experiment_id: str, target, results_pa
             status = "unfinished"  # Ctrl-C stopped it mid-flight; --resume continues it
         if status == "errored":
             errors[Path(result.path or "?").name] = describe_error(result.error)
-        rows.append({"trial": metrics.get("trial_id") or Path(result.path or "?").name,
+        # named as in Ray's live table and MLflow (trial_dirname is "<name>_<trial id>")
+        rows.append({"trial": Path(result.path).name.rsplit("_", 1)[0] if result.path else metrics.get("trial_id", "?"),
                      "backbone": config.get("backbone", ""), "objective": best.get(cfg.objective, float("nan")),
                      "epochs": metrics.get(EPOCH, 0), "status": status, "config": config, "metrics": best})
     rows.sort(key=lambda r: -r["objective"] if math.isfinite(r["objective"]) else math.inf)

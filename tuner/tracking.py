@@ -34,6 +34,7 @@ from tuner.settings import environment, shown_uri, sqlite_file
 ROLE_TAG = "lunartune.role"  # "sweep" on parent runs, "trial" on child runs
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (the UI nests children under it)
 TRIAL_ID_TAG = "ray_trial_id"
+OPTUNA_TRIAL_TAG = "optuna_trial_number"  # the trial's number in the Optuna study (study name = experiment)
 BACKBONE_TAG = "backbone"
 STATUS_TAG = "status"  # children: completed | pruned | errored | diverged | unfinished (| running); parent: running | finished | interrupted
 ERROR_TAG = "error"  # errored children: the exception that ended the trial, one line (Ray's error.txt has the rest)

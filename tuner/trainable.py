@@ -32,11 +32,10 @@ from models.training import (DivergedError, describe_device, evaluate, make_grad
 from tuner import tracking
 from tuner.objective import BEST_EPOCH, best_name
 from tuner.objective import score as objective_score
-from tuner.searcher import DIVERGED
+from tuner.searcher import DIVERGED, RUN_ID  # RUN_ID: the driver's callback finds the child run without a search
 from tuner.settings import shown_uri
 
 EPOCH = "epoch"  # reported every epoch; ASHA's time attribute (survives restores, unlike a counter)
-RUN_ID = "mlflow_run_id"  # reported so the driver's callback finds the child run without a search
 STATE_FILE = "trial.pt"  # inside each Ray checkpoint: weights + optimizer/scheduler + trial state
 BEST_FILE = "best.pt"  # uploaded to MLflow as checkpoint/best.pt: weights only (no optimizer: 1/3 the size)
 _EPOCH_METRICS = frozenset({"train_loss", "lr", "epoch_seconds", EPOCH})  # + every "val_*" and "best_*"

@@ -198,6 +198,7 @@ def test_an_errored_trial_run_again_by_resume_enters_the_study_as_a_new_trial(tm
     failed, retry = optuna.load_study(study_name="s", storage=storage).trials
     assert failed.state == TrialState.FAIL and retry.params == failed.params
     assert retry.user_attrs[RETRY_ATTR] == failed.number
+    assert retry.user_attrs["ray_trial_id"] == failed.user_attrs["ray_trial_id"] == "t"  # one Ray trial, one MLflow run
     # the whole learning curve: the step reported before the failure, then the retry's
     assert retry.intermediate_values == pytest.approx({1: 0.1, **{s: 0.2 * s for s in range(2, steps + 1)}})
     if steps == MAX_T:

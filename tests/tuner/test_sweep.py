@@ -238,10 +238,17 @@ def test_smoke_sweep_end_to_end(local_ray, scenes, tmp_path, run_paths):
         assert ckpt["metrics"]["val_miou"] == pytest.approx(max(m.value for m in history))
         by_status[run.data.tags[tracking.STATUS_TAG]] = by_status.get(run.data.tags[tracking.STATUS_TAG], 0) + 1
     assert by_status == result.statuses
+    # the summary names trials as Ray's live table and MLflow do, not by Ray's trial id
+    assert result.top_trials and {row["trial"] for row in result.top_trials} <= {run.info.run_name for run in children}
 
     states = [t.state for t in _study(run_paths, "e2e").trials]
     assert states.count(TrialState.PRUNED) == by_status.get("pruned", 0)
     assert states.count(TrialState.COMPLETE) == by_status.get("completed", 0)
+    # each Optuna trial names its Ray trial and MLflow run; each run its Optuna trial number
+    study_trials = _study(run_paths, "e2e").trials
+    assert sorted((t.number, t.user_attrs["ray_trial_id"], t.user_attrs["mlflow_run_id"]) for t in study_trials) \
+        == sorted((int(run.data.tags["optuna_trial_number"]), run.data.tags[tracking.TRIAL_ID_TAG], run.info.run_id)
+                  for run in children)
     # Optuna ranks finished trials by their best epoch, as promote and MLflow's best_val_miou do
     told = sorted(t.value for t in _study(run_paths, "e2e").trials if t.state == TrialState.COMPLETE)
     assert told == pytest.approx(sorted(run.data.metrics["best_val_miou"] for run in children
