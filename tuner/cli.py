@@ -128,6 +128,8 @@ def _tune_parser(sub) -> None:
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.5")
     p.add_argument("--objective", default="val_miou", choices=["val_miou", "val_rock_miou"])
     p.add_argument("--seed", type=int, default=0, help="seeds Optuna's sampler and every trial")
+    p.add_argument("--startup-trials", type=int, default=None,
+                   help="random trials before TPE models the study (default: a third of --samples, 2 to 10)")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto | HOST:PORT (default: local Ray)")
     p.add_argument("--storage", default=None, help="Ray results: PATH or s3://... (default <run-dir>/ray)")
     p.add_argument("--experiment", default="lunartune", help="MLflow experiment (also the Ray run name)")

@@ -83,6 +83,7 @@ class SweepConfig:
     gpus_per_trial: float = 0.0  # fractions allowed (0.5 = two trials per GPU)
     objective: str = "val_miou"  # val_miou | val_rock_miou, maximised
     seed: int = 0  # seeds Optuna's sampler and every trial
+    startup_trials: int | None = None  # random trials before TPE models the study; None: startup_trials(samples)
     address: str | None = None  # None: a private local Ray; "auto" or HOST:PORT joins a cluster
     storage: str | None = None  # Ray results: PATH or s3://...; None = <run-dir>/ray
     experiment: str = "lunartune"  # MLflow experiment, Optuna study, prefix of the Ray run name
@@ -114,7 +115,8 @@ def sweep_config_from_args(args) -> SweepConfig:
         device=args.device, num_workers=args.num_workers, samples=args.samples, max_epochs=args.max_epochs,
         grace_epochs=args.grace_epochs, reduction_factor=args.reduction_factor, use_asha=not args.no_asha,
         concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        objective=args.objective, seed=args.seed, address=args.address, storage=args.storage,
+        objective=args.objective, seed=args.seed, startup_trials=args.startup_trials, address=args.address,
+        storage=args.storage,
         experiment=args.experiment, resume=args.resume)
     check_sweep_config(cfg)
     return cfg
@@ -139,6 +141,7 @@ def check_sweep_config(cfg: SweepConfig) -> None:
         ("--synthetic-count", cfg.synthetic_count >= 1, "an integer >= 1"),
         ("--num-workers", cfg.num_workers >= 0, "an integer >= 0"),
         ("--seed", 0 <= cfg.seed < 2**32, "an integer in [0, 2**32)"),  # Optuna's and numpy's range
+        ("--startup-trials", cfg.startup_trials is None or cfg.startup_trials >= 1, "an integer >= 1"),
         ("--experiment", bool(cfg.experiment) and set(cfg.experiment) <= _EXPERIMENT_CHARS,
          "a name of letters, digits, '.', '_' or '-'"),
     ]
@@ -354,7 +357,7 @@ def _new_sweep_state(cfg: SweepConfig, paths: RunPaths, space, manifest, experim
               # promote re-scores the chosen trial on this data set's held-out test split
               "data_root": data_root, "split_manifest": str(manifest.path),
               "scheduler": "asha" if cfg.use_asha else "fifo", "searcher": "optuna-tpe",
-              "sampler_seed": _optuna_study(cfg, paths, space)[2],
+              "sampler_seed": _optuna_study(cfg, paths, space)[2], "startup_trials": startup_trials(cfg),
               "optuna_study": f"{cfg.experiment} @ {paths.optuna_db}", "results_path": results_path}
     tags = {"ray_run_name": run_name, "git_commit": _git_commit() or "unknown", "space": Path(space.source).name}
     parent = tracking.start_parent_run(paths.tracking_uri, experiment_id, run_name, params, tags)
@@ -443,8 +446,9 @@ def trial_device(cfg: SweepConfig) -> str:
 
 def _tune_config(cfg: SweepConfig, paths: RunPaths, space):
     storage, points, seed = _optuna_study(cfg, paths, space)
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(cfg))
     searcher = PruningAwareOptunaSearch(
-        space=define_by_run(space), metric=cfg.objective, mode="max", seed=seed, storage=storage,
+        space=define_by_run(space), metric=cfg.objective, mode="max", sampler=sampler, storage=storage,
         study_name=cfg.experiment, points_to_evaluate=points, max_t=cfg.max_epochs, time_attr=EPOCH)
     scheduler = (ASHAScheduler(time_attr=EPOCH, max_t=cfg.max_epochs, grace_period=cfg.grace_epochs,
                                reduction_factor=cfg.reduction_factor) if cfg.use_asha else FIFOScheduler())
@@ -502,6 +506,12 @@ def _optuna_study(cfg: SweepConfig, paths: RunPaths, space):
     sampler's seed (sampler_seed)."""
     storage, study = _load_study(cfg, paths)
     return storage, (space.points_to_evaluate if not study.trials else None), sampler_seed(cfg.seed, len(study.trials))
+
+
+def startup_trials(cfg: SweepConfig) -> int:
+    """TPE's random start-up trials (n_startup_trials; counted over the whole study, every sweep of it).
+    Optuna's default, 10, made the default 8-trial sweep pure random search: a third of --samples, 2 to 10."""
+    return cfg.startup_trials if cfg.startup_trials is not None else min(10, max(2, cfg.samples // 3))
 
 
 def sampler_seed(seed: int, trials_before: int) -> int:

@@ -17,7 +17,7 @@ from tuner import tracking
 from tuner.cli import CliError, build_parser
 from tuner.promote import best_of_history
 from tuner.settings import RunPaths
-from tuner.sweep import (TRIAL_STATUSES, SweepConfig, describe_error, run_sweep, sampler_seed,
+from tuner.sweep import (TRIAL_STATUSES, SweepConfig, describe_error, run_sweep, sampler_seed, startup_trials,
                          sweep_config_from_args, trial_device)
 
 
@@ -48,6 +48,12 @@ def test_flags_become_a_sweep_config():
         ("smoke", 3, False, "val_rock_miou", (64, 96), 0.5)
 
 
+def test_tpe_starts_modelling_after_a_third_of_the_samples_not_after_optunas_ten():
+    """Optuna's default n_startup_trials (10) made the default 8-trial sweep a random search."""
+    assert [startup_trials(SweepConfig(samples=n)) for n in (1, 6, 8, 12, 30, 100)] == [2, 2, 2, 4, 10, 10]
+    assert startup_trials(sweep_config_from_args(_args("--startup-trials", "5"))) == 5
+
+
 @pytest.mark.parametrize("flags, says", [
     (["--samples", "0"], "--samples=0: expected an integer >= 1"),
     (["--grace-epochs", "5", "--max-epochs", "4"], "--grace-epochs=5"),
@@ -63,6 +69,7 @@ def test_flags_become_a_sweep_config():
     (["--gpus-per-trial", "inf"], "--gpus-per-trial=inf: expected a number >= 0"),
     (["--cpus-per-trial", "nan"], "--cpus-per-trial=nan: expected a number > 0"),
     (["--num-workers", "-1"], "--num-workers=-1: expected an integer >= 0"),
+    (["--startup-trials", "0"], "--startup-trials=0: expected an integer >= 1"),
     (["--seed", "-1"], r"--seed=-1: expected an integer in \[0, 2\*\*32\)"),  # was Optuna's traceback, after a parent run
 ])
 def test_bad_flags_are_clear_errors(flags, says):
@@ -203,6 +210,7 @@ def test_smoke_sweep_end_to_end(local_ray, scenes, tmp_path, run_paths):
 
     parent = tracking.client(run_paths.tracking_uri).get_run(result.parent_run_id)
     assert parent.data.params["space_file"].endswith("smoke.yaml") and parent.data.params["seed"] == "0"
+    assert parent.data.params["startup_trials"] == "2"  # 6 samples: TPE models the study from the third trial
     assert parent.data.params["manifest_hash"] and parent.data.tags[tracking.STATUS_TAG] == "finished"
     assert parent.data.tags["git_commit"] and parent.data.tags["space"] == "smoke.yaml"
     assert [a.path for a in tracking.client(run_paths.tracking_uri).list_artifacts(parent.info.run_id, "space")] \
