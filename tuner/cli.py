@@ -141,7 +141,8 @@ def _model_consumers(sub) -> None:
     promote = sub.add_parser("promote", help="register the best trial of a backbone; move aliases")
     promote.add_argument("--experiment", default="lunartune")
     promote.add_argument("--backbone", default="vgg11")
-    promote.add_argument("--objective", default="val_miou", choices=["val_miou", "val_rock_miou"])
+    promote.add_argument("--objective", default=None, choices=["val_miou", "val_rock_miou"],
+                         help="ranks the trials (default: the objective the sweep optimised)")
     promote.add_argument("--model-name", default="lunar-unet")
     promote.add_argument("--real-data", default=None, help="Kaggle-layout folder with real photos + g_* masks")
     promote.add_argument("--force", action="store_true", help="move 'champion' even if it does not beat it")

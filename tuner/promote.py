@@ -30,7 +30,7 @@ import os
 import re
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tuner.cli import CliError
@@ -52,7 +52,7 @@ TAG_TRIAL_RUN, TAG_SHA, TAG_MANIFEST = "trial_run_id", "checkpoint_sha256", "man
 class PromoteConfig:
     experiment: str  # MLflow experiment holding the sweep(s)
     backbone: str = "vgg11"  # registry name (or alias) of the backbone whose best trial is promoted
-    objective: str = "val_miou"  # val_miou | val_rock_miou: ranks the trials (higher is better)
+    objective: str | None = None  # val_miou | val_rock_miou: ranks the trials; None = the sweep's (else val_miou)
     model_name: str = "lunar-unet"  # registered model name
     real_data: str | None = None  # Kaggle-layout folder with real_moon_images + g_* masks; None = skip
     force: bool = False  # move `champion` even when the new version does not beat it
@@ -124,6 +124,18 @@ def open_client(paths: RunPaths):
     except tracking.TrackingError as err:
         raise CliError(str(err)) from None
     return MlflowClient(tracking_uri=paths.tracking_uri)
+
+
+def sweep_objective(paths: RunPaths, experiment) -> str:
+    """The objective the experiment's sweeps optimised (one per experiment: a sweep with another is refused),
+    as its latest parent run logged it; val_miou if it has none or logged something promote cannot rank by."""
+    from tuner import tracking
+
+    try:
+        logged = tracking.latest_parent_run(paths.tracking_uri, experiment.experiment_id).data.params.get("objective")
+    except tracking.TrackingError:
+        return "val_miou"  # no sweep: best_trial says so, naming the experiment
+    return logged if logged in TEST_SCORE else "val_miou"
 
 
 def find_experiment(paths: RunPaths, name: str):
@@ -541,12 +553,13 @@ def promote(cfg: PromoteConfig, paths: RunPaths) -> PromoteResult:
         backbone = canonical_backbone(cfg.backbone)
     except ConfigError as err:
         raise CliError(f"--backbone: {err}") from None
-    if cfg.objective not in TEST_SCORE:
+    if cfg.objective is not None and cfg.objective not in TEST_SCORE:
         raise CliError(f"--objective {cfg.objective!r}: expected one of {', '.join(TEST_SCORE)}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.model_name):  # it goes into models:/NAME@alias URIs
         raise CliError(f"--model-name {cfg.model_name!r}: expected a name of letters, digits, '.', '_' or '-'")
     real = _real_set(cfg.real_data) if cfg.real_data else None  # a bad folder fails before anything is done
     experiment = find_experiment(paths, cfg.experiment)
+    cfg = replace(cfg, objective=cfg.objective or sweep_objective(paths, experiment))
     trial = best_trial(paths, experiment, backbone, cfg.objective)
     device = resolve_device(cfg.device)
     client = open_client(paths)

@@ -318,6 +318,20 @@ def test_checkpoint_score_reads_the_objective_at_the_epoch_the_sweep_kept(tmp_pa
     assert checkpoint_score(client, run_id, "val_rock_miou", "val_rock_miou") == (0.30, 1)
 
 
+def test_promote_ranks_by_the_objective_the_sweep_optimised_unless_told_otherwise(tmp_path):
+    """--objective defaulted to val_miou even for a sweep that optimised val_rock_miou."""
+    from tuner.promote import sweep_objective
+    from tuner.settings import RunPaths
+
+    paths = RunPaths(root=tmp_path)
+    uri = paths.tracking_uri
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment(client.create_experiment("rocks"))
+    assert sweep_objective(paths, experiment) == "val_miou"  # no sweep yet
+    tracking.start_parent_run(uri, experiment.experiment_id, "s1", {"objective": "val_rock_miou"}, {})
+    assert sweep_objective(paths, experiment) == "val_rock_miou"
+
+
 def test_a_trial_is_ranked_at_the_epoch_its_checkpoint_holds(tmp_path):
     """A trial stopped between logging epoch 2 and uploading its checkpoint (Ctrl-C, a crash, or still running)
     has epoch 2 as its history's best but epoch 1's weights in best.pt: promote used to rank (and tag) it at
