@@ -28,6 +28,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, replace
@@ -460,15 +461,46 @@ def publish(paths: RunPaths, cfg: PromoteConfig, experiment_id: str, trial: Tria
         tracking.log_metrics(paths.tracking_uri, run_id, {**metrics, cfg.objective: trial.best_value}, step=0)
         client.log_artifact(run_id, str(checkpoint), str(Path(tracking.CHECKPOINT_ARTIFACT).parent))
         signature, example = _signature(model, info)
-        with _fluent_uri(paths.tracking_uri) as mlflow, mlflow.start_run(run_id=run_id), _quiet_pickle_warning():
+        with _fluent_uri(paths.tracking_uri) as mlflow, mlflow.start_run(run_id=run_id), _quiet_pickle_warning(), \
+                tempfile.TemporaryDirectory(prefix="lunartune-code-") as code:
             model_info = mlflow.pytorch.log_model(
                 model, name=MODEL_ARTIFACT, signature=signature, input_example=example,
-                serialization_format="pickle", pip_requirements=_pip_requirements())
-            version = register(client, cfg.model_name, run_id, model_info, tags)
+                serialization_format="pickle", pip_requirements=_pip_requirements(),
+                code_paths=[_models_package(Path(code))])
+            version = register(client, cfg.model_name, run_id, model_info, tags,
+                               version_description(trial, info, metrics, cfg.objective))
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
     return version
+
+
+def _models_package(folder: Path) -> str:
+    """A copy of the `models` package (no bytecode) to log beside the pickled model: the hand-built U-Net
+    pickles lunartune's own class (models.unet_scratch.UNetScratch), which mlflow.pytorch.load_model
+    outside this checkout could not import; MLflow puts the copy on sys.path when it loads the model."""
+    import models
+
+    target = folder / "models"
+    shutil.copytree(Path(models.__file__).parent, target, ignore=shutil.ignore_patterns("__pycache__"))
+    return str(target)
+
+
+def version_description(trial: Trial, info, metrics: dict, objective: str) -> str:
+    """What a user of the registry needs without reading lunartune: where the version comes from, how it
+    scored, and the input and output it expects."""
+    from models.registry import size_multiple
+
+    norm, height_width = info["normalization"], "x".join(str(v) for v in info["image_size"])
+    classes = ", ".join(f"{c['index']} {c['name']}" for c in sorted(info["classes"], key=lambda c: c["index"]))
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if k.endswith(("miou", "pixel_acc")))
+    return (f"{info['model_config'].backbone} U-Net from trial {trial.name} (run {trial.run_id}) of sweep "
+            f"{trial.parent.info.run_name}, best epoch {trial.best_epoch} by {objective} "
+            f"({trial.best_value:.4f}). Scores: {scores or 'none'}.\n"
+            f"Input: float32 NCHW RGB, pixel values scaled to [0, 1], then normalised per channel with mean "
+            f"{[round(v, 4) for v in norm['mean']]} and std {[round(v, 4) for v in norm['std']]}; trained at "
+            f"{height_width} (HxW), any size whose sides divide by {size_multiple(info['model_config'])} works. Output: float32 logits "
+            f"(N, {len(info['classes'])}, H, W); argmax over dim 1 gives the class: {classes}.")
 
 
 def version_tags(trial: Trial, sha: str, info, metrics: dict, data: SweepData, objective: str) -> dict:
@@ -496,7 +528,7 @@ def add_scores(paths: RunPaths, version, metrics: dict):
     return client.get_model_version(version.name, version.version)
 
 
-def register(client, name: str, run_id: str, model_info, tags: dict):
+def register(client, name: str, run_id: str, model_info, tags: dict, description: str):
     from mlflow.exceptions import MlflowException
 
     try:
@@ -505,7 +537,7 @@ def register(client, name: str, run_id: str, model_info, tags: dict):
         if getattr(err, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
             raise
     return client.create_model_version(name, source=model_info.model_uri, run_id=run_id, tags=tags,
-                                       model_id=model_info.model_id)
+                                       model_id=model_info.model_id, description=description)
 
 
 # ----------------------------------------------------------------------------- the champion decision

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -104,6 +105,42 @@ def test_the_registered_model_resolves_and_loads_at_any_input_size(fresh):
         logged = mlflow.pytorch.load_model(f"models:/{MODEL}/{result.version}")
     with torch.no_grad():  # pickled, not torch.export'ed: another size than the 64x64 it was trained at
         assert tuple(logged.eval()(torch.zeros(2, 3, 32, 96)).shape) == (2, 4, 32, 96)
+
+
+REPO = Path(__file__).resolve().parents[2]
+# a Python that cannot import lunartune: no editable-install finder, no checkout on sys.path
+_OUTSIDE = """
+import sys
+sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f)]
+sys.path = [p for p in sys.path if p not in ("", {repo!r})]
+try:
+    import models
+    raise SystemExit("lunartune's models package is importable: the test proves nothing")
+except ImportError:
+    pass
+import mlflow.pytorch, torch
+mlflow.set_tracking_uri({uri!r})
+model = mlflow.pytorch.load_model({model_uri!r})
+with torch.no_grad():
+    print(tuple(model.eval()(torch.zeros(1, 3, 64, 96)).shape))
+"""
+
+
+@pytest.mark.slow
+def test_a_promoted_hand_built_unet_loads_where_lunartune_is_not_installed(fresh, tmp_path):
+    """Its pickle names lunartune's own class (models.unet_scratch.UNetScratch): the version carries that
+    code, and a description that says what goes in and comes out."""
+    import subprocess
+    import sys
+
+    result = promote(PromoteConfig(experiment=fresh.experiment, backbone="unet_scratch", model_name="scratch",
+                                   device="cpu"), fresh.paths)
+    script = _OUTSIDE.format(repo=str(REPO), uri=fresh.paths.tracking_uri, model_uri=f"models:/scratch/{result.version}")
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "(1, 4, 64, 96)", out.stderr[-2000:]
+    description = _client(fresh).get_model_version("scratch", result.version).description
+    assert description.startswith(f"unet_scratch U-Net from trial {result.trial}") and "best epoch" in description
+    assert "scaled to [0, 1]" in description and "0 ground, 1 sky, 2 small_rocks, 3 large_rocks" in description
 
 
 @pytest.mark.slow
