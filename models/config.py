@@ -23,6 +23,10 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def unused_fields(self) -> set[str]:
+        """Fields the chosen backbone ignores (a record shows them as not applicable, not as a tried value)."""
+        return {"arch"} if self.backbone == "unet_scratch" else {"scratch_width", "scratch_depth"}
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -44,6 +48,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def unused_fields(self) -> set[str]:
+        """Fields the chosen optimizer and loss ignore (amp and channels_last depend on the device instead)."""
+        return ({"momentum", "nesterov"} if self.optimizer != "sgd" else set()) | \
+            ({"focal_gamma"} if self.loss != "focal" else set())
 
 
 class ConfigError(ValueError):

@@ -451,7 +451,7 @@ def publish(paths: RunPaths, cfg: PromoteConfig, experiment_id: str, trial: Tria
 
     client = open_client(paths)
     run = client.create_run(experiment_id, run_name=f"promote-{trial.name}", tags={
-        tracking.ROLE_TAG: ROLE_PROMOTION, tracking.BACKBONE_TAG: info["model_config"].backbone,
+        **tracking.source_tags("promote"), tracking.ROLE_TAG: ROLE_PROMOTION, tracking.BACKBONE_TAG: info["model_config"].backbone,
         "source_trial_run_id": trial.run_id, "source_sweep_run_id": trial.parent.info.run_id,
         tracking.CHECKPOINT_TAG: tracking.CHECKPOINT_ARTIFACT})
     run_id = run.info.run_id

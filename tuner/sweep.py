@@ -16,7 +16,6 @@ import math
 import os
 import re
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -233,6 +232,7 @@ def _run_locked(cfg: SweepConfig, paths: RunPaths, space=None) -> SweepResult:
     _warn_about_storage(cfg)
     _warn_about_disk(cfg, paths, space)
     data_cfg, manifest = _prepare_data(cfg, paths)
+    source = tracking.source_tags("tune")  # who ran it, with which code: every run of the sweep gets them
     experiment_id = tracking.get_or_create_experiment(
         paths.tracking_uri, cfg.experiment,
         paths.local_artifact_root.as_uri() if paths.local_artifact_root else None)
@@ -242,9 +242,9 @@ def _run_locked(cfg: SweepConfig, paths: RunPaths, space=None) -> SweepResult:
     else:
         _check_study(cfg, paths, space, data_cfg.root)  # before the parent run: a refused sweep leaves nothing
         _end_abandoned_sweep(paths, pointer)
-        state = _new_sweep_state(cfg, paths, space, manifest, experiment_id, data_cfg.root)
+        state = _new_sweep_state(cfg, paths, space, manifest, experiment_id, data_cfg.root, source)
         write_json_atomic(pointer, state)
-    target = tracking.TrackingTarget(paths.tracking_uri, experiment_id, state["parent_run_id"])
+    target = tracking.TrackingTarget(paths.tracking_uri, experiment_id, state["parent_run_id"], tuple(source.items()))
     setup = _trial_setup(cfg, data_cfg, target)
     interrupted, incomplete = True, []  # until Ray says otherwise: an exception also leaves the parent "interrupted"
     try:
@@ -347,7 +347,7 @@ def _prepare_data(cfg: SweepConfig, paths: RunPaths):
 
 
 def _new_sweep_state(cfg: SweepConfig, paths: RunPaths, space, manifest, experiment_id: str,
-                     data_root: str) -> dict:
+                     data_root: str, source: dict) -> dict:
     """A new Ray run name and MLflow parent run; what --resume needs later, written beside the run dir."""
     run_name = f"{cfg.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = cfg.storage if _is_uri(cfg.storage) else str(Path(cfg.storage or paths.ray_results).resolve())
@@ -359,7 +359,8 @@ def _new_sweep_state(cfg: SweepConfig, paths: RunPaths, space, manifest, experim
               "scheduler": "asha" if cfg.use_asha else "fifo", "searcher": "optuna-tpe",
               "sampler_seed": _optuna_study(cfg, paths, space)[2], "startup_trials": startup_trials(cfg),
               "optuna_study": f"{cfg.experiment} @ {paths.optuna_db}", "results_path": results_path}
-    tags = {"ray_run_name": run_name, "git_commit": _git_commit() or "unknown", "space": Path(space.source).name}
+    tags = {**source, "ray_run_name": run_name, "git_commit": source.get("mlflow.source.git.commit", "unknown"),
+            "space": Path(space.source).name}
     parent = tracking.start_parent_run(paths.tracking_uri, experiment_id, run_name, params, tags)
     tracking.client(paths.tracking_uri).log_artifact(parent, space.source, "space")
     return {"config": asdict(cfg), "parent_run_id": parent, "run_name": run_name, "results_path": results_path,
@@ -833,15 +834,6 @@ def _reopen_parent_run(uri: str, run_id: str) -> None:
 
 def _is_uri(storage: str | None) -> bool:
     return bool(storage) and "://" in storage
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, timeout=5,
-                             capture_output=True, text=True)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 # ---------------------------------------------------------------------------------------------

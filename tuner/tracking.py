@@ -14,10 +14,12 @@ Layout of what a sweep records (the names below are the contract `promote`, `rep
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
 import socket
 import sqlite3
+import subprocess
 import tempfile
 import time
 import urllib.error
@@ -69,6 +71,29 @@ class TrackingTarget:
     uri: str  # MLflow tracking URI (sqlite:///... or http://host:port)
     experiment_id: str  # the sweep's experiment, created once on the driver
     parent_run_id: str  # the sweep's parent run
+    source: tuple[tuple[str, str], ...] = ()  # source_tags() of the driver: every child run gets them
+
+
+def git_commit() -> str | None:
+    """The commit of the lunartune checkout that runs (None outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, timeout=5,
+                             capture_output=True, text=True)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def source_tags(command: str) -> dict[str, str]:
+    """MLflow's own source tags, which its fluent API sets and MlflowClient.create_run does not: the UI's
+    User, Source and Version columns. Computed once on the driver (a worker's would name Ray's worker)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = str(os.getuid())
+    commit = git_commit()
+    return {"mlflow.user": user, "mlflow.source.name": f"lunartune {command}", "mlflow.source.type": "LOCAL",
+            **({"mlflow.source.git.commit": commit} if commit else {})}
 
 
 def client(uri: str) -> MlflowClient:
@@ -212,8 +237,8 @@ def open_child_run(target: TrackingTarget, trial_id: str, run_name: str, params:
         log_params(target.uri, existing, {k: v for k, v in params.items() if k not in logged})
         return existing
     run = client(target.uri).create_run(target.experiment_id, run_name=run_name, tags={
-        PARENT_TAG: target.parent_run_id, ROLE_TAG: "trial", TRIAL_ID_TAG: trial_id, STATUS_TAG: RUNNING,
-        CHECKPOINT_TAG: CHECKPOINT_ARTIFACT, **tags})
+        **dict(target.source), PARENT_TAG: target.parent_run_id, ROLE_TAG: "trial", TRIAL_ID_TAG: trial_id,
+        STATUS_TAG: RUNNING, CHECKPOINT_TAG: CHECKPOINT_ARTIFACT, **tags})
     log_params(target.uri, run.info.run_id, params)
     return run.info.run_id
 

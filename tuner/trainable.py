@@ -39,6 +39,7 @@ EPOCH = "epoch"  # reported every epoch; ASHA's time attribute (survives restore
 STATE_FILE = "trial.pt"  # inside each Ray checkpoint: weights + optimizer/scheduler + trial state
 BEST_FILE = "best.pt"  # uploaded to MLflow as checkpoint/best.pt: weights only (no optimizer: 1/3 the size)
 _EPOCH_METRICS = frozenset({"train_loss", "lr", "epoch_seconds", EPOCH})  # + every "val_*" and "best_*"
+NOT_APPLICABLE = "n/a"  # the param value of a config field the trial's other choices make irrelevant
 _MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig))
 _TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
 
@@ -281,6 +282,8 @@ def run_params_and_tags(config: dict, setup: TrialSetup) -> tuple[dict, dict]:
     data_cfg, model_cfg, train_cfg = configs_from_trial(config, setup)
     params = {**model_cfg.to_dict(), **train_cfg.to_dict(), "image_size": "x".join(map(str, data_cfg.image_size)),
               "augment": data_cfg.augment}
+    # every run has every name (the UI's compare view lines up); an ignored one says so (adam's momentum)
+    params.update(dict.fromkeys(model_cfg.unused_fields() | train_cfg.unused_fields(), NOT_APPLICABLE))
     return params, {tracking.BACKBONE_TAG: model_cfg.backbone}
 
 

@@ -141,6 +141,7 @@ def test_a_promoted_hand_built_unet_loads_where_lunartune_is_not_installed(fresh
     description = _client(fresh).get_model_version("scratch", result.version).description
     assert description.startswith(f"unet_scratch U-Net from trial {result.trial}") and "best epoch" in description
     assert "scaled to [0, 1]" in description and "0 ground, 1 sky, 2 small_rocks, 3 large_rocks" in description
+    assert _client(fresh).get_run(result.promotion_run_id).data.tags["mlflow.source.name"] == "lunartune promote"
 
 
 @pytest.mark.slow

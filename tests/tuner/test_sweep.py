@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import math
 import os
 from pathlib import Path
@@ -213,6 +214,9 @@ def test_smoke_sweep_end_to_end(local_ray, scenes, tmp_path, run_paths):
     assert parent.data.params["startup_trials"] == "2"  # 6 samples: TPE models the study from the third trial
     assert parent.data.params["manifest_hash"] and parent.data.tags[tracking.STATUS_TAG] == "finished"
     assert parent.data.tags["git_commit"] and parent.data.tags["space"] == "smoke.yaml"
+    # MLflow's own source tags (the UI's User, Source and Version columns), on the parent and every trial
+    source = {"mlflow.source.name": "lunartune tune", "mlflow.source.type": "LOCAL",
+              "mlflow.source.git.commit": parent.data.tags["git_commit"], "mlflow.user": getpass.getuser()}
     assert [a.path for a in tracking.client(run_paths.tracking_uri).list_artifacts(parent.info.run_id, "space")] \
         == ["space/smoke.yaml"]
     assert {s: parent.data.metrics[f"trials_{s}"] for s in TRIAL_STATUSES} \
@@ -224,6 +228,7 @@ def test_smoke_sweep_end_to_end(local_ray, scenes, tmp_path, run_paths):
         assert len(list(trial.glob("checkpoint_*"))) == epochs >= 1, trial
     children = _children(run_paths, result)
     assert len(children) == 6
+    assert all(run.data.tags.items() >= source.items() for run in (parent, *children))
     by_status = {}
     for run in children:
         history = tracking.client(run_paths.tracking_uri).get_metric_history(run.info.run_id, "val_miou")

@@ -49,6 +49,23 @@ def test_a_bad_value_names_the_field():
         configs_from_trial({"dropout": 1.5}, SETUP)
 
 
+@pytest.mark.parametrize("config, not_applicable", [
+    ({"backbone": "vgg11", "optimizer": "adam", "loss": "ce"},
+     {"momentum", "nesterov", "focal_gamma", "scratch_width", "scratch_depth"}),
+    ({"backbone": "unet_scratch", "optimizer": "sgd", "momentum": 0.85, "loss": "focal"}, {"arch"}),
+])
+def test_every_run_logs_every_param_name_and_those_its_choices_ignore_as_not_applicable(config, not_applicable):
+    """Adam trials logged momentum 0.9 and CE trials focal_gamma 2.0, as if those had been tried."""
+    from tuner.trainable import run_params_and_tags
+
+    params, tags = run_params_and_tags(config, SETUP)
+    assert set(params) == {*ModelConfig().to_dict(), *TrainConfig().to_dict(), "image_size", "augment"}
+    assert {name for name, value in params.items() if value == "n/a"} == not_applicable
+    assert params["backbone"] == tags["backbone"] == config["backbone"]
+    if config["optimizer"] == "sgd":
+        assert params["momentum"] == 0.85 and params["focal_gamma"] == 2.0
+
+
 def test_epoch_metrics_names():
     metrics = epoch_metrics({"loss": 1.0, "lr": 0.1, "seconds": 2.0},
                             {"loss": 0.5, "miou": 0.4, "rock_miou": 0.2, "iou_sky": 0.9}, epoch=2)
