@@ -30,6 +30,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchargs import int_at_least, output_file  # noqa: E402  (bench/benchargs.py)
+
 RESULTS = REPO / "bench" / "results" / "gpu_packing.json"
 # One VGG11 configuration (a choice of one): every trial does the same work.
 SPACE = """description: one VGG11 configuration, for bench/gpu_packing.py
@@ -87,13 +91,13 @@ def cpus_per_trial(concurrency: int) -> int:
     return max(1, (os.cpu_count() or 2) // concurrency)
 
 
-def warm_up(args, run_dir: Path, space_file: Path) -> None:
+def warm_up(args, run_dir: Path, space_file: Path) -> int:
     """One untimed one-epoch trial: generates the scenes and builds the decode cache every sweep then reuses,
-    so the first timed configuration does not pay for them."""
+    so the first timed configuration does not pay for them. Its exit code (0: done)."""
     print("\n== warm-up: scenes, cache, one trial (not timed)", flush=True)
     command = tune_command(args, run_dir, space_file, "gpu-warm-up", samples=1, epochs=1, fraction=1.0)
-    subprocess.run(command, cwd=REPO, env=_without(os.environ, "MLFLOW_TRACKING_URI", "LUNARTUNE_RUN_DIR"),
-                   check=True)
+    return subprocess.run(command, cwd=REPO, env=_without(os.environ, "MLFLOW_TRACKING_URI", "LUNARTUNE_RUN_DIR")
+                          ).returncode
 
 
 def run_one(fraction: float, args, run_dir: Path, space_file: Path) -> dict:
@@ -123,8 +127,13 @@ def _trials(run_dir: Path, experiment: str) -> dict:
     from tuner.settings import RunPaths
 
     uri = RunPaths(root=run_dir).tracking_uri
-    experiment_id = tracking.client(uri).get_experiment_by_name(experiment).experiment_id
-    runs = tracking.client(uri).search_runs([experiment_id], filter_string=f"tags.`{tracking.ROLE_TAG}` = 'trial'")
+    found = tracking.client(uri).get_experiment_by_name(experiment)
+    if found is None:  # the sweep failed before it made its experiment: a row of nothing, and why
+        print(f"gpu_packing.py: experiment {experiment} is not in MLflow: its sweep failed before any trial "
+              "(see its output above)", file=sys.stderr)
+        return {"completed": 0, "trials_span_s": None, "epoch_s_mean": None, "devices": []}
+    runs = tracking.client(uri).search_runs([found.experiment_id],
+                                            filter_string=f"tags.`{tracking.ROLE_TAG}` = 'trial'")
     epoch_s = [m.value for r in runs for m in tracking.client(uri).get_metric_history(r.info.run_id, "epoch_seconds")]
     # from the first trial's start to the last one's end: the sweep's wall time less Ray's start and data prep
     span = (max(r.info.end_time or 0 for r in runs) - min(r.info.start_time for r in runs)) / 1000 if runs else None
@@ -148,24 +157,44 @@ def print_table(rows: list[dict]) -> None:
               f"{r['gpu_mem_peak_mib'] or '-':>8}  {', '.join(r['devices'])}")
 
 
+def fractions_arg(text: str) -> list[float]:
+    """--fractions: comma-separated GPU shares, each 1/N for a whole N (N trials share the GPU)."""
+    try:
+        fractions = [float(f) for f in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1,0.5,0.25, got {text!r}"
+                                         ) from None
+    bad = [f for f in fractions if not 0 < f <= 1 or abs(1 / f - round(1 / f)) > 1e-9]
+    if bad:
+        raise argparse.ArgumentTypeError(f"expected each 1/N for a whole N (1, 0.5, 0.25, ...), got "
+                                         f"{', '.join(f'{f:g}' for f in bad)}")
+    return fractions
+
+
+def image_size_arg(text: str) -> str:
+    """--image-size as `lunartune tune` takes it (N or HxW), checked here rather than in the first sweep."""
+    from tuner.cli import _size
+
+    _size(text)
+    return text
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--fractions", default="1,0.5,0.25", help="GPU per trial, each 1/N")
-    p.add_argument("--samples", type=int, default=8, help="trials per sweep")
-    p.add_argument("--max-epochs", type=int, default=4)
-    p.add_argument("--image-size", default="128x192")
-    p.add_argument("--scenes", type=int, default=400, help="generated scenes (80 %% train)")
+    p.add_argument("--fractions", type=fractions_arg, default=[1.0, 0.5, 0.25], help="GPU per trial, each 1/N "
+                   "(default 1,0.5,0.25)")
+    p.add_argument("--samples", type=int_at_least(1), default=8, help="trials per sweep")
+    p.add_argument("--max-epochs", type=int_at_least(1), default=4)
+    p.add_argument("--image-size", type=image_size_arg, default="128x192")
+    p.add_argument("--scenes", type=int_at_least(4), default=400,
+                   help="generated scenes (70/15/15 %% train/val/test; at least 4)")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
+    output_file(p, "--out", args.out)  # every argument is checked before the GPU is
 
     import torch
     if not torch.cuda.is_available():
         print("bench/gpu_packing.py needs a CUDA GPU: torch.cuda.is_available() is False here", file=sys.stderr)
-        return 2
-    fractions = [float(f) for f in args.fractions.split(",")]
-    bad = [f for f in fractions if not 0 < f <= 1 or abs(1 / f - round(1 / f)) > 1e-9]
-    if bad:
-        print(f"--fractions: {bad} are not 1/N for a whole N", file=sys.stderr)
         return 2
     report = {"gpu": torch.cuda.get_device_name(0), "cpus": os.cpu_count(), "torch": torch.__version__,
               "samples": args.samples, "max_epochs": args.max_epochs, "image_size": args.image_size,
@@ -174,8 +203,12 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         space_file = Path(tmp) / "one_vgg11.yaml"
         space_file.write_text(SPACE)
-        warm_up(args, Path(tmp) / "run", space_file)
-        for fraction in fractions:  # the JSON holds every finished row, should a later one never end
+        code = warm_up(args, Path(tmp) / "run", space_file)
+        if code:
+            print(f"gpu_packing.py: the warm-up `lunartune tune` exited with code {code} (its output is above); "
+                  "nothing was timed", file=sys.stderr)
+            return 1
+        for fraction in args.fractions:  # the JSON holds every finished row, should a later one never end
             report["rows"].append(run_one(fraction, args, Path(tmp) / "run", space_file))
             Path(args.out).write_text(json.dumps(report, indent=2))
     rows = report["rows"]

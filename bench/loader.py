@@ -23,6 +23,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchargs import int_at_least, output_file  # noqa: E402  (bench/benchargs.py)
 
 from data_pipeline import (DataConfig, DataError, decode_mask, find_pairs, load_rgb, make_loaders, normalize_image,  # noqa: E402
                            prepare_dataset, resize_image, resize_mask)
@@ -95,11 +98,12 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=None, help="Kaggle-layout folder (default: generate scenes)")
     p.add_argument("--count", type=int, default=64, help="scenes to generate when --data is not given")
     p.add_argument("--style", default="simple", help="generator style for the generated scenes")
-    p.add_argument("--size", type=int, default=128, help="training size (square)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=3, help="cached epochs timed (the naive loader runs one)")
+    p.add_argument("--size", type=int_at_least(1), default=128, help="training size (square)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=16)
+    p.add_argument("--epochs", type=int_at_least(1), default=3, help="cached epochs timed (the naive loader runs one)")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
+    output_file(p, "--out", args.out)  # before the work: a bad path would fail only once it is done
     if args.data is None and args.count < 20:  # val and test take 10 % each: fewer leaves one empty
         p.error(f"--count {args.count}: expected at least 20 scenes (val and test take 10 % each)")
     try:

@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchargs import description, int_at_least, output_file  # noqa: E402  (bench/benchargs.py)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "many_trials.json"
 SPACE = "params:\n  lr: {low: 1.0e-4, high: 1.0e-1, log: true}\n  dropout: {low: 0.0, high: 0.5}\nfixed: {backbone: unet_scratch}\n"
@@ -50,12 +53,13 @@ def cheap_trial(config: dict, target, max_epochs: int) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=200)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--concurrency", type=int, default=2)
+    p = argparse.ArgumentParser(description=description(__doc__))
+    p.add_argument("--trials", type=int_at_least(1), default=200)
+    p.add_argument("--epochs", type=int_at_least(1), default=3, help="epochs per trial at most (ASHA stops some)")
+    p.add_argument("--concurrency", type=int_at_least(1), default=2, help="trials at a time")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
+    output_file(p, "--out", args.out)
 
     import optuna
     import ray
@@ -63,7 +67,7 @@ def main(argv=None) -> int:
 
     from data_pipeline import DataConfig
     from tuner import sweep, tracking
-    from tuner.settings import RunPaths
+    from tuner.settings import RunPaths, environment
     from tuner.space import load_space
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,12 +77,12 @@ def main(argv=None) -> int:
         space = load_space(space_file)
         cfg = sweep.SweepConfig(space=str(space_file), samples=args.trials, max_epochs=args.epochs,
                                 concurrency=args.concurrency, experiment="many")
-        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(args.concurrency)
         experiment_id = tracking.get_or_create_experiment(paths.tracking_uri, "many", paths.mlflow_artifacts.as_uri())
         parent = tracking.start_parent_run(paths.tracking_uri, experiment_id, "many", {"trials": args.trials}, {})
         target = tracking.TrackingTarget(paths.tracking_uri, experiment_id, parent)
         setup = sweep._trial_setup(cfg, DataConfig(root=tmp, image_size=cfg.image_size), target)
-        with sweep._ray_output_settings():  # the live table's output engine, as a sweep uses
+        # Tune reads its pending-trials cap from the environment; set for this sweep only, as the sweep does
+        with sweep._ray_output_settings(), environment({"TUNE_MAX_PENDING_TRIALS_PG": str(args.concurrency)}):
             t0 = time.monotonic()
             ray.init(address="local", num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False)
             t_ray = time.monotonic() - t0
@@ -113,12 +117,31 @@ def main(argv=None) -> int:
               "cpus": os.cpu_count()}
     ok = (len(results) == len(children) == sum(states.values()) == args.trials and not results.num_errors
           and states.get("RUNNING", 0) == 0 and not incomplete)
-    print(json.dumps(report, indent=2))
+    print_table(report)
     print(f"{'OK' if ok else 'FAILED'}: {args.trials} trials, {len(children)} in MLflow, {sum(states.values())} in "
           f"Optuna; fit {t_fit:.0f} s, {report['per_trial_overhead_s']} s per trial-slot")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({**report, "ok": ok}, indent=2))
+    print(f"wrote {args.out}")
     return 0 if ok else 1
+
+
+def print_table(report: dict) -> None:
+    """The report as label / value lines; the JSON holds the same numbers."""
+    def counts(by_name: dict) -> str:
+        return ", ".join(f"{name} {n}" for name, n in sorted(by_name.items(), key=lambda kv: str(kv[0]))) or "-"
+
+    rows = (("trials asked", f"{report['trials']} (up to {report['epochs_max']} epochs, "
+                             f"{report['concurrency']} at a time, {report['cpus']} CPUs)"),
+            ("Ray trials", f"{report['ray_trials']} ({report['errors']} errors)"),
+            ("MLflow child runs", f"{report['mlflow_child_runs']}: {counts(report['mlflow_statuses'])}"),
+            ("Optuna trials", f"{sum(report['optuna_states'].values())}: {counts(report['optuna_states'])}"),
+            ("epochs run", report["epochs_run"]),
+            ("MLflow lacks", ", ".join(map(str, report["incomplete"])) or "none"),
+            ("Ray start", f"{report['ray_init_s']} s"),
+            ("fit", f"{report['fit_s']} s ({report['per_trial_overhead_s']} s per trial-slot)"))
+    for label, value in rows:
+        print(f"{label:<20}{value}")
 
 
 if __name__ == "__main__":

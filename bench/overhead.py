@@ -23,20 +23,45 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchargs import description, fail, int_at_least, output_file  # noqa: E402  (bench/benchargs.py)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
 LEARNING_RATES = (3e-3, 1e-2, 2e-3, 5e-3, 1e-3, 7e-3, 4e-3, 6e-3)  # one fixed trial per value
+MIN_SCENES = 4  # the fewest that leave val and test (15 % each, rounded) a scene each and train two
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=4, help=f"fixed trials (<= {len(LEARNING_RATES)})")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--scenes", type=int, default=96, help="generated scenes (70%% train)")
-    p.add_argument("--image-size", type=int, default=64)
+    p = argparse.ArgumentParser(description=description(__doc__))
+    # one trial per learning rate: the durations are keyed by it, so there are no more trials than rates
+    p.add_argument("--trials", type=int_at_least(1, len(LEARNING_RATES)), default=4,
+                   help=f"fixed trials (1 to {len(LEARNING_RATES)})")
+    p.add_argument("--epochs", type=int_at_least(1), default=3)
+    p.add_argument("--scenes", type=int_at_least(MIN_SCENES), default=96,
+                   help=f"generated scenes (70/15/15 %% train/val/test; at least {MIN_SCENES})")
+    p.add_argument("--image-size", type=int_at_least(1), default=64,
+                   help="square training size (a multiple of what the backbone needs: 32 for smp encoders)")
     p.add_argument("--backbone", default="unet_scratch")
     p.add_argument("--out", default=str(RESULTS))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_model(p, args)
+    output_file(p, "--out", args.out)
+    return args
+
+
+def check_model(p: argparse.ArgumentParser, args) -> None:
+    """--backbone and --image-size as the trial's model would take them (else a traceback mid-training)."""
+    from models import ConfigError, ModelConfig, canonical_backbone, validate_image_size
+
+    try:
+        backbone = canonical_backbone(args.backbone)
+    except ConfigError as err:
+        p.error(f"--backbone: {err}")
+    try:
+        validate_image_size(ModelConfig(backbone=backbone), (args.image_size,) * 2)
+    except ConfigError as err:
+        p.error(f"--image-size: {err}")
 
 
 def space_yaml(args) -> str:
@@ -64,7 +89,7 @@ def bare_trial(config: dict, setup) -> float:
     loaders = data_pipeline.make_loaders(data_cfg)
     device = resolve_device(train_cfg.device)
     model = prepare_model(build(model_cfg), device, train_cfg)
-    loss_fn = make_loss(train_cfg).to(device)
+    loss_fn = make_loss(train_cfg, loaders.class_frequencies).to(device)  # as the trainable builds it
     optimizer = make_optimizer(model, train_cfg)
     scheduler = make_scheduler(optimizer, train_cfg, steps_per_epoch=len(loaders.train))
     start = time.perf_counter()
@@ -103,6 +128,26 @@ def run_tuned(args, scenes: Path, space_file: Path, run_dir: Path) -> tuple[floa
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from data_pipeline import DataError
+    from models import ConfigError
+    from tuner.cli import CliError
+    from tuner.space import SpaceError
+
+    try:
+        bare, bare_total, tuned, tuned_total = measure(args)
+    except (CliError, ConfigError, DataError, SpaceError) as err:
+        return fail("overhead.py", err)
+    report = summarise(args, bare, bare_total, tuned, tuned_total)
+    print_table(report)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def measure(args) -> tuple[dict[float, float], float, dict[float, float], float]:
+    """(bare seconds per lr, bare total, tuned seconds per lr, tuned total) on scenes generated for the run."""
     from data_pipeline import DataConfig, prepare_dataset, synth
     from tuner.space import load_space
 
@@ -118,13 +163,7 @@ def main(argv=None) -> int:
         bare = run_bare(args, data_cfg, space)
         bare_total = time.perf_counter() - start
         tuned_total, tuned = run_tuned(args, scenes, tmp / "space.yaml", tmp / "run")
-    report = summarise(args, bare, bare_total, tuned, tuned_total)
-    print_table(report)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
-    return 0
+    return bare, bare_total, tuned, tuned_total
 
 
 def summarise(args, bare, bare_total, tuned, tuned_total) -> dict:

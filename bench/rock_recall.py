@@ -23,8 +23,10 @@ import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import data_pipeline as dp  # noqa: E402
+from benchargs import output_file  # noqa: E402  (bench/benchargs.py)
 
 BANDS = (("darker", -math.inf, -0.2), ("similar", -0.2, 0.2), ("brighter", 0.2, math.inf))
 MIN_ROCK_PX = 10  # smaller components are snapping debris of the resampled masks, not rocks
@@ -90,7 +92,8 @@ def format_table(tables: dict[str, dict]) -> str:
     """tables: {column label: recall_by_contrast(...)} for one evaluation set, side by side."""
     labels = list(tables)
     first = tables[labels[0]]
-    lines = [f"  {'contrast':<10}{'rocks':>6}{'pixels':>8}" + "".join(f"{'recall ' + label:>18}" for label in labels)]
+    lines = [f"  {'contrast':<10}{'rocks':>6}{'pixels':>8}"
+             + "".join(f"{('recall ' + label).rstrip():>18}" for label in labels)]  # one model: no label
     for name, _, _ in BANDS:
         lines.append(f"  {name:<10}{first[name]['rocks']:>6}{_number(first[name]['pixel_share'], '.0%', 8)}"
                      + "".join(_number(t[name]["recall"], ".3f", 18) for t in tables.values()))
@@ -105,6 +108,7 @@ def _number(value, spec: str, width: int) -> str:
 
 
 def main(argv=None) -> int:
+    from models import ConfigError
     from models.training import resolve_device
     from tuner.cli import CliError
     from tuner.evaluate import find_eval_sets
@@ -119,12 +123,17 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="write the tables here")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    if args.json:  # checked before the model is loaded and run: a bad path would fail only at the end
+        output_file(parser, "--json", args.json)
+    try:
+        device = resolve_device(args.device)
+    except ConfigError as err:
+        parser.error(f"--device: {err}")
     try:
         model, info, _ = load_model(args.model, resolve_run_paths(args.run_dir, None))
         eval_sets = find_eval_sets(args.data).sets
     except (CliError, dp.DataError) as err:
         parser.error(str(err))
-    device = resolve_device(args.device)
     model.to(device)
     results = {}
     for name, samples in eval_sets.items():

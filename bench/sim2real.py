@@ -48,12 +48,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data_pipeline as dp  # noqa: E402
 from data_pipeline.synth import MANIFEST_VERSION, generate, render_scene  # noqa: E402
 import rock_recall  # noqa: E402  (bench/rock_recall.py, beside this file)
+from benchargs import int_at_least, output_dir  # noqa: E402  (bench/benchargs.py)
 from models import ConfigError, ModelConfig, TrainConfig, build, validate_image_size  # noqa: E402
 from models.checkpoint import save_checkpoint  # noqa: E402
 from models.config import LOSSES  # noqa: E402
 from models.losses import make_loss  # noqa: E402
 from models.training import evaluate, make_optimizer, resolve_device, seed_everything, train_one_epoch  # noqa: E402
-from tuner.cli import _size  # noqa: E402  (the CLI's own N / HxW parser)
+from tuner.cli import CliError, _size  # noqa: E402  (the CLI's own N / HxW parser)
 from data_pipeline.split import write_json_atomic  # noqa: E402
 from tuner.evaluate import KEEP_WORST, evaluate_model, find_eval_sets, write_figures  # noqa: E402
 
@@ -67,6 +68,12 @@ SEED = 0  # default --seed: scenes, split, initial weights and batch order; both
 SHOWN = 4  # scenes per row of sim2real_scenes.png
 RECIPE_LOSS = "ce"  # the recipe's; --loss measures another (a variant of the recipe, recorded in the JSON)
 OWN_VAL_SHARE = 0.15  # own-domain val scenes generated on top of the training scenes, as a share of them
+OWN_VAL = "synthetic-val"  # each model's score on its own generator's val scenes: two sets, so no paired gain
+# Batches of 8 and a lone last image dropped (it breaks BatchNorm): one training scene gives no batch at all.
+MIN_SCENES = 2
+# What training really runs: train_one_epoch and evaluate are called without amp/channels_last, so fp32 and
+# the default memory format on any device. The recipe records these, not TrainConfig's CUDA defaults.
+WHAT_RUNS = {"amp": False, "channels_last": False}
 TABLE_METRICS = ("iou_ground", "iou_sky", "iou_small_rocks", "iou_large_rocks", "miou", "rock_miou", "pixel_acc")
 # The targets (README, "How well generated scenes transfer"): (eval set, metric, of what, comparison,
 # threshold). "gain" is realistic minus simple, paired by seed; "realistic" is the realistic model's score.
@@ -82,7 +89,7 @@ TARGETS = (
 
 def recipe(epochs: int, seed: int = SEED, loss: str = RECIPE_LOSS) -> tuple[ModelConfig, TrainConfig]:
     model = ModelConfig(backbone="vgg11", arch="unet", encoder_weights="none", dropout=0.1)
-    train = TrainConfig(epochs=epochs, batch_size=8, lr=1e-3, optimizer="adamw", loss=loss, seed=seed)
+    train = TrainConfig(epochs=epochs, batch_size=8, lr=1e-3, optimizer="adamw", loss=loss, seed=seed, **WHAT_RUNS)
     return model, train
 
 
@@ -184,7 +191,7 @@ def format_table(results: dict) -> str:
         lines.append(f"  {'metric':<16}{'realistic':>11}{'simple':>11}{'gain':>9}")
         for key in TABLE_METRICS:
             a, b = (results[s]["scores"][name][key] if s in results else None for s in STYLES)
-            gain = a - b if a is not None and b is not None else None
+            gain = a - b if a is not None and b is not None and name != OWN_VAL else None
             lines.append(f"  {key:<16}" + "".join("         -" if v is None else f"{v:>11.4f}" for v in (a, b))
                          + ("        -" if gain is None else f"{gain:>+9.4f}"))
         if "per_seed" in results:
@@ -278,7 +285,8 @@ def summarise(results: dict, per_seed: dict) -> dict:
     if len(per_seed) > 1:
         results["per_seed"] = per_seed
     if set(STYLES) <= set(styles):
-        results["gain"] = {name: paired_gain(per_seed, name) for name in results[STYLES[0]]["scores"]}
+        results["gain"] = {name: paired_gain(per_seed, name) for name in results[STYLES[0]]["scores"]
+                           if name != OWN_VAL}
     results["targets"] = check_targets(per_seed)
     return results
 
@@ -337,6 +345,9 @@ def merge(files: list[Path]) -> dict:
         try:
             data = json.loads(text)
             recipe_of_file = {k: v for k, v in data["recipe"].items() if k != "seed"}
+            # files written before the recipe recorded WHAT_RUNS say amp/channels_last true, TrainConfig's
+            # defaults, though their training ran as it does now: read them as what ran
+            recipe_of_file.update({k: v for k, v in WHAT_RUNS.items() if k in recipe_of_file})
             seeds = data["seeds"]
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"--merge {path}: not a sim2real.json ({type(err).__name__}: {err})") from None
@@ -390,7 +401,7 @@ def train_and_score(args, style: str, seed: int, eval_sets: dict, device, workdi
                     workers: int = 0) -> dict:
     model, val, seconds = train_on(style, args.scenes, args.epochs, args.size, workdir, device, seed, workers,
                                    args.loss)
-    scores = {"synthetic-val": val}
+    scores = {OWN_VAL: val}
     scores.update(score(model, args.size, eval_sets, device, out / style, f"trained on {args.scenes} {style} scenes"))
     if args.save_models:
         save_model(model, args.size, args.epochs, seed, args.loss, val, out / style / "model.pt")
@@ -424,8 +435,10 @@ def _seeds(text: str) -> list[int]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenes", type=int, default=400, help="training scenes per style (15 %% more are generated for the own-domain val split)")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--scenes", type=int_at_least(MIN_SCENES), default=400,
+                        help=f"training scenes per style, at least {MIN_SCENES} (15 %% more are generated for the "
+                             "own-domain val split)")
+    parser.add_argument("--epochs", type=int_at_least(1), default=6)
     parser.add_argument("--size", type=_size, default=(128, 192), help="training size HxW (multiples of 32)")
     parser.add_argument("--out", default=str(RESULTS), help="folder for sim2real.json and sim2real_scenes.png")
     parser.add_argument("--data", default=str(SHARED_DATA), help=f"folder holding {' and '.join(EVAL_FOLDERS)}")
@@ -448,6 +461,7 @@ def main(argv=None) -> int:
                         help="train nothing: combine the sim2real.json of several runs of one recipe (disjoint "
                              "seeds, or the other style of a seed) into <out>/sim2real.json, tables and targets")
     args = parser.parse_args(argv)
+    output_dir(parser, "--out", args.out)  # a file there would fail only after the training
     if args.merge:
         return merge_and_report(parser, args.merge, Path(args.out))
     try:  # arguments first, then the data: a bad flag is reported wherever the data is
@@ -459,10 +473,20 @@ def main(argv=None) -> int:
     unknown = [s for s in args.styles if s not in STYLES]
     if unknown:
         parser.error(f"--styles: unknown {', '.join(unknown)}; expected some of {', '.join(STYLES)}")
+    if args.workdir:
+        output_dir(parser, "--workdir", args.workdir)
+    try:
+        resolve_device(args.device)
+    except ConfigError as err:
+        parser.error(f"--device: {err}")
     missing = [f for f in EVAL_FOLDERS if not (Path(args.data) / f).is_dir()]
     if missing:
         parser.error(f"{args.data}: lacks {', '.join(missing)} (the shared real data; see --data)")
-    results = run(args)
+    try:
+        results = run(args)
+    except (CliError, ConfigError, dp.DataError) as err:  # e.g. unreadable real data: one line, no traceback
+        print(f"sim2real.py: {err}", file=sys.stderr)
+        return 1
     report(results)
     print(f"\nwrote {Path(args.out) / 'sim2real.json'} and {Path(args.out) / 'sim2real_scenes.png'}", file=sys.stderr)
     return 0

@@ -13,10 +13,12 @@ bench/results/store_load.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,14 +27,22 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchargs import description, int_at_least, output_file  # noqa: E402  (bench/benchargs.py)
 from tuner import tracking  # noqa: E402  (imports mlflow once, before forking the writers)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "store_load.json"
 METRICS_PER_STEP = 4  # like a trial's epoch: loss, miou, lr, seconds (one log_batch)
+SERVER_WAIT_S = 120  # an mlflow server answers /health within seconds; a busy machine may need more
 
 
-def writer(uri: str, experiment_id: str, index: int, steps: int, artifact_every: int, start, out) -> None:
+class ServerError(Exception):
+    """The mlflow server could not be had: the message names the port and what happened."""
+
+
+def writer(uri: str, experiment_id: str, index: int, steps: int, artifact_every: int, start, out,
+           scratch: Path) -> None:
     client = tracking.client(uri)
     ok, failed, errors = [], 0, []
     try:
@@ -40,7 +50,7 @@ def writer(uri: str, experiment_id: str, index: int, steps: int, artifact_every:
     except Exception as err:
         out.put({"index": index, "run_id": None, "ok": [], "failed": steps, "errors": [repr(err)[:200]]})
         return
-    blob = Path(tempfile.mkdtemp()) / "ckpt.bin"
+    blob = Path(tempfile.mkdtemp(dir=scratch)) / "ckpt.bin"  # under the run's temp folder: removed with it
     blob.write_bytes(os.urandom(64 * 1024))  # a small checkpoint-sized artifact
     start.wait()
     for step in range(steps):
@@ -55,11 +65,12 @@ def writer(uri: str, experiment_id: str, index: int, steps: int, artifact_every:
     out.put({"index": index, "run_id": run_id, "ok": ok, "failed": failed, "errors": errors[:3]})
 
 
-def load(uri: str, k: int, steps: int, artifact_every: int) -> dict:
+def load(uri: str, k: int, steps: int, artifact_every: int, scratch: Path) -> dict:
     experiment_id = tracking.get_or_create_experiment(uri, f"load-k{k}-{time.time_ns()}", None)
     ctx = mp.get_context("fork")
     start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=writer, args=(uri, experiment_id, i, steps, artifact_every, start, out)) for i in range(k)]
+    procs = [ctx.Process(target=writer, args=(uri, experiment_id, i, steps, artifact_every, start, out, scratch))
+             for i in range(k)]
     for p in procs:
         p.start()
     time.sleep(1.0 + 0.1 * k)  # every writer has created its run and waits at the start line
@@ -87,51 +98,110 @@ def start_server(root: Path, port: int) -> subprocess.Popen:
                              "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
                              "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    for _ in range(240):
+    try:
+        wait_for_server(proc, port)
+    except ServerError:
+        stop_server(proc)
+        raise
+    return proc
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
+        os.killpg(proc.pid, 15)  # its own session: the workers it forked go too
+    proc.wait(timeout=30)
+
+
+def wait_for_server(proc: subprocess.Popen, port: int, wait_s: float = SERVER_WAIT_S) -> None:
+    """Return once the server answers /health; ServerError as soon as it exits (e.g. the port was taken
+    after the check in main) or after `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerError(f"mlflow server on 127.0.0.1:{port} exited with code {proc.returncode} before "
+                              f"answering (is port {port} in use? see --port)")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return proc
+                return
         except OSError:
             time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("mlflow server did not start")
+    raise ServerError(f"mlflow server on 127.0.0.1:{port} did not answer /health within {wait_s:.0f} s")
+
+
+def port_free(port: int) -> bool:
+    """Whether 127.0.0.1:port can be bound now. A busy port would make the server exit, or worse, have
+    another program answer /health."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no obstacle
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description(__doc__))
+    p.add_argument("--writers", type=int_at_least(1), nargs="+", default=[2, 8, 16], help="K: writers at once")
+    p.add_argument("--steps", type=int_at_least(1), default=40, help="steps each writer logs")
+    p.add_argument("--artifact-every", type=int_at_least(0), default=10, help="0: metrics only")
+    p.add_argument("--port", type=int_at_least(1, 65535), default=5123, help="for the mlflow server")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    output_file(p, "--out", args.out)
+    if not port_free(args.port):
+        p.error(f"--port {args.port}: in use on 127.0.0.1; expected a free port for the mlflow server")
+    return args
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--writers", type=int, nargs="+", default=[2, 8, 16])
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--artifact-every", type=int, default=10, help="0: metrics only")
-    p.add_argument("--port", type=int, default=5123)
-    p.add_argument("--out", default=str(RESULTS))
-    args = p.parse_args(argv)
+    args = parse_args(argv)
     tracking.bound_http_retries()
     rows = []
+    try:
+        measure(args, rows)
+    except ServerError as err:
+        print(f"store_load.py: {err}", file=sys.stderr)  # the rows measured so far are in the JSON already
+        return 1
+    finally:
+        print_table(rows)
+    return 0
+
+
+def measure(args, rows: list) -> None:
+    """Append a row per backend and K to `rows`, writing the JSON after each: a later failure loses none."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "sqlite").mkdir()
+        (root / "blobs").mkdir()
         for k in args.writers:
             uri = f"sqlite:///{root / 'sqlite' / 'mlflow.db'}"
             tracking.client(uri).search_experiments()  # create the schema before the writers race for it
-            rows.append({"backend": "sqlite", **load(uri, k, args.steps, args.artifact_every)})
+            rows.append({"backend": "sqlite", **load(uri, k, args.steps, args.artifact_every, root / "blobs")})
+            write_json(args, rows)
         server = start_server(root, args.port)
         try:
             for k in args.writers:
                 rows.append({"backend": "server(sqlite)", **load(f"http://127.0.0.1:{args.port}", k, args.steps,
-                                                                  args.artifact_every)})
+                                                                  args.artifact_every, root / "blobs")})
+                write_json(args, rows)
         finally:
-            os.killpg(server.pid, 15)
-            server.wait(timeout=30)
+            stop_server(server)
+
+
+def write_json(args, rows: list) -> None:
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                                          "artifact_every": args.artifact_every, "rows": rows}, indent=2))
+
+
+def print_table(rows: list) -> None:
     print(f"{'backend':<16}{'K':>4}{'attempted':>11}{'failed':>8}{'lost':>6}{'writes/s':>10}{'seconds':>9}")
     for r in rows:
         print(f"{r['backend']:<16}{r['writers']:>4}{r['attempted']:>11}{r['failed']:>8}{r['lost']:>6}"
               f"{r['writes_per_s']:>10}{r['seconds']:>9}")
         for e in r["errors"]:
             print(f"    {e}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-                                          "artifact_every": args.artifact_every, "rows": rows}, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

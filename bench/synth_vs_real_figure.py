@@ -15,7 +15,9 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data_pipeline as dp  # noqa: E402
+from benchargs import output_file  # noqa: E402  (bench/benchargs.py)
 from data_pipeline.synth import MANIFEST_VERSION, render_scene  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,11 +45,20 @@ def figure(data: Path) -> Image.Image:
     return Image.fromarray(canvas)
 
 
+def image_suffixes() -> set[str]:
+    """File extensions Pillow can save to (it picks the format by the extension)."""
+    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/kaggle-eval-small")
     parser.add_argument("--out", type=Path, default=REPO / "docs/img/synth-vs-real.jpg")
     args = parser.parse_args(argv)
+    output_file(parser, "--out", args.out)  # checked before drawing: else it fails only at the end
+    if args.out.suffix.lower() not in image_suffixes():
+        parser.error(f"--out {args.out}: unknown image file extension {args.out.suffix!r}; expected one Pillow "
+                     "writes, such as .jpg or .png")
     try:
         picture = figure(args.data)
     except dp.DataError as err:

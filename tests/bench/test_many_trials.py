@@ -22,3 +22,6 @@ def test_a_small_run_puts_every_trial_in_ray_mlflow_and_optuna(tmp_path):
     report = json.loads(out.read_text())
     assert report["ok"] and report["mlflow_child_runs"] == 6 and report["incomplete"] == []
     assert sum(report["optuna_states"].values()) == 6
+    # a table to read, not raw JSON (that is in the file)
+    assert not proc.stdout.lstrip().startswith("{") and "MLflow child runs   6:" in proc.stdout
+    assert f"wrote {out}" in proc.stdout

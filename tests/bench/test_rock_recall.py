@@ -57,3 +57,39 @@ def test_a_rock_with_no_ground_around_it_is_left_out(rock_recall):
     table = rock_recall.recall_by_contrast([SimpleNamespace(image=image, mask=mask)], [mask])
     assert all(table[band]["rocks"] == 0 for band in ("darker", "similar", "brighter"))
     assert math.isnan(table["similar"]["recall"])
+
+
+def test_the_table_header_has_no_trailing_space_for_one_model(rock_recall):
+    sample = scene()
+    table = rock_recall.format_table({"": rock_recall.recall_by_contrast([sample], [sample.mask])})
+    assert table.splitlines()[0].endswith(" recall")
+    side_by_side = rock_recall.format_table({"a": rock_recall.recall_by_contrast([sample], [sample.mask])})
+    assert side_by_side.splitlines()[0].endswith(" recall a")
+
+
+def refused(rock_recall, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        rock_recall.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_a_json_path_under_a_file_is_refused_before_the_model_is_loaded(rock_recall, tmp_path, capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    # --model names nothing: had the model been loaded first, the error would be about it
+    line = refused(rock_recall, ["--model", str(tmp_path / "absent.pt"), "--json", str(a_file / "r.json")], capsys)
+    assert line.endswith(f"--json {a_file / 'r.json'}: {a_file} is a file, not a folder")
+    assert refused(rock_recall, ["--model", str(tmp_path / "absent.pt"), "--json", str(tmp_path)],
+                   capsys).endswith("is a folder; expected a file path")
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
+
+
+def test_a_device_the_machine_lacks_is_one_line(rock_recall, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    line = refused(rock_recall, ["--model", str(tmp_path / "absent.pt"), "--device", "cuda"], capsys)
+    assert "--device: " in line and "no CUDA device" in line

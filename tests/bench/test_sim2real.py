@@ -48,6 +48,9 @@ def test_tiny_sim2real_writes_the_table_json_and_grid(tmp_path, capsys):
     assert results["recipe"]["backbone"] == "vgg11" and results["recipe"]["dropout"] == 0.1
     assert results["recipe"]["image_size"] == [64, 96] and results["recipe"]["scenes"] == 16 and results["recipe"]["seed"] == 3
     assert results["recipe"]["own_val_scenes"] == 2
+    # what ran: train_one_epoch without amp/channels_last, fp32 (not TrainConfig's CUDA defaults)
+    assert results["recipe"]["amp"] is False and results["recipe"]["channels_last"] is False
+    assert "synthetic-val" not in results["gain"], "each model on its own generator's val: not a paired gain"
     assert results["recipe"]["generator"] == f"MANIFEST_VERSION {MANIFEST_VERSION}"
     table = capsys.readouterr().out
     assert f"generated scenes: MANIFEST_VERSION {MANIFEST_VERSION}" in table
@@ -151,12 +154,15 @@ def test_mean_of_results_averages_numbers_keeps_counts_and_names():
                                "band": {"recall": None, "rocks": 3}}
 
 
-def fake_run(seeds: list[int], scores: dict, scenes: int = 400, generator: str = "MANIFEST_VERSION 8") -> dict:
-    """A sim2real.json of the shape run() writes: scores = {style: [renders mIoU per seed]}."""
+def fake_run(seeds: list[int], scores: dict, scenes: int = 400, generator: str = "MANIFEST_VERSION 8",
+             own_val: bool = False) -> dict:
+    """A sim2real.json of the shape run() writes: scores = {style: [renders mIoU per seed]}; with own_val each
+    model also has the same scores on its own generator's val scenes."""
     def one(miou):
-        return {"scores": {"kaggle-eval-small/renders": {
-            "images": 40, "iou_ground": 0.8, "iou_sky": 0.9, "iou_small_rocks": 0.3, "iou_large_rocks": None,
-            "miou": miou, "rock_miou": 0.3, "pixel_acc": 0.9, "worst": ["x"]}}}
+        renders = {"images": 40, "iou_ground": 0.8, "iou_sky": 0.9, "iou_small_rocks": 0.3, "iou_large_rocks": None,
+                   "miou": miou, "rock_miou": 0.3, "pixel_acc": 0.9, "worst": ["x"]}
+        return {"scores": {**({"synthetic-val": {**renders, "images": 2}} if own_val else {}),
+                           "kaggle-eval-small/renders": renders}}
     per_seed = {str(seed): {style: one(v[i]) for style, v in scores.items()} for i, seed in enumerate(seeds)}
     run = {"recipe": {"scenes": scenes, "seed": seeds[0], "generator": generator}, "seeds": seeds,
            "machine": {"device": "cpu"}}
@@ -216,6 +222,10 @@ def test_merge_refuses_runs_that_are_not_one_experiment(tmp_path):
     (["--size", "60x90"], "multiples of 32"),  # a size the encoder cannot take
     (["--jobs", "0"], "--jobs: expected an integer >= 1"),
     (["--loss", "hinge"], "--loss: invalid choice: 'hinge'"),
+    (["--scenes", "0"], "--scenes: expected an integer >= 2, got 0"),
+    (["--scenes", "-5"], "--scenes: expected an integer >= 2, got -5"),
+    (["--scenes", "1"], "--scenes: expected an integer >= 2, got 1"),  # one scene: no training batch (BatchNorm)
+    (["--epochs", "0"], "--epochs: expected an integer >= 1, got 0"),
 ])
 def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys, args, message):
     bench = load_bench()
@@ -223,3 +233,67 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys, args, messa
         bench.main([*args, "--out", str(tmp_path)])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    bench = load_bench()
+    out = tmp_path / "results"
+    out.write_text("a file")
+    for args in ([], ["--merge", str(tmp_path / "a.json")]):
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main([*args, "--scenes", "2", "--epochs", "1", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and f"--out {out}: exists and is not a folder" in err
+        assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"] and out.read_text() == "a file"
+
+
+def test_a_device_the_machine_lacks_is_refused_in_one_line(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit) as exit_info:
+        load_bench().main(["--device", "cuda", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--device: " in err and "no CUDA device" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_unreadable_real_data_is_one_line_not_a_traceback(tmp_path, capsys):
+    data = tmp_path / "data"
+    for folder in ("kaggle-eval-small", "kaggle-fullsize-eval"):
+        (data / folder).mkdir(parents=True)  # present but holding nothing to score
+    assert load_bench().main(["--data", str(data), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sim2real.py: --data ") and "nothing to score" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_own_generator_val_gets_no_gain(tmp_path):
+    """Each model is scored on its own generator's val scenes: realistic minus simple there compares two
+    different sets, so neither the table nor the JSON calls it a gain."""
+    bench = load_bench()
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps(fake_run([0, 1], {"realistic": [0.5, 0.6], "simple": [0.4, 0.5]}, own_val=True)))
+    second.write_text(json.dumps(fake_run([2], {"realistic": [0.7], "simple": [0.6]}, own_val=True)))
+    merged = bench.merge([first, second])
+    assert set(merged["gain"]) == {"kaggle-eval-small/renders"}
+    blocks = {block.splitlines()[0].split(" (")[0]: block for block in bench.format_table(merged).split("\n\n")[1:]}
+    assert re.search(r"\n  miou +0\.6000 +0\.5000 +-\n", blocks["synthetic-val"]), blocks["synthetic-val"]
+    assert "miou gain" not in blocks["synthetic-val"]
+    assert re.search(r"\n  miou +0\.6000 +0\.5000 +\+0\.1000\n", blocks["kaggle-eval-small/renders"])
+    assert "miou gain       +0.100 / +0.100 / +0.100" in blocks["kaggle-eval-small/renders"]
+
+
+def test_runs_recorded_before_the_recipe_said_fp32_merge_with_newer_ones(tmp_path):
+    """Older files recorded TrainConfig's amp/channels_last defaults (true) though training ran as it does now."""
+    bench = load_bench()
+    old = fake_run([0], {"realistic": [0.5], "simple": [0.4]})
+    new = fake_run([1], {"realistic": [0.6], "simple": [0.4]})
+    old["recipe"].update(amp=True, channels_last=True)
+    new["recipe"].update(amp=False, channels_last=False)
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    merged = bench.merge([tmp_path / "old.json", tmp_path / "new.json"])
+    assert merged["seeds"] == [0, 1] and merged["recipe"]["amp"] is False and merged["recipe"]["channels_last"] is False

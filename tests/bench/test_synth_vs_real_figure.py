@@ -37,3 +37,20 @@ def test_a_missing_data_folder_is_a_clear_error(tmp_path):
                           timeout=300)
     assert done.returncode == 2 and "nope: data folder not found" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "f.jpg").exists()
+
+
+@pytest.mark.parametrize("out, message", [
+    ("a-file/f.jpg", "a-file is a file, not a folder"),
+    ("fig.xyz", "unknown image file extension '.xyz'; expected one Pillow writes, such as .jpg or .png"),
+    (".", "is a folder; expected a file path"),
+])
+def test_an_out_it_cannot_write_is_refused_before_drawing(tmp_path, out, message):
+    (tmp_path / "a-file").write_text("x")
+    # --data names nothing: had the figure been drawn first, the error would be about the data
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "synth_vs_real_figure.py"), "--data",
+                           str(tmp_path / "nope"), "--out", out], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("synth_vs_real_figure.py: error: --out ")
+    assert message in done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
