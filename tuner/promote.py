@@ -264,7 +264,7 @@ def sweep_data(paths: RunPaths, parent) -> SweepData:
         raise CliError(f"the data folder of sweep {parent.info.run_name} ({root}) no longer exists: "
                        f"cannot score on its test split")
     cfg = data_pipeline.DataConfig(
-        root=str(root.resolve()), image_size=tuple(ast.literal_eval(params.get("image_size", "(64, 64)"))),
+        root=str(root.resolve()), image_size=_logged_size(params.get("image_size", "64x64")),
         mask_source=params.get("mask_source", "clean"), allow_missing=_flag(params.get("allow_missing")),
         exclude_mismatches=_flag(params.get("exclude_mismatches")), progress=False)
     try:
@@ -279,6 +279,14 @@ def sweep_data(paths: RunPaths, parent) -> SweepData:
         print(f"lunartune: warning: the data of sweep {parent.info.run_name} changed since it ran (split "
               f"manifest {logged} -> {manifest.hash}); scoring on {manifest.path} as it is now", file=sys.stderr)
     return SweepData(Path(cfg.root), cfg.mask_source, cfg.allow_missing, cfg.exclude_mismatches, manifest)
+
+
+def _logged_size(text: str) -> tuple[int, int]:
+    """A sweep's image_size param: "64x96" (as the trials log it), or "(64, 96)" from sweeps before that."""
+    if "x" in text:
+        height, width = text.split("x")
+        return int(height), int(width)
+    return tuple(ast.literal_eval(text))
 
 
 def _real_set(real_data: str):

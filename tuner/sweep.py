@@ -358,6 +358,7 @@ def _new_sweep_state(cfg: SweepConfig, paths: RunPaths, space, manifest, experim
               "data_root": data_root, "split_manifest": str(manifest.path),
               "scheduler": "asha" if cfg.use_asha else "fifo", "searcher": "optuna-tpe",
               "sampler_seed": _optuna_study(cfg, paths, space)[2], "startup_trials": startup_trials(cfg),
+              "image_size": "x".join(map(str, cfg.image_size)),  # as the trials log it: 64x96
               "optuna_study": f"{cfg.experiment} @ {paths.optuna_db}", "results_path": results_path}
     tags = {**source, "ray_run_name": run_name, "git_commit": source.get("mlflow.source.git.commit", "unknown"),
             "space": Path(space.source).name}

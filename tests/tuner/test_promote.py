@@ -370,6 +370,12 @@ def test_promote_ranks_by_the_objective_the_sweep_optimised_unless_told_otherwis
     assert sweep_objective(paths, experiment) == "val_rock_miou"
 
 
+def test_a_sweeps_image_size_is_read_as_logged_now_and_before():
+    from tuner.promote import _logged_size
+
+    assert _logged_size("64x96") == _logged_size("(64, 96)") == (64, 96)
+
+
 def test_a_trial_is_ranked_at_the_epoch_its_checkpoint_holds(tmp_path):
     """A trial stopped between logging epoch 2 and uploading its checkpoint (Ctrl-C, a crash, or still running)
     has epoch 2 as its history's best but epoch 1's weights in best.pt: promote used to rank (and tag) it at

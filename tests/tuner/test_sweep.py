@@ -212,6 +212,7 @@ def test_smoke_sweep_end_to_end(local_ray, scenes, tmp_path, run_paths):
     parent = tracking.client(run_paths.tracking_uri).get_run(result.parent_run_id)
     assert parent.data.params["space_file"].endswith("smoke.yaml") and parent.data.params["seed"] == "0"
     assert parent.data.params["startup_trials"] == "2"  # 6 samples: TPE models the study from the third trial
+    assert parent.data.params["image_size"] == "64x64"  # as each trial logs it (was "(64, 64)")
     assert parent.data.params["manifest_hash"] and parent.data.tags[tracking.STATUS_TAG] == "finished"
     assert parent.data.tags["git_commit"] and parent.data.tags["space"] == "smoke.yaml"
     # MLflow's own source tags (the UI's User, Source and Version columns), on the parent and every trial
