@@ -4,12 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from data_pipeline.errors import DataError
 
 # PIL raises these for truncated, corrupt or non-image files (SyntaxError: some broken headers)
 _PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+_QUARTER_TURNS = {5, 6, 7, 8}  # EXIF orientations whose display swaps width and height
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
@@ -27,7 +28,8 @@ def load_rgb(path: str | Path) -> np.ndarray:
             if im.mode.startswith("I"):  # 16/32-bit grey: convert("RGB") would clip every value above 255
                 raise DataError(f"{path}: {im.mode} image ({'16' if ';16' in im.mode else '32'}-bit grey); "
                                 f"expected 8 bits per channel (RGB, RGBA, L or P)")
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+            # a camera JPEG stored sideways with an orientation tag: as viewers show it (a no-op without one)
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8).copy()
     except DataError:
         raise  # ours, already naming the file (a ValueError, which _PIL_ERRORS would wrap again)
     except _PIL_ERRORS as err:
@@ -39,7 +41,8 @@ def read_size(path: str | Path) -> tuple[int, int]:
     path = Path(path)
     try:
         with Image.open(path) as im:
-            return im.height, im.width
+            turned = im.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS  # as load_rgb returns it
+            return (im.width, im.height) if turned else (im.height, im.width)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found (expected a PNG image)") from None
     except _PIL_ERRORS as err:

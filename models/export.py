@@ -57,15 +57,17 @@ def _reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def export_torchscript(model: nn.Module, path, example: torch.Tensor, atol: float = DEFAULT_ATOL) -> dict:
-    """Trace `model` (eval, CPU) on `example`, save it, verify it; returns verify_torchscript's report."""
+def export_torchscript(model: nn.Module, path, example: torch.Tensor, atol: float = DEFAULT_ATOL,
+                       metadata: dict[str, str] | None = None) -> dict:
+    """Trace `model` (eval, CPU) on `example`, save it with `metadata` as extra files (torch.jit.load's
+    `_extra_files` reads them back), verify it; returns verify_torchscript's report."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
     try:
         with _quiet_jit():
             traced = torch.jit.trace(model, example.cpu(), check_trace=False)
-            traced.save(str(path))
+            traced.save(str(path), _extra_files=metadata or {})
     except Exception as err:
         raise ExportError(f"{path}: TorchScript export failed: {type(err).__name__}: {err}") from None
     return verify_torchscript(model, path, example, atol)
@@ -83,8 +85,10 @@ def verify_torchscript(model: nn.Module, path, example: torch.Tensor, atol: floa
 
 
 @torch.no_grad()
-def export_onnx(model: nn.Module, path, example: torch.Tensor, atol: float = DEFAULT_ATOL) -> dict:
-    """Export `model` (eval, CPU) to ONNX with a dynamic batch axis, then verify; returns verify_onnx's report."""
+def export_onnx(model: nn.Module, path, example: torch.Tensor, atol: float = DEFAULT_ATOL,
+                metadata: dict[str, str] | None = None) -> dict:
+    """Export `model` (eval, CPU) to ONNX with a dynamic batch axis and `metadata` in the file's
+    metadata_props, then verify; returns verify_onnx's report."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
@@ -94,7 +98,35 @@ def export_onnx(model: nn.Module, path, example: torch.Tensor, atol: float = DEF
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     except Exception as err:
         raise ExportError(f"{path}: ONNX export failed: {type(err).__name__}: {err}") from None
+    _declare_output_and_metadata(path, ["batch", *_reference(model, example).shape[1:]], metadata or {})
     return verify_onnx(model, path, example, atol)
+
+
+def _declare_output_and_metadata(path: Path, output_shape: list, metadata: dict[str, str]) -> None:
+    """The exporter's shape inference names the output's height axis after the batch axis ("batch", 4,
+    "batch", "Convlogits_dim_3"): whatever sizes buffers from the declared shape is misled. The input's
+    height and width are fixed, so are the output's: declare them, and add the metadata."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    for dim, size in zip(dims, output_shape):
+        dim.Clear()
+        if isinstance(size, str):
+            dim.dim_param = size
+        else:
+            dim.dim_value = int(size)
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+def declared_output_shape(path) -> list:
+    """The ONNX file's declared output shape: a name for a free axis, a number for a fixed one."""
+    import onnx
+
+    dims = onnx.load(str(path), load_external_data=False).graph.output[0].type.tensor_type.shape.dim
+    return [d.dim_param if d.HasField("dim_param") else d.dim_value for d in dims]
 
 
 def verify_onnx(model: nn.Module, path, example: torch.Tensor, atol: float = DEFAULT_ATOL) -> dict:
@@ -105,6 +137,9 @@ def verify_onnx(model: nn.Module, path, example: torch.Tensor, atol: float = DEF
         onnx.checker.check_model(str(path))
     except Exception as err:
         raise ExportError(f"{path}: onnx.checker rejected the file: {err}") from None
+    expected = ["batch", *_reference(model, example).shape[1:]]
+    if declared_output_shape(path) != expected:
+        raise ExportError(f"{path}: declared output shape {declared_output_shape(path)} != {expected}")
     report = {"format": "onnx", "path": str(path), "atol": atol, "opset": ONNX_OPSET}
     try:
         import onnxruntime

@@ -63,7 +63,8 @@ def _source_metrics(paths: RunPaths, run_id: str | None) -> dict:
     return dict(MlflowClient(tracking_uri=paths.tracking_uri).get_run(run_id).data.metrics)
 
 
-def model_card(info: dict, resolved, reports: dict, source_metrics: dict) -> dict:
+def usage_card(info: dict) -> dict:
+    """What a program needs to run the exported files: in model_card.json and inside each file too."""
     height, width = info["image_size"]
     classes = info["classes"]
     return {
@@ -72,10 +73,26 @@ def model_card(info: dict, resolved, reports: dict, source_metrics: dict) -> dic
         "classes": [{"index": c["index"], "name": c["name"], "color_rgb": list(c["color"])} for c in classes],
         "input": {"name": "images", "shape": ["batch", 3, height, width], "dtype": "float32", "layout": "NCHW",
                   "channels": "RGB", "batch_axis": "dynamic",
-                  "preprocessing": "resize to height x width, scale to 0-1, subtract mean, divide by std (per channel)"},
+                  "preprocessing": "convert to RGB (drop alpha, grey to 3 channels), scale to 0-1, resize to height "
+                                   "x width (bilinear, align_corners=False, antialiased when shrinking), subtract "
+                                   "mean, divide by std (per channel)"},
         "normalization": info["normalization"],
         "output": {"name": "logits", "shape": ["batch", len(classes), height, width], "dtype": "float32",
-                   "postprocessing": "argmax over axis 1 gives the class index per pixel"},
+                   "postprocessing": "resize the logits to the image's own height x width (bilinear, "
+                                     "align_corners=False), then argmax over axis 1 gives the class index per "
+                                     "pixel (as lunartune predict does; an argmax before resizing gives blocky "
+                                     "borders and differs on a few % of the pixels)"},
+    }
+
+
+def embedded_metadata(info: dict) -> dict[str, str]:
+    """The usage card as the exported files carry it: ONNX metadata_props / TorchScript extra file."""
+    return {CARD: json.dumps(usage_card(info), sort_keys=True)}
+
+
+def model_card(info: dict, resolved, reports: dict, source_metrics: dict) -> dict:
+    return {
+        **usage_card(info),
         "config": {"model": info["model_config"].to_dict(), "train": info["train_config"].to_dict(),
                    "epoch": info["epoch"]},
         "metrics": {"checkpoint": info["metrics"], "source_run": source_metrics},
@@ -111,7 +128,7 @@ def export_formats(model, info, formats: tuple[str, ...], folder: Path, rtol: fl
     for name in formats:
         path = folder / FORMATS[name]
         try:
-            report = writers[name](model, path, example, atol=atol)
+            report = writers[name](model, path, example, atol=atol, metadata=embedded_metadata(info))
         except ExportError as err:
             raise CliError(f"{name}: {err} (nothing was written to --out)") from None
         reports[name] = {**report, "path": FORMATS[name], "sha256": _sha256(path), "rtol": rtol,

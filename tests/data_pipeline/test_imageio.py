@@ -27,6 +27,18 @@ def test_rgba_and_grey_files_become_rgb(tmp_path):
     assert load_rgb(tmp_path / "g.png").shape == (4, 5, 3)
 
 
+def test_a_jpeg_stored_sideways_loads_as_viewers_show_it(tmp_path):
+    """Cameras store portrait photos landscape with an EXIF orientation; predict masked them sideways."""
+    stored = np.zeros((30, 40, 3), dtype=np.uint8)
+    stored[:, :20] = 255  # left half white as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(stored).save(tmp_path / "portrait.jpg", exif=exif.tobytes(), quality=95)
+    image = load_rgb(tmp_path / "portrait.jpg")
+    assert image.shape == (40, 30, 3) and read_size(tmp_path / "portrait.jpg") == (40, 30)
+    assert image[:18].mean() > 200 and image[22:].mean() < 50  # the stored left half is now on top
+
+
 def test_16_bit_grey_is_refused_not_clipped_to_white(tmp_path):
     Image.fromarray(np.full((4, 5), 32768, dtype=np.uint16)).save(tmp_path / "deep.png")
     assert _mode(tmp_path / "deep.png").startswith("I")

@@ -77,6 +77,61 @@ def test_exports_both_formats_verified_with_a_model_card(promoted, tmp_path):
         assert np.abs(got - expected).max() <= card["exports"][name]["atol"]
     batch_axis = onnx.load(str(result.files["onnx"])).graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_axis.dim_param and not batch_axis.dim_value  # symbolic: any batch size
+    # the declared output shape (the exporter named its height axis "batch" and its width "Convlogits_dim_3")
+    assert session.get_outputs()[0].shape == ["batch", 4, 64, 64]
+    # each file carries the card's usage part: a copied file still says how to feed it
+    usage = {k: card[k] for k in ("card_version", "task", "classes", "input", "normalization", "output")}
+    assert json.loads(session.get_modelmeta().custom_metadata_map[CARD]) == usage
+    extra = {CARD: ""}
+    torch.jit.load(str(result.files["torchscript"]), _extra_files=extra)
+    assert json.loads(extra[CARD]) == usage
+
+
+# a Python that cannot import lunartune: no editable-install finder, no checkout on sys.path
+_OUTSIDE = """
+import runpy, sys
+sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f)]
+sys.path = [p for p in sys.path if p not in ("", {repo!r})]
+try:
+    import models
+    raise SystemExit("lunartune is importable: the test proves nothing")
+except ImportError:
+    pass
+sys.argv = ["segment.py", *sys.argv[1:]]
+runpy.run_path("segment.py", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_the_readmes_onnx_example_runs_without_lunartune_and_matches_predict(promoted, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    from data_pipeline import load_rgb
+    from models.inference import predict_mask
+
+    repo = Path(__file__).resolve().parents[2]
+    readme = (repo / "README.md").read_text()
+    block = readme.split("<!-- export-example -->\n```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "segment.py").write_text(block)
+    sweep, _ = promoted
+    export(ExportConfig(CHAMPION, ("onnx",), tmp_path / "exported"), sweep.paths)
+    photo = sorted((sweep.scenes / "images" / "render").glob("*.png"))[0]
+    out = subprocess.run([sys.executable, "-c", _OUTSIDE.format(repo=str(repo)), str(tmp_path / "exported"),
+                          str(photo)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    model, info = _pytorch(sweep, CHAMPION)
+    palette = np.array([c["color"] for c in info["classes"]], dtype=np.uint8)
+    image = load_rgb(photo)
+    expected = palette[predict_mask(model, image, tuple(info["image_size"]), info["normalization"]["mean"],
+                                    info["normalization"]["std"])]
+    got = np.asarray(Image.open(tmp_path / "mask.png").convert("RGB"))
+    assert got.shape == expected.shape == (*image.shape[:2], 3)
+    # Pillow's resizes are not torch's to the last bit: nearly every pixel, not all
+    assert (got == expected).all(axis=2).mean() > 0.97
 
 
 @pytest.mark.slow
