@@ -266,21 +266,35 @@ def importances(paths: RunPaths, study_name: str, objective: str = "val_miou") -
         return Importance({}, 0, "", f"no Optuna study {study_name!r} in {paths.optuna_db}")
     complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if complete >= MIN_COMPLETE_FOR_IMPORTANCE:
-        chosen, basis = study, f"final {objective} of {complete} COMPLETE trials"
+        chosen, basis = study, (f"{objective} (best epoch) of the {complete} COMPLETE trials of the whole study "
+                                f"(every sweep of the experiment)")
     else:
         chosen, step = _first_rung_study(study)
         used = len(chosen.trials) if chosen else 0
         if used < MIN_COMPLETE_FOR_IMPORTANCE:
             return Importance({}, used, "", f"only {complete} COMPLETE trial(s) and {used} with a first-epoch "
                               f"value: importances need at least {MIN_COMPLETE_FOR_IMPORTANCE}; run more --samples")
-        basis = (f"{objective} at epoch {step} of all {used} trials (only {complete} ran to the end: "
-                 f"ASHA stopped the rest)")
+        basis = (f"{objective} at epoch {step} of all {used} trials of the whole study (only {complete} ran to "
+                 f"the end: ASHA stopped the rest)")
+    fixed = _one_value_params(chosen.trials)
+    if fixed:  # Optuna ranks such a parameter 0: nothing was compared, which "unimportant" would misstate
+        basis += f"; not ranked, one value in these trials: {', '.join(fixed)}"
     try:
         with warnings.catch_warnings():  # "few trials per regime": the figure already says "indicative only"
             warnings.simplefilter("ignore", UserWarning)
-            return Importance(dict(optuna.importance.get_param_importances(chosen)), len(chosen.trials), basis)
+            values = optuna.importance.get_param_importances(chosen)
+            return Importance({k: v for k, v in values.items() if k not in fixed}, len(chosen.trials), basis)
     except (RuntimeError, ValueError) as err:  # e.g. every trial has the same value
         return Importance({}, len(chosen.trials), basis, f"Optuna could not rank the parameters: {err}")
+
+
+def _one_value_params(trials) -> list[str]:
+    """Parameters every one of `trials` that has them took the same value of (sorted)."""
+    values = {}
+    for t in trials:
+        for name, value in t.params.items():
+            values.setdefault(name, set()).add(value)
+    return sorted(name for name, seen in values.items() if len(seen) == 1)
 
 
 def plot_importance(paths: RunPaths, data: ReportData, path: Path) -> str:
@@ -374,20 +388,45 @@ def trials_table(data: ReportData) -> list[str]:
     return rows
 
 
+def summary_line(data: ReportData) -> str:
+    """What won and by how much, first thing in report.md."""
+    best = best_per_backbone(data)
+    if not best:
+        return f"**No trial has a {data.objective} yet.**"
+    ranked = sorted(best.values(), key=lambda t: -t.best)
+    top = ranked[0]
+    line = (f"**Best: `{top.name}` ({top.backbone}, {top.status}), {data.objective} {top.best:.4f} at epoch "
+            f"{top.best_epoch}")
+    if len(ranked) > 1:
+        runner = ranked[1]
+        line += (f"; {top.best - runner.best:+.4f} over the best {runner.backbone} trial (`{runner.name}`, "
+                 f"{runner.best:.4f})")
+    line += ".**"
+    if data.promotion is not None:
+        metrics = data.promotion.data.metrics
+        scores = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("test_miou", "test_rock_miou", "real_miou") if k in metrics)
+        line += f" Promoted model (`{data.promotion.info.run_name}`): {scores or 'not scored'}."
+    return line
+
+
 def promotion_lines(data: ReportData) -> list[str]:
     if data.promotion is None:
         return ["No promotion yet: `lunartune promote --experiment " + data.experiment.name + "` registers the "
                 "best VGG11 trial and scores it on the test split."]
     run, metrics = data.promotion, data.promotion.data.metrics
     scores = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if k.endswith(("_miou", "_rock_miou")))
-    return [f"Latest promotion run `{run.info.run_name}` ({run.info.run_id}) from trial run "
-            f"`{run.data.tags.get('source_trial_run_id', '?')}`: {scores}.", "",
+    trial = run.info.run_name.removeprefix("promote-")
+    sweep = run.data.tags.get("source_sweep_run_id")
+    # trial names restart in every sweep: a vgg11-t002 of an earlier sweep is not this table's vgg11-t002
+    which = "this sweep" if sweep == data.parent.info.run_id else f"an earlier sweep (parent run `{sweep}`)"
+    return [f"Latest promotion `{run.info.run_name}` ({run.info.run_id}): trial `{trial}` of {which}, trial run "
+            f"`{run.data.tags.get('source_trial_run_id', '?')}`; {scores}.", "",
             "![test vs real photos](test_vs_real.png)"]
 
 
 def write_markdown(data: ReportData, folder: Path, notes: dict) -> None:
     parent = data.parent
-    lines = [f"# Sweep report: {data.experiment.name}", "",
+    lines = [f"# Sweep report: {data.experiment.name}", "", summary_line(data), "",
              f"Sweep `{parent.info.run_name}` (MLflow parent run `{parent.info.run_id}`), "
              f"{len(data.trials)} trials, objective `{data.objective}`, space `{parent.data.params.get('space_file', '?')}`.",
              "", "## Training curves", "", "![curves](curves.png)", "",

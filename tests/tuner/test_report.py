@@ -61,6 +61,18 @@ def test_markdown_table_lists_every_trial_best_first(sweep, reported):
 
 
 @pytest.mark.slow
+def test_the_markdown_opens_with_the_winner_and_names_the_promoted_trials_sweep(sweep, reported):
+    client = MlflowClient(tracking_uri=sweep.paths.tracking_uri)
+    trials = client.search_runs([sweep.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{sweep.parent_run_id}'")
+    best = max(trials, key=lambda r: max(m.value for m in client.get_metric_history(r.info.run_id, "val_miou")))
+    lines = (reported.out / "report.md").read_text().splitlines()
+    assert lines[2].startswith(f"**Best: `{best.info.run_name}` ({best.data.tags['backbone']}, ")
+    assert "over the best" in lines[2] and "Promoted model (`promote-unet_scratch-t" in lines[2]
+    promotion = next(line for line in lines if line.startswith("Latest promotion"))
+    assert ": trial `unet_scratch-t" in promotion and " of this sweep, " in promotion
+
+
+@pytest.mark.slow
 def test_report_is_logged_to_the_sweeps_parent_run(sweep, reported):
     client = MlflowClient(tracking_uri=sweep.paths.tracking_uri)
     logged = sorted(a.path for a in client.list_artifacts(sweep.parent_run_id, "report"))
@@ -88,6 +100,20 @@ def test_importances_from_complete_trials(tmp_path):
     assert sum(result.values.values()) == pytest.approx(1) and "COMPLETE" in result.basis
 
 
+def test_a_parameter_with_one_value_in_the_trials_is_not_ranked_but_named(tmp_path):
+    """The whole study's backbone bar read 0.00 when every complete trial had the same backbone."""
+    paths = RunPaths(root=tmp_path)
+
+    def objective(trial):
+        trial.suggest_categorical("backbone", ["vgg11"])
+        return _objective(trial)
+    _study(paths).optimize(objective, n_trials=MIN_COMPLETE_FOR_IMPORTANCE + 4)
+    result = importances(paths, "s")
+    assert set(result.values) == {"lr", "dropout"} and result.values["lr"] > 0
+    assert result.basis.endswith("not ranked, one value in these trials: backbone")
+    assert "whole study" in result.basis
+
+
 def test_with_few_complete_trials_every_trial_is_compared_at_the_first_epoch(tmp_path):
     paths = RunPaths(root=tmp_path)
     study = _study(paths)
@@ -95,7 +121,7 @@ def test_with_few_complete_trials_every_trial_is_compared_at_the_first_epoch(tmp
     study.optimize(lambda t: _objective(t, prune_after=1), n_trials=MIN_COMPLETE_FOR_IMPORTANCE)
     result = importances(paths, "s")
     assert result.reason is None and result.trials == MIN_COMPLETE_FOR_IMPORTANCE + 2
-    assert "at epoch 1 of all 6 trials (only 2 ran to the end" in result.basis
+    assert "at epoch 1 of all 6 trials of the whole study (only 2 ran to the end" in result.basis
 
 
 def test_too_few_trials_or_no_study_gives_a_reason_not_a_crash(tmp_path):
