@@ -67,7 +67,7 @@ def generate_scenes(cfg: DemoConfig, paths: RunPaths) -> Path:
     height, width = cfg.scene_size
     root = paths.data / f"demo-{cfg.scenes}-seed{cfg.seed}-{width}x{height}-v{synth.MANIFEST_VERSION}"  # see synthetic_root
     print(f"[1/5] scenes: {cfg.scenes} in {root} (reused when already complete)", file=sys.stderr)
-    return synth.generate(root, cfg.scenes, cfg.seed, size=cfg.scene_size, progress=False)
+    return synth.generate(root, cfg.scenes, cfg.seed, size=cfg.scene_size, progress=True)  # ~40 s on 2 cores
 
 
 def sweep_config(cfg: DemoConfig, data: Path, space: Path):
@@ -85,16 +85,18 @@ def run_demo(cfg: DemoConfig, paths: RunPaths) -> DemoResult | None:
     from tuner.export import ExportConfig, export
     from tuner.promote import PromoteConfig, format_result, promote
     from tuner.report import ReportConfig, report
-    from tuner.sweep import run_sweep_cli_errors
+    from tuner.sweep import format_summary, run_sweep_cli_errors
 
     space = demo_space(cfg.backbone)
     sweep_config(cfg, paths.data, space)  # its flags checked before the run dir and the scenes are made
     paths.ensure()
     data = generate_scenes(cfg, paths)
     print(f"[2/5] sweep: {cfg.samples} trials, experiment {cfg.experiment}", file=sys.stderr)
-    swept = run_sweep_cli_errors(sweep_config(cfg, data, space), paths)
+    sweep = sweep_config(cfg, data, space)
+    swept = run_sweep_cli_errors(sweep, paths)
     if swept.interrupted:
         return None
+    print(format_summary(swept, sweep, paths), file=sys.stderr)  # the top trials, as `tune` shows them
     print(f"[3/5] promote the best {cfg.backbone} trial", file=sys.stderr)
     promoted = promote(PromoteConfig(experiment=cfg.experiment, backbone=cfg.backbone, model_name=cfg.model_name,
                                      device=cfg.device), paths)
@@ -134,7 +136,8 @@ def config_from_args(args) -> DemoConfig:
 def main(args, paths: RunPaths) -> int:
     result = run_demo(config_from_args(args), paths)
     if result is None:
-        print(f"demo interrupted during the sweep; run it again (lunartune --run-dir {paths.root} demo)",
+        again = "" if args.experiment == DemoConfig.experiment else f" --experiment {args.experiment}"
+        print(f"demo interrupted during the sweep; run it again (lunartune --run-dir {paths.root} demo{again})",
               file=sys.stderr)
         return EXIT_INTERRUPTED
     print(where_to_look(result, paths))

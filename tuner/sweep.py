@@ -16,11 +16,12 @@ import math
 import os
 import re
 import socket
+import textwrap
 import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ from data_pipeline.split import write_json_atomic
 from models import ConfigError, ModelConfig, TrainConfig, WeightsError, canonical_backbone
 from tuner import disk, leftovers, tracking
 from tuner.cli import EXIT_INCOMPLETE, EXIT_INTERRUPTED, CliError
-from tuner.objective import best_epoch
+from tuner.objective import best_epoch, best_name
 from tuner.searcher import DIVERGED, RAY_TRIAL_ATTR, PruningAwareOptunaSearch, RetryPassingLimiter
 from tuner.settings import RunPaths, environment, shown_uri
 from tuner.space import SpaceError, check_against_models, define_by_run, load_space
@@ -526,11 +527,23 @@ def sampler_seed(seed: int, trials_before: int) -> int:
     return int(np.random.SeedSequence([seed, trials_before]).generate_state(1)[0])
 
 
+class BestEpochReporter(CLIReporter):
+    """Ray's live table ranking trials by their best epoch (best_<objective>), as the summary and promote
+    do: ranked by the latest value, its "Current best trial" named another winner than the summary below it.
+    Ray hands every reporter the Tuner's metric; a reporter made with its own refuses it, so it is skipped."""
+
+    def set_search_properties(self, metric, mode):
+        return super().set_search_properties(None if self._metric else metric, None if self._mode else mode)
+
+
 def _reporter(cfg: SweepConfig, space):
     # conditional parameters are absent from some configs, and CLIReporter's "best trial" line then fails
     always_there = [p.name for p in space.params if not p.when][:5]
-    return CLIReporter(metric_columns=[cfg.objective, "val_loss", EPOCH], parameter_columns=always_there,
-                       sort_by_metric=True, max_report_frequency=15)
+    best = best_name(cfg.objective)
+    return BestEpochReporter(metric_columns={cfg.objective: cfg.objective, best: "best", "val_loss": "val_loss",
+                                             EPOCH: EPOCH},
+                             parameter_columns=always_there, metric=best, mode="max", sort_by_metric=True,
+                             max_report_frequency=15)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -864,17 +877,29 @@ def run_sweep_cli_errors(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
         raise CliError(str(err)) from None
 
 
+def _shown_config(config: dict) -> str:
+    """name=value, floats to 4 significant digits, without the values the trial's other choices ignore."""
+    ignored = set()
+    for kind in (ModelConfig, TrainConfig):
+        names = {f.name for f in fields(kind)}
+        ignored |= kind(**{k: v for k, v in config.items() if k in names}).unused_fields()
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in sorted(config.items()) if k not in ignored)
+
+
 def format_summary(result: SweepResult, cfg: SweepConfig, paths: RunPaths) -> str:
     lines = [f"\nsweep {result.experiment}: " + ", ".join(f"{n} {s}" for s, n in result.statuses.items()),
-             f"top trials by {cfg.objective}:"]
+             f"top trials by {cfg.objective} (best epoch):"]
+    width = max((len(row["trial"]) for row in result.top_trials), default=0)
     for row in result.top_trials:
-        lines.append(f"  {row['trial']:>14}  {row['backbone']:<26} {cfg.objective} {row['objective']:.4f}  "
-                     f"epochs {row['epochs']}  {row['status']}")
+        lines.append(f"  {row['trial']:<{width}}  {cfg.objective} {row['objective']:.4f}  epochs {row['epochs']}  "
+                     f"{row['status']}")
     if result.errors:
         lines.append("errored trials (the traceback is in error.txt in the trial's folder under Ray results):")
         lines += [f"  {folder}: {error}" for folder, error in sorted(result.errors.items())]
     if result.best_config:
-        lines.append(f"best config: {json.dumps(result.best_config, sort_keys=True, default=str)}")
+        lines.append(textwrap.fill(f"best config: {_shown_config(result.best_config)}", width=100,
+                                   subsequent_indent="  ", break_on_hyphens=False))
     lines += [f"Ray results:   {result.results_path}",
               f"Optuna study:  {cfg.experiment} in {paths.optuna_db}",
               f"MLflow:        {shown_uri(result.tracking_uri)} (experiment {result.experiment_id}, parent run {result.parent_run_id})",

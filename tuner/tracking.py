@@ -350,8 +350,11 @@ def download_checkpoint(uri: str, run_id: str, dst_dir: str | Path) -> Path:
     """Fetch a trial run's best checkpoint file into `dst_dir`; TrackingError if the run has none."""
     run = client(uri).get_run(run_id)
     artifact = run.data.tags.get(CHECKPOINT_TAG, CHECKPOINT_ARTIFACT)
+    # a bar for a download over the network; a local copy takes a moment and its bar was noise
+    quiet = contextlib.nullcontext() if uri.startswith(("http://", "https://")) else no_download_progress_bar()
     try:
-        local = client(uri).download_artifacts(run_id, artifact, str(dst_dir))
+        with quiet:
+            local = client(uri).download_artifacts(run_id, artifact, str(dst_dir))
     except Exception as err:  # MLflow raises several types (OSError, MlflowException) for "not there"
         raise TrackingError(f"run {run_id} in {shown_uri(uri)} has no checkpoint artifact {artifact!r} ({err})") from None
     return Path(local)

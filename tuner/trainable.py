@@ -10,6 +10,7 @@ only known on the driver: `tuner.sweep.TrialStatusCallback` sets them.
 from __future__ import annotations
 
 import atexit
+import logging
 import shutil
 import sys
 import tempfile
@@ -66,6 +67,8 @@ def configs_from_trial(config: dict, setup: TrialSetup) -> tuple[DataConfig, Mod
 
 def train_trial(config: dict, setup: TrialSetup) -> None:
     """Ray Tune function trainable (wrap with tune.with_parameters(train_trial, setup=...))."""
+    # Ray logs "Checkpoint successfully created at: ..." once per trial per epoch: thousands of lines a sweep
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     data_cfg, model_cfg, train_cfg = configs_from_trial(config, setup)
     seed_everything(train_cfg.seed)
     loaders = data_pipeline.make_loaders(data_cfg)

@@ -133,6 +133,26 @@ def test_resume_without_a_started_sweep_is_a_clear_error(scenes, run_paths):
     assert not run_paths.root.exists()  # the run dir's folders and lock were made first
 
 
+def test_the_summary_aligns_trial_names_and_shows_the_config_short(tmp_path):
+    from tuner.sweep import SweepResult, format_summary
+
+    result = SweepResult(
+        experiment="e", experiment_id="1", parent_run_id="p", tracking_uri="sqlite:///x.db", results_path="r",
+        interrupted=False, statuses={"completed": 2},
+        best_config={"backbone": "vgg11", "lr": 0.007768811685516966, "optimizer": "adam", "momentum": 0.9,
+                     "scratch_width": 8, "loss": "ce", "focal_gamma": 2.0},
+        best_metrics={}, best_run_id="b",
+        top_trials=[{"trial": "vgg11-t002", "backbone": "vgg11", "objective": 0.5, "epochs": 2, "status": "completed"},
+                    {"trial": "unet_scratch-t004", "backbone": "unet_scratch", "objective": 0.4, "epochs": 2,
+                     "status": "completed"}])
+    lines = format_summary(result, SweepConfig(), RunPaths(root=tmp_path)).splitlines()
+    rows = [line for line in lines if "-t00" in line]
+    assert [row.index("val_miou") for row in rows] == [len("  unet_scratch-t004  ")] * 2
+    config = next(line for line in lines if line.startswith("best config:"))
+    # rounded, and without what adam and CE ignore (momentum, focal_gamma) or vgg11 (scratch_width)
+    assert config == "best config: backbone=vgg11, loss=ce, lr=0.007769, optimizer=adam"
+
+
 def test_an_errored_trial_is_described_by_its_root_cause_on_one_line():
     full = OSError(28, "No space left on device")
     wrapped = RayTaskError("train", "Traceback (most recent call last):\n  ...", full).as_instanceof_cause()
