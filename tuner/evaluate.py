@@ -222,7 +222,10 @@ def plot_worst(score, title: str, path: Path) -> None:
     if not score.worst:  # a blank figure would look like "nothing went wrong"
         raise ValueError(f"{path.name}: no predictions kept to show; score with evaluate_model(..., keep_worst=N)")
     rows = len(score.worst)
-    fig, axes = plt.subplots(rows, 3, figsize=(10, 2.6 * rows + 0.8), squeeze=False)
+    # each row as tall as its widest-aspect image needs at a third of the width, plus its titles: a fixed
+    # 2.6 in hid the titles of the taller (4:3) photos under the row above
+    aspect = max(item.image.shape[0] / item.image.shape[1] for item in score.worst)
+    fig, axes = plt.subplots(rows, 3, figsize=(10, (10 / 3 * aspect + 0.45) * rows + 0.8), squeeze=False)
     for row, item in enumerate(score.worst):
         for col, (label, picture) in enumerate((("image", item.image), ("truth", encode_mask(item.mask)),
                                                 ("prediction", encode_mask(item.prediction)))):

@@ -136,7 +136,10 @@ def plot_curves(data: ReportData, path: Path) -> None:
     plt = _plt()
     colours = _backbone_colours(data.trials)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, metric, label in ((axes[0], "train_loss", "training loss"), (axes[1], "val_miou", "val mIoU")):
+    losses = sorted({t.params.get("loss", "?") for t in data.trials})
+    # each trial's own loss: a dice loss (0-1) is not comparable with a cross-entropy
+    loss_label = "training loss" if len(losses) == 1 else f"training loss ({' / '.join(losses)}: not comparable)"
+    for ax, metric, label in ((axes[0], "train_loss", loss_label), (axes[1], "val_miou", "val mIoU")):
         for t in data.trials:
             points = t.history.get(metric) or []
             if points:
@@ -145,6 +148,12 @@ def plot_curves(data: ReportData, path: Path) -> None:
                         color=colours[t.backbone], alpha=0.85, linewidth=1.4)
                 if t.status == "pruned":  # where ASHA stopped it (a 1-epoch trial has no line to dash)
                     ax.plot(epochs[-1], values[-1], "x", color=colours[t.backbone], markersize=9, mew=2)
+        winner = next((t for t in data.trials if math.isfinite(t.best)), None)
+        if winner is not None and winner.history.get(metric):  # the trial the summary ranks first, marked
+            epochs, values = zip(*winner.history[metric])
+            ax.plot(epochs, values, color="black", linewidth=3.2, alpha=0.35, zorder=1)
+            ax.annotate(f"best: {winner.name}", (epochs[-1], values[-1]), fontsize=8, xytext=(4, 4),
+                        textcoords="offset points")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.set_title(f"{label} per trial")
@@ -191,7 +200,8 @@ def plot_best_per_backbone(data: ReportData, path: Path) -> None:
     plt = _plt()
     best = best_per_backbone(data)
     fig, ax = plt.subplots(figsize=(max(5, 2.2 * len(best) + 2), 4.2))
-    labels = [f"{b}\n({t.name}, epoch {t.best_epoch})" for b, t in best.items()]
+    # a 1-epoch pruned trial beside a completed one: the label says which had the fuller run
+    labels = [f"{b}\n({t.name}, epoch {t.best_epoch}, {t.status})" for b, t in best.items()]
     _bars(ax, labels, {"val mIoU": [t.at_best("val_miou") for t in best.values()],
                        "val rock mIoU": [t.at_best("val_rock_miou") for t in best.values()]}, "IoU")
     ax.set_xlabel("backbone (best trial by " + data.objective + ")")

@@ -264,7 +264,7 @@ def sweep_links(base_url: str, experiment_name: str) -> list[str]:
     lines = [f"runs of {experiment_name!r}: {runs_url}"]
     parent = _latest_parent_run(client, experiment.experiment_id)
     if parent is None:
-        lines.append("latest sweep: none yet (no run without a parent in this experiment)")
+        lines.append("latest sweep: none yet (no run tagged as a sweep in this experiment)")
     else:
         lines.append(f"latest sweep {parent.info.run_name!r}: {runs_url}/{parent.info.run_id}")
     return lines
