@@ -104,3 +104,20 @@ def _describe(pid: int) -> str:
     except OSError as err:
         label = f"environment unreadable: {err.strerror}"
     return f"{pid}: {command} [ppid {status.get('PPid', '?')}, {status.get('State', '?')}, {label}]"
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def without_lunartune(body: str) -> str:
+    """A `python -c` script that runs `body` where lunartune cannot be imported (no editable-install finder,
+    no checkout on sys.path): what a user without the package has. It fails if lunartune stays importable."""
+    return (
+        "import sys\n"
+        "sys.meta_path = [f for f in sys.meta_path if 'editable' not in repr(f)]\n"
+        f"sys.path = [p for p in sys.path if p not in ('', {str(REPO)!r})]\n"
+        "try:\n"
+        "    import models\n"
+        "    raise SystemExit(\"lunartune's models package is importable: the test proves nothing\")\n"
+        "except ImportError:\n"
+        "    pass\n" + body)

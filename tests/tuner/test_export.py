@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from _procs import without_lunartune
 from sweep_fixture import finished_sweep
 from tuner.cli import CliError
 from tuner.cli import main as cli_main
@@ -87,16 +88,9 @@ def test_exports_both_formats_verified_with_a_model_card(promoted, tmp_path):
     assert json.loads(extra[CARD]) == usage
 
 
-# a Python that cannot import lunartune: no editable-install finder, no checkout on sys.path
-_OUTSIDE = """
+# the README's example, run as a user without lunartune runs it
+_SEGMENT = """
 import runpy, sys
-sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f)]
-sys.path = [p for p in sys.path if p not in ("", {repo!r})]
-try:
-    import models
-    raise SystemExit("lunartune is importable: the test proves nothing")
-except ImportError:
-    pass
 sys.argv = ["segment.py", *sys.argv[1:]]
 runpy.run_path("segment.py", run_name="__main__")
 """
@@ -120,7 +114,7 @@ def test_the_readmes_onnx_example_runs_without_lunartune_and_matches_predict(pro
     sweep, _ = promoted
     export(ExportConfig(CHAMPION, ("onnx",), tmp_path / "exported"), sweep.paths)
     photo = sorted((sweep.scenes / "images" / "render").glob("*.png"))[0]
-    out = subprocess.run([sys.executable, "-c", _OUTSIDE.format(repo=str(repo)), str(tmp_path / "exported"),
+    out = subprocess.run([sys.executable, "-c", without_lunartune(_SEGMENT), str(tmp_path / "exported"),
                           str(photo)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     model, info = _pytorch(sweep, CHAMPION)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from _procs import without_lunartune
 from sweep_fixture import finished_sweep
 from tuner import tracking
 from tuner.cli import CliError
@@ -107,17 +107,8 @@ def test_the_registered_model_resolves_and_loads_at_any_input_size(fresh):
         assert tuple(logged.eval()(torch.zeros(2, 3, 32, 96)).shape) == (2, 4, 32, 96)
 
 
-REPO = Path(__file__).resolve().parents[2]
-# a Python that cannot import lunartune: no editable-install finder, no checkout on sys.path
-_OUTSIDE = """
-import sys
-sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f)]
-sys.path = [p for p in sys.path if p not in ("", {repo!r})]
-try:
-    import models
-    raise SystemExit("lunartune's models package is importable: the test proves nothing")
-except ImportError:
-    pass
+# a registered version loaded as a user without lunartune loads it
+_LOAD = """
 import mlflow.pytorch, torch
 mlflow.set_tracking_uri({uri!r})
 model = mlflow.pytorch.load_model({model_uri!r})
@@ -135,7 +126,7 @@ def test_a_promoted_hand_built_unet_loads_where_lunartune_is_not_installed(fresh
 
     result = promote(PromoteConfig(experiment=fresh.experiment, backbone="unet_scratch", model_name="scratch",
                                    device="cpu"), fresh.paths)
-    script = _OUTSIDE.format(repo=str(REPO), uri=fresh.paths.tracking_uri, model_uri=f"models:/scratch/{result.version}")
+    script = without_lunartune(_LOAD.format(uri=fresh.paths.tracking_uri, model_uri=f"models:/scratch/{result.version}"))
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "(1, 4, 64, 96)", out.stderr[-2000:]
     description = _client(fresh).get_model_version("scratch", result.version).description
