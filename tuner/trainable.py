@@ -97,15 +97,18 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
             except DivergedError:
                 # the worst score, flagged: the searcher tells Optuna PRUNED, the callback tags "diverged"
                 run.log({}, epoch)  # opens the run if MLflow was away until now
-                tune.report({setup.objective: 0.0, DIVERGED: True, EPOCH: epoch, RUN_ID: run.run_id or ""})
+                # best_<objective> in every result: Ray's live table sorts finished trials by it (None breaks it)
+                tune.report({setup.objective: 0.0, best_name(setup.objective): 0.0 if best is None else best,
+                             DIVERGED: True, EPOCH: epoch, RUN_ID: run.run_id or ""})
                 return
             val = evaluate(model, loaders.val, device, loss_fn, names, data_pipeline.ROCK_CLASS_IDS, **extras)
             metrics = epoch_metrics(train, val, epoch)
             score = objective_score(metrics[setup.objective])
             improved = best is None or score > best
             best, best_at = (score, epoch) if improved else (best, best_at)
+            metrics[best_name(setup.objective)] = best
             if best_at is not None:  # None: resumed from a checkpoint that predates best_epoch, until it improves
-                metrics.update({best_name(setup.objective): best, BEST_EPOCH: best_at})
+                metrics[BEST_EPOCH] = best_at
             run.log(metrics, epoch)  # before the report: a kill in between retrains the epoch, never logs it twice
             folder = staging.empty()
             state = dict(run_id=run.run_id, best=best, best_epoch=best_at, manifest_hash=loaders.manifest_hash)
