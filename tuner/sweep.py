@@ -535,6 +535,13 @@ class BestEpochReporter(CLIReporter):
     def set_search_properties(self, metric, mode):
         return super().set_search_properties(None if self._metric else metric, None if self._mode else mode)
 
+    def _progress_str(self, trials, done, *sys_info, **kwargs):
+        try:
+            return super()._progress_str(trials, done, *sys_info, **kwargs)
+        except TypeError:  # Ray sorts finished trials by the metric: one without it (None) fails the sort
+            self._sort_by_metric = False  # e.g. a trial resumed from results an older lunartune reported
+            return super()._progress_str(trials, done, *sys_info, **kwargs)
+
 
 def _reporter(cfg: SweepConfig, space):
     # conditional parameters are absent from some configs, and CLIReporter's "best trial" line then fails

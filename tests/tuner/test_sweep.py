@@ -153,6 +153,28 @@ def test_the_summary_aligns_trial_names_and_shows_the_config_short(tmp_path):
     assert config == "best config: backbone=vgg11, loss=ce, lr=0.007769, optimizer=adam"
 
 
+def test_the_live_table_survives_a_finished_trial_without_the_best_metric(local_ray, tmp_path, capsys):
+    """Ray sorts finished trials by the reporter's metric; a trial without it (a diverged one did not report
+    best_<objective>, and a trial resumed from an older lunartune's results may not) crashed the sweep."""
+    from ray import tune
+
+    from tuner.sweep import BestEpochReporter, _ray_output_settings
+
+    def trainable(config):
+        tune.report({"val_miou": config["x"], **({"best_val_miou": config["x"]} if config["x"] > 0.5 else {})})
+
+    reporter = BestEpochReporter(metric_columns={"val_miou": "val_miou", "best_val_miou": "best"},
+                                 metric="best_val_miou", mode="max", sort_by_metric=True, max_report_frequency=1)
+    with _ray_output_settings():  # the output engine that draws CLIReporter's table, as the sweep runs it
+        results = tune.Tuner(trainable, param_space={"x": tune.grid_search([0.2, 0.9, 0.7])},
+                             tune_config=tune.TuneConfig(metric="val_miou", mode="max"),
+                             run_config=tune.RunConfig(storage_path=str(tmp_path), progress_reporter=reporter,
+                                                       verbose=1)).fit()
+    assert not results.errors and len(results) == 3
+    out = capsys.readouterr().out
+    assert out.count("TERMINATED") >= 3 and "Current best trial" in out  # drawn with every trial finished
+
+
 def test_an_errored_trial_is_described_by_its_root_cause_on_one_line():
     full = OSError(28, "No space left on device")
     wrapped = RayTaskError("train", "Traceback (most recent call last):\n  ...", full).as_instanceof_cause()
