@@ -421,7 +421,7 @@ def _tuner(cfg: SweepConfig, paths: RunPaths, space, setup: TrialSetup, results_
         return tune.Tuner.restore(results_path, trainable=trainable, resume_errored=True)
     storage, name = results_path.rsplit("/", 1)
     return tune.Tuner(trainable, tune_config=_tune_config(cfg, paths, space), run_config=tune.RunConfig(
-        name=name, storage_path=storage, progress_reporter=_reporter(cfg, space), verbose=1,
+        name=name, storage_path=storage, progress_reporter=_reporter(cfg, space, results_path), verbose=1,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT, checkpoint_score_attribute=cfg.objective,
                                                 checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
@@ -530,27 +530,52 @@ def sampler_seed(seed: int, trials_before: int) -> int:
 class BestEpochReporter(CLIReporter):
     """Ray's live table ranking trials by their best epoch (best_<objective>), as the summary and promote
     do: ranked by the latest value, its "Current best trial" named another winner than the summary below it.
-    Ray hands every reporter the Tuner's metric; a reporter made with its own refuses it, so it is skipped."""
+    Ray hands every reporter the Tuner's metric; a reporter made with its own refuses it, so it is skipped.
+    Two of Ray's lines are restated: the best trial by its name in the table (Ray gives its id, which
+    nothing else shows) with rounded values, and the results folder the sweep writes to (Ray shows its
+    staging folder under /tmp/ray, which is deleted with the session)."""
+
+    def __init__(self, *args, results_path: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._results_path = results_path
 
     def set_search_properties(self, metric, mode):
         return super().set_search_properties(None if self._metric else metric, None if self._mode else mode)
 
     def _progress_str(self, trials, done, *sys_info, **kwargs):
         try:
-            return super()._progress_str(trials, done, *sys_info, **kwargs)
+            text = super()._progress_str(trials, done, *sys_info, **kwargs)
         except TypeError:  # Ray sorts finished trials by the metric: one without it (None) fails the sort
             self._sort_by_metric = False  # e.g. a trial resumed from results an older lunartune reported
-            return super()._progress_str(trials, done, *sys_info, **kwargs)
+            text = super()._progress_str(trials, done, *sys_info, **kwargs)
+        delim = kwargs.get("delim", "\n")
+        return delim.join(self._restated(line, trials) for line in text.split(delim))
+
+    def _restated(self, line: str, trials) -> str:
+        if line.startswith("Result logdir: ") and self._results_path:
+            return f"Ray results: {self._results_path}"
+        if line.startswith("Current best trial: "):
+            trial, metric = self._current_best_trial(trials)
+            if trial is not None:
+                value = trial.last_result.get(metric)
+                shown = {p: trial.config[p] for p in self._parameter_columns if p in trial.config}
+                return f"Current best trial: {trial} with {metric}={_rounded(value)}" + (
+                    f" ({_shown_values(shown)})" if shown else "")
+        return line
 
 
-def _reporter(cfg: SweepConfig, space):
+def _rounded(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _reporter(cfg: SweepConfig, space, results_path: str):
     # conditional parameters are absent from some configs, and CLIReporter's "best trial" line then fails
     always_there = [p.name for p in space.params if not p.when][:5]
     best = best_name(cfg.objective)
     return BestEpochReporter(metric_columns={cfg.objective: cfg.objective, best: "best", "val_loss": "val_loss",
                                              EPOCH: EPOCH},
                              parameter_columns=always_there, metric=best, mode="max", sort_by_metric=True,
-                             max_report_frequency=15)
+                             max_report_frequency=15, results_path=results_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -890,8 +915,11 @@ def _shown_config(config: dict) -> str:
     for kind in (ModelConfig, TrainConfig):
         names = {f.name for f in fields(kind)}
         ignored |= kind(**{k: v for k, v in config.items() if k in names}).unused_fields()
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in sorted(config.items()) if k not in ignored)
+    return _shown_values({k: v for k, v in config.items() if k not in ignored})
+
+
+def _shown_values(values: dict) -> str:
+    return ", ".join(f"{k}={_rounded(v)}" for k, v in sorted(values.items()))
 
 
 def format_summary(result: SweepResult, cfg: SweepConfig, paths: RunPaths) -> str:
