@@ -72,7 +72,8 @@ def _data_parser(sub) -> None:
     synth.set_defaults(handler="tuner.data_commands:synth")
     check = dsub.add_parser("check", help="validate a data set: counts, class balance, problems")
     check.add_argument("path", help="folder in the Kaggle layout")
-    check.add_argument("--mask-source", choices=["clean", "ground"], default="clean")
+    check.add_argument("--mask-source", choices=["clean", "ground"], default="clean",
+                       help="which Kaggle masks to check: clean (default) or ground")
     check.add_argument("--allow-missing", action="store_true", help="skip renders without masks (and vice versa)")
     check.add_argument("--exclude-mismatches", action="store_true", help="drop frames in mismatch_IDs.txt")
     check.set_defaults(handler="tuner.data_commands:check")
@@ -83,9 +84,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="synthetic", help="Kaggle-layout folder, or 'synthetic' to generate scenes")
     p.add_argument("--synthetic-count", type=int, default=200, help="scenes to generate for --data synthetic")
     p.add_argument("--image-size", type=_size, default=(64, 64), help="training size N or HxW (default 64)")
-    p.add_argument("--mask-source", choices=["clean", "ground"], default="clean")
-    p.add_argument("--allow-missing", action="store_true")
-    p.add_argument("--exclude-mismatches", action="store_true")
+    p.add_argument("--mask-source", choices=["clean", "ground"], default="clean",
+                   help="which Kaggle masks label the renders: clean (default) or ground")
+    p.add_argument("--allow-missing", action="store_true", help="skip renders without masks (and vice versa)")
+    p.add_argument("--exclude-mismatches", action="store_true", help="drop frames in mismatch_IDs.txt")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
 
@@ -96,20 +98,22 @@ def _train_parser(sub) -> None:
     p.add_argument("--backbone", default="vgg11", help="model name from the registry (see models.available_backbones)")
     p.add_argument("--arch", default="unet", help="smp architecture: unet, unetplusplus, fpn, deeplabv3plus, linknet")
     p.add_argument("--encoder-weights", default="none", help="none | imagenet | PATH to a weights file")
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", default="adamw", choices=["adam", "adamw", "sgd"])
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout before the segmentation head (default 0)")
+    p.add_argument("--epochs", type=int, default=2, help="passes over the training split (default 2)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per step (default 8)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--optimizer", default="adamw", choices=["adam", "adamw", "sgd"], help="default adamw")
     p.add_argument("--momentum", type=float, default=0.9, help="sgd only")
     p.add_argument("--nesterov", action="store_true", help="sgd only")
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=float, default=0.0, help="default 0")
     p.add_argument("--loss", default="ce", help="ce | weighted_ce | dice | ce_dice | focal")
-    p.add_argument("--lr-schedule", default="none", choices=["none", "cosine", "onecycle"])
+    p.add_argument("--lr-schedule", default="none", choices=["none", "cosine", "onecycle"],
+                   help="over the whole run (default none: constant)")
     p.add_argument("--bn-recalibration-batches", type=int, default=50,
                    help="after each epoch, recompute BatchNorm statistics over this many train batches (0 = off)")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="horizontal flips and brightness/contrast jitter of training images (default on)")
+    p.add_argument("--seed", type=int, default=0, help="split, initial weights and batch order (default 0)")
     p.add_argument("--out", default=None, help="checkpoint folder (default <run-dir>/train/<backbone>)")
     p.set_defaults(handler="tuner.train:main")
 
@@ -124,9 +128,10 @@ def _tune_parser(sub) -> None:
     p.add_argument("--reduction-factor", type=int, default=2, help="ASHA reduction factor")
     p.add_argument("--no-asha", action="store_true", help="run every trial to --max-epochs (for comparisons)")
     p.add_argument("--concurrency", type=int, default=2, help="trials running at once")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="Ray CPUs each trial reserves")
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.5")
-    p.add_argument("--objective", default="val_miou", choices=["val_miou", "val_rock_miou"])
+    p.add_argument("--objective", default="val_miou", choices=["val_miou", "val_rock_miou"],
+                   help="validation score Optuna, ASHA and promote maximise")
     p.add_argument("--seed", type=int, default=0, help="seeds Optuna's sampler and every trial")
     p.add_argument("--startup-trials", type=int, default=None,
                    help="random trials before TPE models the study (default: a third of --samples, 2 to 10)")
@@ -139,11 +144,11 @@ def _tune_parser(sub) -> None:
 
 def _model_consumers(sub) -> None:
     promote = sub.add_parser("promote", help="register the best trial of a backbone; move aliases")
-    promote.add_argument("--experiment", default="lunartune")
-    promote.add_argument("--backbone", default="vgg11")
+    promote.add_argument("--experiment", default="lunartune", help="MLflow experiment of the sweeps (default lunartune)")
+    promote.add_argument("--backbone", default="vgg11", help="promote the best trial of this backbone (default vgg11)")
     promote.add_argument("--objective", default=None, choices=["val_miou", "val_rock_miou"],
                          help="ranks the trials (default: the objective the sweep optimised)")
-    promote.add_argument("--model-name", default="lunar-unet")
+    promote.add_argument("--model-name", default="lunar-unet", help="registered model name (default lunar-unet)")
     promote.add_argument("--real-data", default=None, help="Kaggle-layout folder with real photos + g_* masks")
     promote.add_argument("--force", action="store_true", help="move 'champion' even if it does not beat it")
     promote.set_defaults(handler="tuner.promote:main")
@@ -151,19 +156,19 @@ def _model_consumers(sub) -> None:
     export = sub.add_parser("export", help="export a model to TorchScript / ONNX, verified against PyTorch")
     export.add_argument("--model", required=True, help="models:/NAME@ALIAS, runs:/RUN_ID, RUN_ID or checkpoint file")
     export.add_argument("--format", default="torchscript,onnx", help="comma list of torchscript, onnx")
-    export.add_argument("--out", required=True)
+    export.add_argument("--out", required=True, help="folder for the model files and model_card.json")
     export.set_defaults(handler="tuner.export:main")
 
     predict = sub.add_parser("predict", help="colour masks and overlays for images")
     predict.add_argument("--model", required=True, help="as for export")
     predict.add_argument("inputs", nargs="+", help="image files or folders")
-    predict.add_argument("--out", required=True)
+    predict.add_argument("--out", required=True, help="folder for the masks and overlays")
     predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     predict.set_defaults(handler="tuner.predict:main")
 
     evaluate = sub.add_parser("evaluate", help="score a model on a Kaggle-layout folder (renders and real photos)")
     evaluate.add_argument("--model", required=True, help="as for export")
-    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--data", required=True, help="Kaggle-layout folder: render/mask pairs and/or real photos with g_* masks")
     evaluate.add_argument("--image-size", type=_size, default=None, help="override the checkpoint's input size")
     evaluate.add_argument("--json", default=None, help="write the metrics here")
     evaluate.add_argument("--out", default=None, help="confusion matrices and worst predictions (PNG)")
@@ -177,20 +182,20 @@ def _model_consumers(sub) -> None:
     evaluate.set_defaults(handler="tuner.evaluate:main")
 
     report = sub.add_parser("report", help="PNG figures and report.md for a sweep")
-    report.add_argument("--experiment", default="lunartune")
+    report.add_argument("--experiment", default="lunartune", help="MLflow experiment of the sweep (default lunartune)")
     report.add_argument("--out", default=None, help="default <run-dir>/report/<experiment>")
     report.set_defaults(handler="tuner.report:main")
 
     ui = sub.add_parser("ui", help="start the MLflow UI on this run directory's store (127.0.0.1)")
-    ui.add_argument("--experiment", default="lunartune")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--experiment", default="lunartune", help="experiment the printed links open (default lunartune)")
+    ui.add_argument("--port", type=int, default=5000, help="first port tried (default 5000; the next free one if taken)")
     ui.add_argument("--host", default="127.0.0.1", help="bind address: loopback only (127.0.0.1, localhost, ::1); from another machine use ssh -L")
     ui.add_argument("--optuna", action="store_true", help="also start optuna-dashboard on the sweep's study")
     ui.set_defaults(handler="tuner.ui:main")
 
     demo = sub.add_parser("demo", help="the whole job on embedded defaults: data -> sweep -> promote -> export -> report")
-    demo.add_argument("--experiment", default="lunartune-demo")
-    demo.add_argument("--samples", type=int, default=6)
+    demo.add_argument("--experiment", default="lunartune-demo", help="MLflow experiment and Optuna study (default lunartune-demo)")
+    demo.add_argument("--samples", type=int, default=6, help="trials of the sweep (default 6)")
     demo.set_defaults(handler="tuner.demo:main")
 
 

@@ -1,6 +1,7 @@
 """The command line: help, usage errors, global flags, and that --help stays instant (lazy imports)."""
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -33,6 +34,22 @@ def test_each_subcommand_has_help(name, capsys):
         main([name, "--help"])
     assert exit_info.value.code == 0
     assert f"lunartune {name}" in capsys.readouterr().out
+
+
+def _subparsers(parser, path=()):
+    """(command path, parser) for every command and nested subcommand ("data synth", ...)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name), sub
+                yield from _subparsers(sub, (*path, name))
+
+
+def test_every_flag_of_every_command_says_what_it_does():
+    undocumented = [f"{' '.join(path)} {action.option_strings[-1]}"
+                    for path, sub in _subparsers(build_parser()) for action in sub._actions
+                    if action.option_strings and not action.help and action.dest != "help"]
+    assert undocumented == []
 
 
 def test_unknown_subcommand_is_a_usage_error(capsys):
