@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -48,6 +49,30 @@ def _wxh(text: str) -> tuple[int, int]:
     """'720x480' (WIDTHxHEIGHT, as image sizes are usually written) -> (480, 720) as (H, W)."""
     h_w = _size(text)
     return h_w[1], h_w[0]
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(text: str) -> float:
+    """'90' or '90s' -> 90; '30m' -> 1800; '1h30m' -> 5400; '1.5h' -> 5400. Positive and finite."""
+    parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)([smhd]?)", text.strip().lower())
+    spelled = "".join(number + unit for number, unit in parts)
+    if not parts or spelled != text.strip().lower() or (len(parts) > 1 and not all(u for _, u in parts)):
+        raise argparse.ArgumentTypeError(f"expected a duration such as 90s, 30m, 2h or 1h30m, got {text!r}")
+    seconds = sum(float(number) * _DURATION_UNITS[unit or "s"] for number, unit in parts)
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a duration above 0, got {text!r}")
+    return seconds
+
+
+def shown_duration(seconds: float) -> str:
+    """5400 -> '1h30m', 90 -> '1m30s', 2.5 -> '2.5s': how durations are printed back."""
+    whole, rest = divmod(seconds, 1)
+    if rest:
+        return f"{seconds:g}s"
+    hours, minutes, secs = int(whole) // 3600, int(whole) % 3600 // 60, int(whole) % 60
+    return "".join(f"{n}{u}" for n, u in ((hours, "h"), (minutes, "m"), (secs, "s")) if n) or "0s"
 
 
 def _add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
@@ -133,6 +158,9 @@ def _tune_parser(sub) -> None:
     p.add_argument("--objective", default="val_miou", choices=["val_miou", "val_rock_miou"],
                    help="validation score Optuna, ASHA and promote maximise")
     p.add_argument("--seed", type=int, default=0, help="seeds Optuna's sampler and every trial")
+    p.add_argument("--time-budget", type=duration_seconds, default=None, metavar="DURATION",
+                   help="end the sweep after this long (90s, 30m, 2h, 1h30m): trials then running end "
+                        "unfinished, the rest never start (default: no limit)")
     p.add_argument("--startup-trials", type=int, default=None,
                    help="random trials before TPE models the study (default: a third of --samples, 2 to 10)")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto | HOST:PORT (default: local Ray)")

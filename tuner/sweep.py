@@ -34,6 +34,7 @@ from ray import tune
 from ray.tune import Callback, CLIReporter, TuneError
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.stopper import Stopper, TimeoutStopper
 
 import data_pipeline
 import search_spaces
@@ -42,7 +43,7 @@ from data_pipeline.synth import generate
 from data_pipeline.split import write_json_atomic
 from models import ConfigError, ModelConfig, TrainConfig, WeightsError, canonical_backbone
 from tuner import disk, leftovers, tracking
-from tuner.cli import EXIT_INCOMPLETE, EXIT_INTERRUPTED, CliError
+from tuner.cli import EXIT_INCOMPLETE, EXIT_INTERRUPTED, CliError, shown_duration
 from tuner.objective import best_epoch, best_name
 from tuner.searcher import DIVERGED, RAY_TRIAL_ATTR, PruningAwareOptunaSearch, RetryPassingLimiter
 from tuner.settings import RunPaths, environment, shown_uri
@@ -84,6 +85,7 @@ class SweepConfig:
     objective: str = "val_miou"  # val_miou | val_rock_miou, maximised
     seed: int = 0  # seeds Optuna's sampler and every trial
     startup_trials: int | None = None  # random trials before TPE models the study; None: startup_trials(samples)
+    time_budget_s: float | None = None  # the sweep ends after this long (Ray's time_budget_s); None: no limit
     address: str | None = None  # None: a private local Ray; "auto" or HOST:PORT joins a cluster
     storage: str | None = None  # Ray results: PATH or s3://...; None = <run-dir>/ray
     experiment: str = "lunartune"  # MLflow experiment, Optuna study, prefix of the Ray run name
@@ -105,6 +107,8 @@ class SweepResult:
     top_trials: list[dict] = field(default_factory=list)  # best first: trial, backbone, objective, epochs, status
     mlflow_incomplete: list[str] = field(default_factory=list)  # what MLflow still lacks (it was away); --resume fills it
     errors: dict[str, str] = field(default_factory=dict)  # errored trial's folder in results_path -> its error
+    budget_spent: bool = False  # --time-budget ended the sweep (then not `interrupted`: nothing to resume)
+    config: SweepConfig | None = None  # the sweep's own (with --resume: as it was started, not the flags given)
 
 
 def sweep_config_from_args(args) -> SweepConfig:
@@ -115,8 +119,8 @@ def sweep_config_from_args(args) -> SweepConfig:
         device=args.device, num_workers=args.num_workers, samples=args.samples, max_epochs=args.max_epochs,
         grace_epochs=args.grace_epochs, reduction_factor=args.reduction_factor, use_asha=not args.no_asha,
         concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        objective=args.objective, seed=args.seed, startup_trials=args.startup_trials, address=args.address,
-        storage=args.storage,
+        objective=args.objective, seed=args.seed, startup_trials=args.startup_trials,
+        time_budget_s=args.time_budget, address=args.address, storage=args.storage,
         experiment=args.experiment, resume=args.resume)
     check_sweep_config(cfg)
     return cfg
@@ -248,14 +252,23 @@ def _run_locked(cfg: SweepConfig, paths: RunPaths, space=None) -> SweepResult:
     target = tracking.TrackingTarget(paths.tracking_uri, experiment_id, state["parent_run_id"], tuple(source.items()))
     setup = _trial_setup(cfg, data_cfg, target)
     interrupted, incomplete = True, []  # until Ray says otherwise: an exception also leaves the parent "interrupted"
+    budget_flag = _budget_flag_path(paths, cfg.experiment)
+    if not cfg.resume:
+        budget_flag.unlink(missing_ok=True)  # an earlier sweep's
     try:
         results = _fit(cfg, paths, space, setup, state["results_path"])
-        resumable = trials_ray_resumes(results)
-        result = _summarise(cfg, results, experiment_id, target, state["results_path"], resumable)
+        budget_spent = budget_flag.exists()
+        stopped = trials_ray_resumes(results)  # stopped mid-flight: resumable, unless the budget ended the sweep
+        if budget_spent:
+            stopped |= _cut_short(results)
+        result = _summarise(cfg, results, experiment_id, target, state["results_path"], stopped, budget_spent)
         interrupted = result.interrupted
-        incomplete = sync_to_mlflow(results, setup, resumable, _optuna_numbers(paths, cfg.experiment))
+        incomplete = sync_to_mlflow(results, setup, set() if budget_spent else stopped,
+                                    _optuna_numbers(paths, cfg.experiment), unfinished=stopped if budget_spent else set())
         if not interrupted:
-            _fail_orphaned_study_trials(paths, cfg.experiment)
+            _end_running_study_trials(paths, cfg.experiment, cut_short=stopped if budget_spent else set())
+        if budget_spent:
+            tracking.set_tags(paths.tracking_uri, target.parent_run_id, {tracking.STOPPED_BY_TAG: "time_budget"})
     finally:
         summary = {"trials": cfg.samples}
         if not interrupted:
@@ -266,7 +279,7 @@ def _run_locked(cfg: SweepConfig, paths: RunPaths, space=None) -> SweepResult:
             tracking.end_parent_run(paths.tracking_uri, target.parent_run_id, interrupted, summary)
         except Exception as err:  # MLflow away: the results are safe in Ray's folder; --resume ends the run later
             incomplete.append(f"parent run {target.parent_run_id} ({type(err).__name__})")
-    write_json_atomic(pointer, {**state, "mlflow_incomplete": incomplete})
+    write_json_atomic(pointer, {**state, "mlflow_incomplete": incomplete, "budget_spent": result.budget_spent})
     return replace(result, mlflow_incomplete=incomplete)
 
 
@@ -425,7 +438,26 @@ def _tuner(cfg: SweepConfig, paths: RunPaths, space, setup: TrialSetup, results_
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT, checkpoint_score_attribute=cfg.objective,
                                                 checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+        stop=TimeBudget(cfg.time_budget_s, str(_budget_flag_path(paths, cfg.experiment))) if cfg.time_budget_s else None,
         callbacks=[TrialStatusCallback(setup)]))
+
+
+class TimeBudget(Stopper):
+    """Ray's TimeoutStopper (what TuneConfig's time_budget_s makes) that also leaves `flag` when it ends the
+    sweep: Ray's results do not say why a sweep stopped, and a spent budget must not read as a Ctrl-C. Ray
+    saves the stopper with the sweep, so a resumed (interrupted) sweep goes on with what is left of it."""
+
+    def __init__(self, seconds: float, flag: str):
+        self._timeout, self.flag = TimeoutStopper(seconds), flag
+
+    def __call__(self, trial_id, result):
+        return False
+
+    def stop_all(self):
+        spent = self._timeout.stop_all()
+        if spent:
+            Path(self.flag).touch()
+        return spent
 
 
 def _trial_setup(cfg: SweepConfig, data_cfg, target) -> TrialSetup:
@@ -665,16 +697,17 @@ def _optuna_numbers(paths: RunPaths, experiment: str) -> dict[str, int]:
 
 
 def sync_to_mlflow(results, setup: TrialSetup, resumable: set[str],
-                   optuna_numbers: dict[str, int] | None = None) -> list[str]:
+                   optuna_numbers: dict[str, int] | None = None, unfinished: set[str] = frozenset()) -> list[str]:
     """Fill each trial's child run in from Ray's results (every reported epoch and the best checkpoints are
     there): the epochs MLflow missed while it was away, the run itself if the trial never reached MLflow,
     the best checkpoint if its upload failed, the final status tag (not for the `resumable` trials: --resume
-    runs them on, and tags them when they end), and the Optuna trial number (`optuna_numbers`, by Ray trial id).
+    runs them on, and tags them when they end; `unfinished` ones, stopped by the time budget, are tagged so
+    whatever the callback tagged them), and the Optuna trial number (`optuna_numbers`, by Ray trial id).
     Idempotent (steps already in MLflow are skipped); returns the trials MLflow still lacks."""
     incomplete = []
     for result in results:
         try:
-            _sync_trial(result, setup, resumable, optuna_numbers or {})
+            _sync_trial(result, setup, resumable, optuna_numbers or {}, unfinished)
         except Exception as err:  # MLflow still away (or refuses): say which, keep going
             incomplete.append(f"{Path(result.path or '?').name} ({type(err).__name__}: {str(err)[:120]})")
     if incomplete:
@@ -684,7 +717,8 @@ def sync_to_mlflow(results, setup: TrialSetup, resumable: set[str],
     return incomplete
 
 
-def _sync_trial(result, setup: TrialSetup, resumable: set[str], optuna_numbers: dict[str, int]) -> None:
+def _sync_trial(result, setup: TrialSetup, resumable: set[str], optuna_numbers: dict[str, int],
+                unfinished: set[str]) -> None:
     target, frame, last = setup.tracking, result.metrics_dataframe, result.metrics or {}
     if frame is None or EPOCH not in frame or not last.get("trial_id"):
         if result.error is not None and result.path:  # failed before its first epoch: list it, with why
@@ -712,6 +746,10 @@ def _sync_trial(result, setup: TrialSetup, resumable: set[str], optuna_numbers: 
     _tag_optuna_number(target.uri, run_id, tags, optuna_numbers.get(trial_id))
     if trial_id in resumable:
         return  # stopped by Ctrl-C: --resume continues it
+    if trial_id in unfinished:  # stopped by the time budget (Ray may have told the callback it completed)
+        if tags.get(tracking.STATUS_TAG) != tracking.UNFINISHED:
+            tracking.finish_child_run(target.uri, run_id, tracking.UNFINISHED)
+        return
     status = trial_status(last, result.error, setup.train.epochs)
     if tags.get(tracking.STATUS_TAG) == tracking.RUNNING:
         error = describe_error(result.error) if result.error is not None else None
@@ -737,25 +775,29 @@ def _sync_best_checkpoint(result, uri: str, run_id: str, objective: str) -> None
             upload_best_from_ray(uri, run_id, Path(folder) / STATE_FILE, objective)
 
 
-def _fail_orphaned_study_trials(paths: RunPaths, experiment: str) -> None:
-    """Optuna trials still RUNNING once every trial of the sweep has ended were asked for by a driver that was
-    killed (SIGKILL) before Ray saved them; Ray will never tell them. FAIL them so TPE stops counting them as
-    running (we hold the experiment's lock: no other sweep of this study is running)."""
+def _end_running_study_trials(paths: RunPaths, experiment: str, cut_short: set[str]) -> None:
+    """Optuna trials still RUNNING once every trial of the sweep has ended: those the time budget cut short
+    (`cut_short`, Ray trial ids; Ray does not tell the searcher) are PRUNED at the epoch they reached, so TPE
+    learns from them as from ASHA's; the others were asked for by a driver that was killed (SIGKILL) before
+    Ray saved them: Ray will never tell them, so they FAIL and TPE stops counting them as running (we hold
+    the experiment's lock: no other sweep of this study is running)."""
     study = optuna.load_study(study_name=experiment, storage=f"sqlite:///{paths.optuna_db}")
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(trial.number, state=TrialState.FAIL)
+        cut = trial.user_attrs.get(RAY_TRIAL_ATTR) in cut_short and trial.intermediate_values
+        study.tell(trial.number, state=TrialState.PRUNED if cut else TrialState.FAIL)
 
 
 def _summarise(cfg: SweepConfig, results, experiment_id: str, target, results_path: str,
-               resumable: set[str]) -> SweepResult:
+               stopped: set[str], budget_spent: bool = False) -> SweepResult:
+    """`stopped`: the trials Ray stopped mid-flight (resumable, unless the time budget ended the sweep)."""
     finished = results.num_terminated + results.num_errors
     rows, errors = [], {}
     for result in results:
         metrics, config = result.metrics or {}, result.config or {}  # None for a trial that never started
         best = _best_row(result, cfg.objective)
         status = trial_status(metrics, result.error, cfg.max_epochs)
-        if metrics.get("trial_id") in resumable:
-            status = "unfinished"  # Ctrl-C stopped it mid-flight; --resume continues it
+        if metrics.get("trial_id") in stopped:
+            status = "unfinished"  # Ctrl-C stopped it mid-flight (--resume continues it), or the time budget
         if status == "errored":
             errors[Path(result.path or "?").name] = describe_error(result.error)
         # named as in Ray's live table and MLflow (trial_dirname is "<name>_<trial id>")
@@ -768,7 +810,8 @@ def _summarise(cfg: SweepConfig, results, experiment_id: str, target, results_pa
     top = rows[0] if rows and math.isfinite(rows[0]["objective"]) else {"config": {}, "metrics": {}}
     return SweepResult(
         experiment=cfg.experiment, experiment_id=experiment_id, parent_run_id=target.parent_run_id,
-        tracking_uri=target.uri, results_path=results_path, interrupted=finished < cfg.samples or bool(resumable),
+        tracking_uri=target.uri, results_path=results_path, budget_spent=budget_spent, config=cfg,
+        interrupted=not budget_spent and (finished < cfg.samples or bool(stopped)),
         best_config=top["config"], best_metrics=top["metrics"], best_run_id=top["metrics"].get(RUN_ID),
         statuses=statuses, top_trials=[{k: v for k, v in r.items() if k not in ("config", "metrics")}
                                        for r in rows[:TOP_TRIALS_SHOWN]], errors=errors)
@@ -780,6 +823,13 @@ def _best_row(result, objective: str) -> dict:
     if frame is None or objective not in frame or frame[objective].isna().all():
         return dict(result.metrics or {})
     return frame.loc[frame[objective].idxmax()].to_dict()
+
+
+def _cut_short(results) -> set[str]:
+    """Trials Ray stopped between two epochs (the time budget): a last result that is not `done` (a trial that
+    returned, or that ASHA stopped, has done=True) and no error. Ray's saved state may list them TERMINATED."""
+    return {r.metrics["trial_id"] for r in results
+            if r.error is None and r.metrics and "trial_id" in r.metrics and not r.metrics.get("done")}
 
 
 def trials_ray_resumes(results) -> set[str]:
@@ -812,12 +862,22 @@ def _lock_path(paths: RunPaths, experiment: str) -> Path:
     return _pointer_path(paths, experiment).with_suffix(".lock")
 
 
+def _budget_flag_path(paths: RunPaths, experiment: str) -> Path:
+    """Left by TimeBudget when --time-budget ended the latest sweep of the experiment."""
+    return _pointer_path(paths, experiment).with_suffix(".budget-spent")
+
+
 def _resumed_config(cfg: SweepConfig, pointer: Path) -> SweepConfig:
     """--resume runs the sweep as it was started (its space, data, budgets); only --address may change."""
     if not pointer.is_file():
         raise CliError(f"--resume: no sweep of experiment {cfg.experiment!r} was started in this run dir "
                        f"({pointer} is missing)")
-    saved = json.loads(pointer.read_text())["config"]
+    state = json.loads(pointer.read_text())
+    if state.get("budget_spent") and not state.get("mlflow_incomplete"):
+        raise CliError(f"--resume: the latest sweep of experiment {cfg.experiment!r} ended at its time budget "
+                       f"(--time-budget {shown_duration(state['config']['time_budget_s'])}): nothing is left to "
+                       f"resume; a new sweep of the experiment continues its Optuna study")
+    saved = state["config"]
     saved["image_size"] = tuple(saved["image_size"])
     return replace(SweepConfig(**saved), resume=True, address=cfg.address)
 
@@ -923,8 +983,13 @@ def _shown_values(values: dict) -> str:
 
 
 def format_summary(result: SweepResult, cfg: SweepConfig, paths: RunPaths) -> str:
-    lines = [f"\nsweep {result.experiment}: " + ", ".join(f"{n} {s}" for s, n in result.statuses.items()),
-             f"top trials by {cfg.objective} (best epoch):"]
+    cfg = result.config or cfg  # a resumed sweep's objective, samples and budget are its own, not the flags'
+    lines = [f"\nsweep {result.experiment}: " + ", ".join(f"{n} {s}" for s, n in result.statuses.items())]
+    if result.budget_spent:
+        never = cfg.samples - sum(result.statuses.values())
+        lines.append(f"time budget {shown_duration(cfg.time_budget_s)} spent: trials then running ended unfinished"
+                     + (f"; {never} of {cfg.samples} never started" if never > 0 else ""))
+    lines.append(f"top trials by {cfg.objective} (best epoch):")
     width = max((len(row["trial"]) for row in result.top_trials), default=0)
     for row in result.top_trials:
         lines.append(f"  {row['trial']:<{width}}  {cfg.objective} {row['objective']:.4f}  epochs {row['epochs']}  "

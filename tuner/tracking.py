@@ -39,6 +39,7 @@ TRIAL_ID_TAG = "ray_trial_id"
 OPTUNA_TRIAL_TAG = "optuna_trial_number"  # the trial's number in the Optuna study (study name = experiment)
 BACKBONE_TAG = "backbone"
 STATUS_TAG = "status"  # children: completed | pruned | errored | diverged | unfinished (| running); parent: running | finished | interrupted
+STOPPED_BY_TAG = "stopped_by"  # parent: "time_budget" when --time-budget ended the sweep
 ERROR_TAG = "error"  # errored children: the exception that ended the trial, one line (Ray's error.txt has the rest)
 CHECKPOINT_TAG = "best_checkpoint"  # artifact path of the best checkpoint inside the child run
 CHECKPOINT_ARTIFACT = "checkpoint/best.pt"

@@ -5,6 +5,7 @@ import argparse
 import getpass
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -18,8 +19,8 @@ from tuner import tracking
 from tuner.cli import CliError, build_parser
 from tuner.promote import best_of_history
 from tuner.settings import RunPaths
-from tuner.sweep import (TRIAL_STATUSES, SweepConfig, describe_error, run_sweep, sampler_seed, startup_trials,
-                         sweep_config_from_args, trial_device)
+from tuner.sweep import (TRIAL_STATUSES, SweepConfig, describe_error, format_summary, run_sweep, sampler_seed,
+                         startup_trials, sweep_config_from_args, trial_device)
 
 
 def _cfg(space, scenes, **kw) -> SweepConfig:
@@ -47,6 +48,17 @@ def test_flags_become_a_sweep_config():
                                        "val_rock_miou", "--image-size", "64x96", "--gpus-per-trial", "0.5"))
     assert (cfg.space, cfg.samples, cfg.use_asha, cfg.objective, cfg.image_size, cfg.gpus_per_trial) == \
         ("smoke", 3, False, "val_rock_miou", (64, 96), 0.5)
+    assert cfg.time_budget_s is None  # no limit unless asked
+    assert [sweep_config_from_args(_args("--time-budget", t)).time_budget_s for t in ("90", "45s", "30m", "1h30m")] \
+        == [90, 45, 1800, 5400]
+
+
+@pytest.mark.parametrize("budget", ["0", "-5m", "30 minutes", "1h30", "m"])
+def test_a_bad_time_budget_is_a_usage_error_naming_the_forms(budget, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _args(f"--time-budget={budget}")
+    assert exit_info.value.code == 2
+    assert "argument --time-budget: expected a duration" in capsys.readouterr().err
 
 
 def test_tpe_starts_modelling_after_a_third_of_the_samples_not_after_optunas_ten():
@@ -151,6 +163,12 @@ def test_the_summary_aligns_trial_names_and_shows_the_config_short(tmp_path):
     config = next(line for line in lines if line.startswith("best config:"))
     # rounded, and without what adam and CE ignore (momentum, focal_gamma) or vgg11 (scratch_width)
     assert config == "best config: backbone=vgg11, loss=ce, lr=0.007769, optimizer=adam"
+    # a resumed sweep is summarised by its own config, not by the defaults of the flags `--resume` came with
+    started = SweepConfig(objective="val_rock_miou", samples=4, time_budget_s=1800.0)
+    resumed = format_summary(replace(result, budget_spent=True, config=started), SweepConfig(resume=True),
+                             RunPaths(root=tmp_path))
+    assert "top trials by val_rock_miou" in resumed and "time budget 30m spent" in resumed
+    assert "2 of 4 never started" in resumed
 
 
 def test_the_live_table_survives_a_finished_trial_without_the_best_metric(local_ray, tmp_path, capsys):
@@ -393,3 +411,28 @@ def test_a_new_sweep_ends_the_trials_of_an_interrupted_sweep_it_replaces(tmp_pat
     pointer.write_text(json.dumps({"parent_run_id": finished, "tracking_uri_override": None}))
     _end_abandoned_sweep(paths, pointer)  # a finished sweep: nothing to say
     assert capsys.readouterr().err == ""
+
+
+def test_a_time_budget_ends_the_sweep_and_the_trial_then_running_ends_unfinished(local_ray, scenes, tiny_space,
+                                                                                   run_paths):
+    """--time-budget: Ray stops the sweep; the trial then running ends unfinished (in the summary and MLflow,
+    with the epochs it trained), the samples not started never start, and the sweep is finished, not
+    interrupted: nothing to resume, and --resume says so."""
+    cfg = _cfg(tiny_space, scenes, samples=4, concurrency=1, max_epochs=1000, use_asha=False, time_budget_s=20.0,
+               experiment="budget")
+    result = run_sweep(cfg, run_paths)
+    assert result.budget_spent and not result.interrupted
+    assert result.statuses == {"unfinished": 1}  # one trial at a time, far from its 1000 epochs
+    [run] = _children(run_paths, result)
+    mlflow = tracking.client(run_paths.tracking_uri)
+    assert (run.data.tags[tracking.STATUS_TAG], run.info.status) == ("unfinished", "KILLED")
+    assert len(mlflow.get_metric_history(run.info.run_id, "val_miou")) >= 2  # it trained until the budget ran out
+    parent = mlflow.get_run(result.parent_run_id)
+    assert (parent.info.status, parent.data.tags[tracking.STATUS_TAG]) == ("FINISHED", "finished")
+    assert parent.data.tags[tracking.STOPPED_BY_TAG] == "time_budget" and parent.data.params["time_budget_s"] == "20.0"
+    [study_trial] = _study(run_paths, "budget").trials  # Optuna learns from it as from a trial ASHA stopped
+    assert study_trial.state == TrialState.PRUNED and len(study_trial.intermediate_values) >= 2
+    summary = format_summary(result, cfg, run_paths)
+    assert "time budget 20s spent: trials then running ended unfinished; 3 of 4 never started" in summary
+    with pytest.raises(CliError, match="ended at its time budget .--time-budget 20s.: nothing is left to resume"):
+        run_sweep(SweepConfig(experiment="budget", resume=True), run_paths)
