@@ -3,13 +3,13 @@
 Both formats keep the batch axis dynamic; the spatial size is fixed at the example's (the checkpoint's
 training size): the model's scores hold at that scale, with objects sized as in training, and the card tells
 a consumer to resize to it. (Traces of every registry backbone do run at other multiples of its size
-multiple, checked on 2026-12-05 with smp 0.6 and torch 2.14, but nothing verifies them there.)
-Verification runs the exported file and the PyTorch model on random inputs whose batch size differs from
-the example's (proving the dynamic axis) and requires max |difference| <= atol (default 1e-4 on logits). ONNX files are checked with onnx.checker and, when onnxruntime is importable,
-run with it on CPU; without onnxruntime only the checker runs (the returned report says which).
-TorchScript uses tracing (torch.jit.trace): smp models are not scriptable. ONNX uses the TorchScript-based
-exporter (dynamo=False): in torch 2.14 it is the path that handles `dynamic_axes` for these models without
-needing torch.export to succeed on every decoder.
+multiple, checked on 2026-12-05 with smp 0.6 and torch 2.14, but nothing verifies them there.) Verification
+runs the exported file and the PyTorch model on random inputs whose batch size differs from the example's
+(proving the dynamic axis) and requires max |difference| <= atol (default 1e-4 on logits). ONNX files are
+checked with onnx.checker and, when onnxruntime is importable, run with it on CPU; without onnxruntime only
+the checker runs (the returned report says which). TorchScript uses tracing (torch.jit.trace): smp models
+are not scriptable. ONNX uses the TorchScript-based exporter (dynamo=False): in torch 2.14 it is the path
+that handles `dynamic_axes` for these models without needing torch.export to succeed on every decoder.
 """
 from __future__ import annotations
 
