@@ -81,8 +81,12 @@ def scan_pairs(root: str | Path, mask_source: str = "clean", exclude_mismatches:
     renders = _numbered(_existing_dir(root / RENDER_DIR, "render folder"), "render")
     masks = _numbered(_existing_dir(root / MASK_DIRS[mask_source], f"{mask_source} mask folder"), mask_source)
     excluded, mismatch_file = set(), None
-    if exclude_mismatches and (root / MISMATCH_FILE).is_file():
+    if exclude_mismatches:  # asked for: a missing list must not pass as "nothing to exclude"
         mismatch_file = root / MISMATCH_FILE
+        if not mismatch_file.is_file():
+            raise DataError(f"{mismatch_file}: not found; exclude_mismatches (--exclude-mismatches) leaves out the "
+                            f"frames it lists (later versions of the Kaggle data set ship it): add it, or leave "
+                            f"the flag out")
         excluded = _read_frame_numbers(mismatch_file)
     samples = [Sample(frame, path, masks[number][1], mask_source)
                for number, (frame, path) in sorted(renders.items())

@@ -17,6 +17,8 @@ from models.unet_scratch import UNetScratch
 SCRATCH = "unet_scratch"
 SMP_ENCODERS = ("vgg11", "vgg11_bn", "resnet18", "resnet34", "tu-mobilenetv3_large_100", "efficientnet-b0")
 BACKBONES = (SCRATCH, *SMP_ENCODERS)
+# DeepLabV3+ runs its encoder dilated; smp's VGG encoders cannot (they downsample by max pooling)
+NOT_DILATABLE = ("vgg11", "vgg11_bn")
 # Friendly names used by the search spaces and the CLI -> registry names.
 ALIASES = {
     "mobilenetv3-large": "tu-mobilenetv3_large_100",
@@ -50,6 +52,9 @@ def validate(cfg: ModelConfig) -> ModelConfig:
     cfg = replace(cfg, backbone=canonical_backbone(cfg.backbone))
     if cfg.arch not in SMP_ARCHS:
         raise ConfigError("ModelConfig.arch", cfg.arch, f"one of {', '.join(SMP_ARCHS)}")
+    if cfg.arch == "deeplabv3plus" and cfg.backbone in NOT_DILATABLE:
+        raise ConfigError("ModelConfig.arch", cfg.arch, f"an architecture other than deeplabv3plus for {cfg.backbone} "
+                          f"(DeepLabV3+ needs a dilated encoder; VGG encoders cannot dilate)")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ConfigError("ModelConfig.dropout", cfg.dropout, "a probability in [0, 1)")
     for name in ("num_classes", "in_channels", "scratch_width"):

@@ -47,6 +47,11 @@ def test_unpaired_files_are_counted_listed_and_only_skipped_when_allowed(tiny_da
     assert len(frames) == 22 and "0003" not in frames and "0005" not in frames
 
 
+def test_excluding_mismatches_without_the_list_is_an_error_naming_it(tiny_dataset):
+    with pytest.raises(DataError, match=r"mismatch_IDs.txt: not found; exclude_mismatches \(--exclude-mismatches\)"):
+        scan_pairs(tiny_dataset, exclude_mismatches=True)  # was silently no exclusion at all
+
+
 def test_mismatched_frames_are_excluded_on_request(tiny_dataset):
     (tiny_dataset / "mismatch_IDs.txt").write_text("2\n0007, 19\n")
     scan = scan_pairs(tiny_dataset, exclude_mismatches=True)

@@ -25,6 +25,13 @@ def test_every_smp_architecture_is_selectable(arch):
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 4, 64, 64)
 
 
+@pytest.mark.parametrize("backbone", ["vgg11", "vgg11_bn"])
+def test_deeplabv3plus_with_a_vgg_encoder_is_refused_naming_the_pair(backbone):
+    with pytest.raises(ConfigError, match=f"ModelConfig.arch='deeplabv3plus': expected an architecture other than "
+                                          f"deeplabv3plus for {backbone}"):
+        build(ModelConfig(backbone=backbone, arch="deeplabv3plus"))  # was smp's ValueError, as a traceback
+
+
 def test_alias_resolves_to_registry_name():
     assert models.canonical_backbone("mobilenetv3-large") == "tu-mobilenetv3_large_100"
     assert models.validate(ModelConfig(backbone="mobilenetv3-large")).backbone == "tu-mobilenetv3_large_100"
