@@ -7,9 +7,13 @@ config in one place and calls it.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
+import os
 import re
+import signal
 import sys
+import threading
 from typing import Callable, Sequence
 
 from tuner.settings import RUN_DIR_ENV, TRACKING_URI_ENV, RunDirError, resolve_run_paths
@@ -255,17 +259,43 @@ def _load_handler(spec: str) -> Callable:
         raise CliError(f"this command is not implemented yet ({module} is missing)", code=3) from None
 
 
+# `timeout`, `kill` and job schedulers stop a command with SIGTERM, whose default ends it at once and leaves
+# its staging folders (`.NAME.partial-*`) behind. These commands take it as Ctrl-C: the same clean-up runs.
+# Not `tune` and `demo` (Ray's driver: a killed sweep is cleaned up by the next one) nor `ui` (its own handlers).
+SIGTERM_AS_CTRL_C = ("data", "train", "promote", "export", "predict", "evaluate", "report")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt."""
+
+
+def _raise_terminated(main_pid: int, signum, frame):
+    if os.getpid() != main_pid:  # a forked worker (scene generation, DataLoader) inherited the handler: it
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # ends as SIGTERM's default would, as its pool expects
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     paths = resolve_run_paths(args.run_dir, args.tracking_uri)
+    takes_sigterm = args.command in SIGTERM_AS_CTRL_C and threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, functools.partial(_raise_terminated, os.getpid())) if takes_sigterm else None
     try:
         return int(_load_handler(args.handler)(args, paths) or 0)
     except (CliError, RunDirError) as err:
         print(f"lunartune {args.command}: error: {err}", file=sys.stderr)
         return getattr(err, "code", EXIT_ERROR)
+    except Terminated:
+        print(f"lunartune {args.command}: terminated (SIGTERM); nothing half-written was kept", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"lunartune {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if takes_sigterm:  # main() may run inside another program (the tests): its handler comes back
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
 """`lunartune train` end to end on generated scenes (64 x 64, 2 epochs), through tuner.cli.main."""
 import json
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -100,3 +104,25 @@ def test_a_newer_generator_writes_its_scenes_beside_the_older_ones(tmp_path, mon
     assert newer != older
     assert without_generator_version(newer) == without_generator_version(older)  # one Optuna study for both
     assert synth.read_manifest(older)["version"] + 1 == synth.read_manifest(newer)["version"]
+
+
+def test_sigterm_mid_training_leaves_no_staging_folder(tmp_path):
+    """`timeout`, `kill` and job schedulers send SIGTERM: it ended `train` at once and left its staging folder
+    (`.unet_scratch.partial-*`, the best checkpoint so far) beside the output, never removed."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tuner.cli", "--run-dir", str(run), "train", *COMMON, "--backbone", "unet_scratch",
+           "--epochs", "500", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((run / "train").glob(".unet_scratch.partial-*/best.pt")) and time.monotonic() < deadline:
+            time.sleep(0.2)  # training has saved a checkpoint into its staging folder
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "lunartune train: terminated (SIGTERM)" in err
+    assert list(run.rglob("*.partial-*")) == []
+    assert not (run / "train" / "unet_scratch").exists()  # nothing half-written lands either
