@@ -68,6 +68,18 @@ def boxes_of(instances: np.ndarray) -> tuple[tuple[int, int, int, int], ...]:
     return tuple(boxes)
 
 
+def _params(count: int, seed: int, size: tuple[int, int], style: str) -> dict:
+    check_style(style)
+    return {"version": MANIFEST_VERSION, "count": check_int("count", count, 1),
+            "seed": check_int("seed", seed, 0), "size": list(check_size(size)), "style": style}
+
+
+def already_generated(out, count: int, seed: int, size: tuple[int, int] = (480, 720),
+                      style: str = "realistic") -> bool:
+    """Whether `generate` with these arguments would return `out` as it is (complete, same parameters)."""
+    return is_complete(Path(out), _params(count, seed, size, style))
+
+
 def generate(out, count: int, seed: int, size: tuple[int, int] = (480, 720), style: str = "realistic",
              workers: int = 0, progress: bool = True) -> Path:
     """Write `count` scenes into `out` (Kaggle layout) and return `out` as a Path.
@@ -75,9 +87,7 @@ def generate(out, count: int, seed: int, size: tuple[int, int] = (480, 720), sty
     workers=0 uses every core. A folder that already holds a data set is refused unless it was made
     with identical parameters: then a complete one is returned as is, an interrupted one is redone.
     """
-    params = {"version": MANIFEST_VERSION, "count": check_int("count", count, 1),
-              "seed": check_int("seed", seed, 0), "size": list(check_size(size)), "style": style}
-    check_style(style)
+    params = _params(count, seed, size, style)
     workers = check_int("workers", workers, 0) or os.cpu_count() or 1
     out = Path(out)
     if is_complete(out, params):

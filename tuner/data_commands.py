@@ -11,14 +11,16 @@ from tuner.settings import RunPaths
 
 def synth(args: argparse.Namespace, paths: RunPaths) -> int:
     """Write procedural scenes in the Kaggle layout to --out, then print where they are."""
-    from data_pipeline.synth import generate  # imported here: the generator is only needed by this command
+    from data_pipeline.synth import already_generated, generate  # only this command needs the generator
 
     try:
+        there = already_generated(Path(args.out), args.count, args.seed, tuple(args.size), args.style)
         out = generate(Path(args.out), count=args.count, seed=args.seed, size=tuple(args.size),
                        style=args.style, workers=args.workers, progress=True)
     except DataError as err:
         raise CliError(str(err)) from None
-    print(f"wrote {args.count} scenes ({args.size[1]}x{args.size[0]}, style {args.style}, seed {args.seed}) to {out}")
+    what = f"{args.count} scenes ({args.size[1]}x{args.size[0]}, style {args.style}, seed {args.seed})"
+    print(f"{out} already holds {what}: nothing written" if there else f"wrote {what} to {out}")
     return 0
 
 

@@ -39,7 +39,7 @@ from ray.tune.stopper import Stopper, TimeoutStopper
 import data_pipeline
 import search_spaces
 from data_pipeline import DataError
-from data_pipeline.synth import generate
+from data_pipeline.synth import already_generated, generate
 from data_pipeline.split import write_json_atomic
 from models import ConfigError, ModelConfig, TrainConfig, WeightsError, canonical_backbone
 from tuner import disk, leftovers, tracking
@@ -351,7 +351,8 @@ def _prepare_data(cfg: SweepConfig, paths: RunPaths):
 
     root = synthetic_root(paths, cfg.synthetic_count, cfg.seed) if cfg.data == SYNTHETIC else Path(cfg.data).expanduser()
     if cfg.data == SYNTHETIC:
-        print(f"generating {cfg.synthetic_count} synthetic scenes in {root}", file=sys.stderr)
+        doing = "reusing the" if already_generated(root, cfg.synthetic_count, cfg.seed) else "generating"
+        print(f"{doing} {cfg.synthetic_count} synthetic scenes in {root}", file=sys.stderr)
         generate(root, cfg.synthetic_count, cfg.seed, progress=True)
     data_cfg = data_pipeline.DataConfig(
         root=str(root.resolve()), image_size=tuple(cfg.image_size), mask_source=cfg.mask_source,

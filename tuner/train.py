@@ -122,10 +122,12 @@ def main(args, paths: RunPaths) -> int:
 
 def _prepare_data(job: TrainJob):
     import data_pipeline
-    from data_pipeline.synth import generate
+    from data_pipeline.synth import already_generated, generate
 
     if job.synthetic_count is not None:
-        print(f"generating {job.synthetic_count} synthetic scenes in {job.data.root}", file=sys.stderr)
+        reused = already_generated(job.data.root, job.synthetic_count, job.train.seed)
+        print(f"{'reusing the' if reused else 'generating'} {job.synthetic_count} synthetic scenes in {job.data.root}",
+              file=sys.stderr)
         generate(job.data.root, job.synthetic_count, job.train.seed, size=(480, 720),
                                      style="realistic", workers=0, progress=True)
     return data_pipeline.make_loaders(job.data)

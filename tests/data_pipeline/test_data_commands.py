@@ -19,6 +19,11 @@ def test_synth_then_check_then_load(tmp_path, capsys):
     run = ["--run-dir", str(tmp_path / "runs"), "data"]
     assert main([*run, "synth", "--out", str(out), "--count", "8", "--size", "64x48", "--style", "simple",
                  "--workers", "1"]) == 0
+    assert f"wrote 8 scenes (64x48, style simple, seed 0) to {out}" in capsys.readouterr().out
+    stamp = (out / "images" / "render" / "render0001.png").stat().st_mtime_ns
+    assert main([*run, "synth", "--out", str(out), "--count", "8", "--size", "64x48", "--style", "simple"]) == 0
+    assert capsys.readouterr().out.strip() == f"{out} already holds 8 scenes (64x48, style simple, seed 0): nothing written"
+    assert (out / "images" / "render" / "render0001.png").stat().st_mtime_ns == stamp  # said "wrote 8 scenes"
     assert main([*run, "check", str(out)]) == 0
     assert "renders (clean masks): 8 pairs" in capsys.readouterr().out
     loaders = make_loaders(DataConfig(root=str(out), image_size=(32, 32), batch_size=2, val_fraction=0.25,
