@@ -15,10 +15,12 @@ import json
 import math
 import os
 import re
+import signal
 import socket
 import textwrap
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -169,12 +171,37 @@ def run_sweep(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
         _check_data_exists(cfg)
         _check_where_trials_run(cfg)
         tracking.check_reachable(paths.tracking_uri)  # an unreachable store fails in <= 10 s
-    else:
-        _resumed_config(cfg, _pointer_path(paths, cfg.experiment))  # no sweep to resume: refused before ensure
-    paths.ensure()
-    with sweep_lock(paths, cfg.experiment) as lock:
-        _stop_leftovers(lock)
-        return _run_locked(cfg, paths, space)
+        address = cfg.address
+    else:  # no sweep to resume, or a cluster that does not answer: refused before the run dir is touched
+        resumed = _resumed_config(cfg, _pointer_path(paths, cfg.experiment))
+        _check_where_trials_run(resumed)
+        address = resumed.address
+    with _joined_cluster(address):  # a cluster that refuses us: refused before anything is written
+        paths.ensure()
+        with sweep_lock(paths, cfg.experiment) as lock:
+            _stop_leftovers(lock)
+            return _run_locked(cfg, paths, space)
+
+
+@contextmanager
+def _joined_cluster(address: str | None):
+    """Join the Ray cluster at `address` (None: nothing to join; the sweep starts a private Ray later) and
+    leave it at the end. ray.init failing (a port that answers but is no Ray head; a head with token
+    authentication this process has no token for) was a traceback after the sweep's parent run was made."""
+    if not address or ray.is_initialized():
+        yield
+        return
+    try:
+        ray.init(address=address)
+    except Exception as err:
+        reason = (str(err).strip().splitlines() or [""])[0][:300]
+        raise CliError(f"--address {address}: could not join a Ray cluster there ({type(err).__name__}: {reason}); "
+                       f"is it a Ray head's GCS port (ray start --head prints it)? A head with token "
+                       f"authentication needs RAY_AUTH_MODE=token and its token here too") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def _check_where_trials_run(cfg: SweepConfig) -> None:
@@ -391,22 +418,37 @@ def _fit(cfg: SweepConfig, paths: RunPaths, space, setup: TrialSetup, results_pa
 
 def _fit_on_ray(cfg: SweepConfig, paths: RunPaths, space, setup: TrialSetup, results_path: str):
     started_here, lock = not ray.is_initialized(), _lock_path(paths, cfg.experiment)
-    if started_here and cfg.address:
-        ray.init(address=cfg.address)
-    elif started_here:  # a private Ray: never join a cluster someone else started by accident
+    assert not (started_here and cfg.address), "run_sweep joins the cluster of --address (_joined_cluster)"
+    if started_here:  # a private Ray: never join a cluster someone else started by accident
         with leftovers.labelled(lock):  # its processes inherit the label
             context = ray.init(address="local", num_cpus=max(1, math.ceil(cfg.concurrency * cfg.cpus_per_trial)),
                                include_dashboard=False)
         leftovers.record_session(lock, context.address_info["session_dir"])
     try:
-        return _tuner(cfg, paths, space, setup, results_path).fit()
+        with _sigterm_as_ctrl_c():
+            return _tuner(cfg, paths, space, setup, results_path).fit()
     finally:
         if started_here:
             ray.shutdown()
-            if not cfg.address:  # our private Ray's agents may outlive it (see leftovers.stop_after_shutdown)
-                _stop_after_shutdown(lock)
+            _stop_after_shutdown(lock)  # our private Ray's agents may outlive it (see leftovers.stop_after_shutdown)
         # checkpoints workers killed mid-write left on this machine (others' are cleared by the trials' retries)
         CheckpointStaging.remove_sweep(results_path.rsplit("/", 1)[1])
+
+
+@contextmanager
+def _sigterm_as_ctrl_c():
+    """SIGTERM (a KubeRay pod deleted, `timeout`, systemd) stops the sweep as Ctrl-C does: Ray Tune saves its
+    state and the sweep ends interrupted, resumable, with the resume command printed. Ray's driver otherwise
+    aborts on it (exit 134: no summary, trials left running in MLflow). Installed after ray.init, whose
+    handler it replaces, and only from the main thread (signal handlers live there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
 
 def _stop_after_shutdown(lock: Path) -> None:
@@ -869,7 +911,8 @@ def _budget_flag_path(paths: RunPaths, experiment: str) -> Path:
 
 
 def _resumed_config(cfg: SweepConfig, pointer: Path) -> SweepConfig:
-    """--resume runs the sweep as it was started (its space, data, budgets); only --address may change."""
+    """--resume runs the sweep as it was started (its space, data, budgets, cluster); only --address may
+    change (without it, the sweep rejoins the --address it was started with)."""
     if not pointer.is_file():
         raise CliError(f"--resume: no sweep of experiment {cfg.experiment!r} was started in this run dir "
                        f"({pointer} is missing)")
@@ -880,7 +923,7 @@ def _resumed_config(cfg: SweepConfig, pointer: Path) -> SweepConfig:
                        f"resume; a new sweep of the experiment continues its Optuna study")
     saved = state["config"]
     saved["image_size"] = tuple(saved["image_size"])
-    return replace(SweepConfig(**saved), resume=True, address=cfg.address)
+    return replace(SweepConfig(**saved), resume=True, address=cfg.address or saved.get("address"))
 
 
 def _end_abandoned_sweep(paths: RunPaths, pointer: Path) -> None:

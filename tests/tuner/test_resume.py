@@ -162,3 +162,34 @@ def test_a_trial_ray_will_resume_is_not_tagged_finished_though_its_last_result_s
     history = tracking.client(uri).get_metric_history(pruned.info.run_id, "val_miou")
     assert [m.step for m in history] == [1, 2]
     assert tracking.client(uri).get_run(pruned.info.run_id).data.tags[tracking.STATUS_TAG] == "completed"
+
+
+def test_sigterm_stops_the_sweep_as_ctrl_c_does(local_ray, scenes, tiny_space, run_paths):
+    """A deleted KubeRay pod, `timeout` or systemd send SIGTERM: Ray's driver aborted on it (exit 134, no
+    summary, the parent run and its trials left running in MLflow). Now it is Ctrl-C: resumable, said so."""
+    command = [sys.executable, "-m", "tuner.cli", "--run-dir", str(run_paths.root), "tune", "--space", tiny_space,
+               "--data", str(scenes), "--samples", "6", "--max-epochs", "2", "--concurrency", "1",
+               "--device", "cpu", "--experiment", "term"]
+    mark = uuid.uuid4().hex
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", MARK: mark}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while _finished_in_study(run_paths.optuna_db) < 1:
+            assert proc.poll() is None, f"the sweep ended early:\n{proc.communicate()[1][-3000:]}"
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+        left = wait_gone(mark, RAY_EXIT_S, [proc.pid])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _kill(started(mark, [proc.pid]))
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "sweep interrupted; continue it with" in stderr and "--experiment term --resume" in stderr
+    assert not left, describe(left)
+    uri = run_paths.tracking_uri
+    parent = tracking.latest_parent_run(uri, tracking.find_experiment(uri, "term").experiment_id)
+    assert parent.data.tags[tracking.STATUS_TAG] == "interrupted"

@@ -5,6 +5,8 @@ import argparse
 import getpass
 import math
 import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -143,6 +145,41 @@ def test_resume_without_a_started_sweep_is_a_clear_error(scenes, run_paths):
     with pytest.raises(CliError, match="--resume: no sweep of experiment 'test'"):
         run_sweep(_cfg("smoke", scenes, resume=True), run_paths)
     assert not run_paths.root.exists()  # the run dir's folders and lock were made first
+
+
+def test_resume_rejoins_the_sweeps_cluster_and_checks_it_answers_first(scenes, tmp_path):
+    """The printed resume command has no --address: it resumed a cluster sweep on a private local Ray (one
+    needing GPUs then waited forever); and --resume skipped the checks a new sweep gets (a dead address hung)."""
+    import json
+    import socket
+    from dataclasses import asdict
+
+    with socket.socket() as closed:  # a port that was free a moment ago: nothing listens there
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    run_paths = RunPaths(root=tmp_path / "run")
+    pointer = run_paths.root / "sweeps" / "test.json"
+    pointer.parent.mkdir(parents=True)
+    started = _cfg("smoke", scenes, address=f"127.0.0.1:{port}")
+    pointer.write_text(json.dumps({"config": asdict(started), "parent_run_id": "p", "results_path": "r"}))
+    before = sorted(p.name for p in run_paths.root.rglob("*"))
+    with pytest.raises(CliError, match=f"--address 127.0.0.1:{port}: nothing answers there"):
+        run_sweep(SweepConfig(experiment="test", resume=True), run_paths)  # the sweep's own address, checked
+    assert sorted(p.name for p in run_paths.root.rglob("*")) == before  # no lock, no MLflow store
+    with pytest.raises(CliError, match="--address 127.0.0.1:1: nothing answers there"):
+        run_sweep(SweepConfig(experiment="test", resume=True, address="127.0.0.1:1"), run_paths)  # or the one given
+
+
+def test_an_address_ray_cannot_join_is_one_line_before_anything_is_written(tmp_path):
+    """ray.init's failures (here: no port number) were a traceback after the sweep's parent run was made."""
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "tuner.cli", "--run-dir", str(run), "tune", "--space", "smoke",
+                           "--synthetic-count", "8", "--address", "127.0.0.1:bogus"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "lunartune tune: error: --address 127.0.0.1:bogus: could not join a Ray cluster there (ValueError: ")
+    assert not run.exists()
 
 
 def test_the_summary_aligns_trial_names_and_shows_the_config_short(tmp_path):
