@@ -78,7 +78,8 @@ def check_dataset(root: str | Path, mask_source: str = "clean", allow_missing: b
     report = CheckReport(root, mask_source, SetReport(f"renders ({mask_source} masks)"),
                          SetReport("real photos (real_moon_images, g_* masks; evaluation only)"))
     if not root.is_dir():
-        report.renders.problems.append(f"{root}: data folder not found")
+        report.renders.problems.append(f"{root}: " + ("not a folder (expected a data set folder in the Kaggle layout)"
+                                                      if root.exists() else "data folder not found"))
         return report
     interrupted = _interrupted_generation(root)
     if interrupted:

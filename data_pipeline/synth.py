@@ -138,7 +138,7 @@ def check_size(size) -> tuple[int, int]:
         raise DataError(f"size must be (height, width), got {size!r}")
     height, width = (check_int("size", v, 1) for v in size)
     if min(height, width) < MIN_SIZE or max(height, width) > MAX_SIZE:
-        raise DataError(f"size must be {MIN_SIZE} to {MAX_SIZE} px per side, got (height, width) = {size!r}")
+        raise DataError(f"size must be {MIN_SIZE} to {MAX_SIZE} px per side, got {width}x{height} (width x height)")
     return height, width
 
 

@@ -135,6 +135,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path}: cannot read encoder weights (not a torch file that loads with "
                            f"weights_only=True: corrupt, or it pickles objects other than tensors)") from None
     except Exception as err:  # truncated, not a zip, not safetensors, ...
+        if path.is_file() and path.stat().st_size == 0:
+            raise WeightsError(f"{path}: cannot read encoder weights: the file is empty") from None
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise WeightsError(f"{path}: cannot read encoder weights ({type(err).__name__}: {first_line})") from None
     for wrapper in ("state_dict", "model"):  # common training-script wrappers around the state_dict

@@ -51,7 +51,11 @@ def _size(text: str) -> tuple[int, int]:
 
 def _wxh(text: str) -> tuple[int, int]:
     """'720x480' (WIDTHxHEIGHT, as image sizes are usually written) -> (480, 720) as (H, W)."""
-    h_w = _size(text)
+    try:
+        h_w = _size(text)
+    except argparse.ArgumentTypeError as err:  # _size's words, for the other order
+        raise argparse.ArgumentTypeError(str(err).replace("HxW (e.g. 128 or 128x192)", "WIDTHxHEIGHT (e.g. 720x480)")
+                                         .replace("N or HxW", "WIDTHxHEIGHT")) from None
     return h_w[1], h_w[0]
 
 
@@ -92,12 +96,12 @@ def _data_parser(sub) -> None:
     dsub = data.add_subparsers(dest="data_command", metavar="{synth,check}", required=True)
     synth = dsub.add_parser("synth", help="write procedural lunar scenes in the Kaggle layout")
     synth.add_argument("--out", required=True, help="output folder (gets images/render, images/clean, ...)")
-    synth.add_argument("--count", type=int, default=200, help="number of scenes")
-    synth.add_argument("--seed", type=int, default=0, help="same seed, same scenes")
+    synth.add_argument("--count", type=int, default=200, help="number of scenes (default 200)")
+    synth.add_argument("--seed", type=int, default=0, help="same seed, same scenes (default 0)")
     synth.add_argument("--size", type=_wxh, default=(480, 720), help="WIDTHxHEIGHT (default 720x480)")
     synth.add_argument("--style", choices=["realistic", "simple"], default="realistic",
                        help="'simple' is the flat baseline generator used by bench/sim2real.py")
-    synth.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
+    synth.add_argument("--workers", type=int, default=0, help="processes (default 0: all cores)")
     synth.set_defaults(handler="tuner.data_commands:synth")
     check = dsub.add_parser("check", help="validate a data set: counts, class balance, problems")
     check.add_argument("path", help="folder in the Kaggle layout")
@@ -110,22 +114,24 @@ def _data_parser(sub) -> None:
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     """Flags shared by `train` (one config) and `tune` (fixed values outside the search space)."""
-    p.add_argument("--data", default="synthetic", help="Kaggle-layout folder, or 'synthetic' to generate scenes")
-    p.add_argument("--synthetic-count", type=int, default=200, help="scenes to generate for --data synthetic")
+    p.add_argument("--data", default="synthetic",
+                   help="Kaggle-layout folder, or 'synthetic' to generate scenes (default synthetic)")
+    p.add_argument("--synthetic-count", type=int, default=200,
+                   help="scenes to generate for --data synthetic (default 200)")
     p.add_argument("--image-size", type=_size, default=(64, 64), help="training size N or HxW (default 64)")
     p.add_argument("--mask-source", choices=["clean", "ground"], default="clean",
                    help="which Kaggle masks label the renders: clean (default) or ground")
     p.add_argument("--allow-missing", action="store_true", help="skip renders without masks (and vice versa)")
     p.add_argument("--exclude-mismatches", action="store_true", help="drop frames in mismatch_IDs.txt")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
 
 
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train one configuration without Ray")
     _train_args(p)
-    p.add_argument("--backbone", default="vgg11", help="model name from the registry (see models.available_backbones)")
-    p.add_argument("--arch", default="unet", help="smp architecture: unet, unetplusplus, fpn, deeplabv3plus, linknet")
+    p.add_argument("--backbone", default="vgg11", help="model name from the registry (default vgg11; see models.available_backbones)")
+    p.add_argument("--arch", default="unet", help="smp architecture: unet (default), unetplusplus, fpn, deeplabv3plus, linknet")
     p.add_argument("--encoder-weights", default="none", help="none | imagenet | PATH to a weights file")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout before the segmentation head (default 0)")
     p.add_argument("--epochs", type=int, default=2, help="passes over the training split (default 2)")
@@ -135,7 +141,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--momentum", type=float, default=0.9, help="sgd only")
     p.add_argument("--nesterov", action="store_true", help="sgd only")
     p.add_argument("--weight-decay", type=float, default=0.0, help="default 0")
-    p.add_argument("--loss", default="ce", help="ce | weighted_ce | dice | ce_dice | focal")
+    p.add_argument("--loss", default="ce", help="ce (default) | weighted_ce | dice | ce_dice | focal")
     p.add_argument("--lr-schedule", default="none", choices=["none", "cosine", "onecycle"],
                    help="over the whole run (default none: constant)")
     p.add_argument("--bn-recalibration-batches", type=int, default=50,

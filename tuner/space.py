@@ -169,6 +169,8 @@ def load_space(path: str | Path, known_backbones: Iterable[str] | None = None) -
 
 def parse_space(raw: Any, where: str, known_backbones: frozenset[str]) -> SearchSpace:
     """Validate the parsed YAML `raw` of file `where` into a SearchSpace."""
+    if raw is None:
+        raise SpaceError(f"{where}: the file is empty (expected a mapping with keys {sorted(TOP_LEVEL_KEYS)})")
     if not isinstance(raw, dict):
         raise SpaceError(f"{where}: expected a mapping with keys {sorted(TOP_LEVEL_KEYS)}, "
                          f"got {type(raw).__name__}")

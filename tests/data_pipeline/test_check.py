@@ -27,6 +27,9 @@ def test_problems_are_all_listed_and_exit_1(tiny_dataset, write, capsys):
 def test_missing_folder_is_a_problem_not_a_traceback(tmp_path):
     report = check_dataset(tmp_path / "nowhere")
     assert not report.ok and "data folder not found" in report.problems[0]
+    (tmp_path / "notes.md").write_text("x")  # a file is there, it is just not a folder
+    assert check_dataset(tmp_path / "notes.md").problems == [f"{tmp_path / 'notes.md'}: not a folder (expected a data "
+                                                              f"set folder in the Kaggle layout)"]
 
 
 def test_real_photos_are_reported_separately(shared_data):

@@ -14,6 +14,16 @@ from tuner.cli import main
 REPO = Path(__file__).resolve().parents[2]
 
 
+def test_a_bad_synth_size_is_explained_in_the_flags_own_order(tmp_path, capsys):
+    for size, says in (("abc", "expected N or WIDTHxHEIGHT (e.g. 720x480), got 'abc'"),  # the flag is WxH: it said HxW
+                       ("10x10", "size must be 48 to 8192 px per side, got 10x10 (width x height)")):
+        try:
+            code = main(["--run-dir", str(tmp_path), "data", "synth", "--out", str(tmp_path / "s"), "--size", size])
+        except SystemExit as usage:
+            code = usage.code
+        assert code in (1, 2) and says in capsys.readouterr().err
+
+
 def test_synth_then_check_then_load(tmp_path, capsys):
     out = tmp_path / "scenes"
     run = ["--run-dir", str(tmp_path / "runs"), "data"]

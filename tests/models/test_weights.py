@@ -62,6 +62,9 @@ def test_corrupt_weights_file_is_a_clear_error(tmp_path):
     path.write_bytes(b"not a torch file")
     with pytest.raises(WeightsError, match=r"broken\.pth: cannot read"):
         build(ModelConfig(backbone="resnet18", encoder_weights=str(path)))
+    (tmp_path / "empty.pth").write_bytes(b"")  # was "(EOFError: )"
+    with pytest.raises(WeightsError, match=r"empty\.pth: cannot read encoder weights: the file is empty$"):
+        build(ModelConfig(backbone="resnet18", encoder_weights=str(tmp_path / "empty.pth")))
 
 
 def test_imagenet_offline_without_cache_fails_with_instructions(tmp_path):

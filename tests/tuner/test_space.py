@@ -132,6 +132,8 @@ def test_invalid_yaml_and_missing_files_are_clear(tmp_path):
         load_space(tmp_path / "utf16.yaml")
     with pytest.raises(FileNotFoundError, match="shipped spaces: default, smoke, vgg11"):
         search_spaces.resolve("nope")
+    with pytest.raises(SpaceError, match=r"the file is empty \(expected a mapping"):  # was "got NoneType"
+        _load(tmp_path, "# nothing but a comment\n")
 
 
 def test_values_the_models_package_refuses_are_caught_before_any_trial(tmp_path):
