@@ -130,7 +130,11 @@ def _prepare_data(job: TrainJob):
               file=sys.stderr)
         generate(job.data.root, job.synthetic_count, job.train.seed, size=(480, 720),
                                      style="realistic", workers=0, progress=True)
-    return data_pipeline.make_loaders(job.data)
+    loaders = data_pipeline.make_loaders(job.data)
+    sizes = loaders.split_sizes  # what the run trains and scores on, and where the split is written down
+    print(f"data: {sizes.get('train', 0)} train / {sizes.get('val', 0)} val / {sizes.get('test', 0)} test frames; "
+          f"split in {loaders.manifest_path}", file=sys.stderr)
+    return loaders
 
 
 def run(job: TrainJob) -> dict:

@@ -28,6 +28,7 @@ def test_train_synthetic_saves_best_checkpoint_and_prints_metrics(run_dir, capsy
     assert code == 0, err
     summary = json.loads(out)
     assert "epoch 1/2" in err and "epoch 2/2" in err
+    assert "data: 16 train / 4 val / 4 test frames; split in " in err  # 24 scenes at the default fractions
     assert summary["status"] == "ok"
     lines = re.findall(r"epoch (\d)/2  train_loss .*? val_miou (\S+) .*?( \* best)?$", err, re.M)
     assert [int(epoch) for epoch, _, _ in lines] == [1, 2]
