@@ -11,7 +11,7 @@ class DataConfig:
     batch_size: int = 8  # images per batch
     mask_source: str = "clean"  # clean | ground: which mask folder pairs with images/render
     allow_missing: bool = False  # skip renders without masks (and masks without renders) instead of failing
-    exclude_mismatches: bool = False  # drop frames listed in mismatch_IDs.txt when present
+    exclude_mismatches: bool = False  # drop frames listed in mismatch_IDs.txt (which must then exist)
     split_seed: int = 0  # seeds the train/val/test split (written once to the manifest)
     val_fraction: float = 0.15  # share of frames in the validation split
     test_fraction: float = 0.15  # share of frames in the held-out test split

@@ -7,7 +7,6 @@ config in one place and calls it.
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import os
 import re
@@ -173,7 +172,9 @@ def _tune_parser(sub) -> None:
                         "unfinished, the rest never start (default: no limit)")
     p.add_argument("--startup-trials", type=int, default=None,
                    help="random trials before TPE models the study (default: a third of --samples, 2 to 10)")
-    p.add_argument("--address", default=None, help="join a Ray cluster: auto | HOST:PORT (default: local Ray)")
+    p.add_argument("--address", default=None,
+                   help="join a Ray cluster: auto | HOST:PORT; local: a private local Ray (the default; --resume "
+                        "rejoins the sweep's own cluster unless given)")
     p.add_argument("--storage", default=None, help="Ray results: PATH or s3://... (default <run-dir>/ray)")
     p.add_argument("--experiment", default="lunartune", help="MLflow experiment (also the Ray run name)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep of --experiment")
@@ -275,19 +276,25 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt."""
 
 
-def _raise_terminated(main_pid: int, signum, frame):
-    if os.getpid() != main_pid:  # a forked worker (scene generation, DataLoader) inherited the handler: it
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # ends as SIGTERM's default would, as its pool expects
-        os.kill(os.getpid(), signal.SIGTERM)
-        return
+def _raise_terminated(signum, frame):
     raise Terminated()
+
+
+def _default_sigterm_in_forked_child() -> None:
+    """A forked worker (scene generation, DataLoader) must not inherit the handler: a pool stops its workers
+    with SIGTERM, and a worker blocked on a lock never runs a Python handler (the pool then waited forever)."""
+    if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_default_sigterm_in_forked_child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     paths = resolve_run_paths(args.run_dir, args.tracking_uri)
     takes_sigterm = args.command in SIGTERM_AS_CTRL_C and threading.current_thread() is threading.main_thread()
-    before = signal.signal(signal.SIGTERM, functools.partial(_raise_terminated, os.getpid())) if takes_sigterm else None
+    before = signal.signal(signal.SIGTERM, _raise_terminated) if takes_sigterm else None
     try:
         return int(_load_handler(args.handler)(args, paths) or 0)
     except (CliError, RunDirError) as err:

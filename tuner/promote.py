@@ -266,7 +266,9 @@ def sweep_data(paths: RunPaths, parent) -> SweepData:
     cfg = data_pipeline.DataConfig(
         root=str(root.resolve()), image_size=_logged_size(params.get("image_size", "64x64")),
         mask_source=params.get("mask_source", "clean"), allow_missing=_flag(params.get("allow_missing")),
-        exclude_mismatches=_flag(params.get("exclude_mismatches")), progress=False)
+        # a sweep of an older lunartune may have asked for it where the file is missing (then a silent no-op)
+        exclude_mismatches=_flag(params.get("exclude_mismatches")) and (root / data_pipeline.MISMATCH_FILE).is_file(),
+        progress=False)
     try:
         manifest = data_pipeline.prepare_dataset(cfg)
     except data_pipeline.DataError as err:

@@ -60,6 +60,7 @@ TRIAL_STATUSES = (tracking.COMPLETED, tracking.PRUNED, tracking.DIVERGED, tracki
 MAX_FAILURES = 2  # a crashed trial is retried this often, from its last checkpoint
 CHECKPOINTS_KEPT = 2  # per trial, best by the objective (Ray also keeps the latest, for resuming)
 TOP_TRIALS_SHOWN = 5
+LOCAL_RAY = "local"  # --address local: a private local Ray (a new sweep's default; resumes a cluster sweep here)
 ERROR_CHARS = 500  # of an errored trial's error, in the summary and in MLflow's error tag
 _EXPERIMENT_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
@@ -166,6 +167,8 @@ def run_sweep(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
 
     One sweep per (run dir, experiment) at a time: a second one is refused (CliError naming the lock)."""
     space = None  # a resumed sweep's space is the one it started with, read from its pointer file
+    if cfg.address == LOCAL_RAY and not cfg.resume:
+        cfg = replace(cfg, address=None)
     if not cfg.resume:  # a bad --space, --image-size, --data or store fails before the run dir is made
         space = _load_space(cfg)
         _check_data_exists(cfg)
@@ -194,6 +197,7 @@ def _joined_cluster(address: str | None):
     try:
         ray.init(address=address)
     except Exception as err:
+        ray.shutdown()  # whatever part of the connection was made
         reason = (str(err).strip().splitlines() or [""])[0][:300]
         raise CliError(f"--address {address}: could not join a Ray cluster there ({type(err).__name__}: {reason}); "
                        f"is it a Ray head's GCS port (ray start --head prints it)? A head with token "
@@ -280,14 +284,13 @@ def _run_locked(cfg: SweepConfig, paths: RunPaths, space=None) -> SweepResult:
     setup = _trial_setup(cfg, data_cfg, target)
     interrupted, incomplete = True, []  # until Ray says otherwise: an exception also leaves the parent "interrupted"
     budget_flag = _budget_flag_path(paths, cfg.experiment)
-    if not cfg.resume:
-        budget_flag.unlink(missing_ok=True)  # an earlier sweep's
+    if not state.get("budget_spent"):
+        budget_flag.unlink(missing_ok=True)  # an earlier sweep's, or left by a run killed as it was spent
     try:
         results = _fit(cfg, paths, space, setup, state["results_path"])
         budget_spent = budget_flag.exists()
-        stopped = trials_ray_resumes(results)  # stopped mid-flight: resumable, unless the budget ended the sweep
-        if budget_spent:
-            stopped |= _cut_short(results)
+        # stopped mid-flight: by Ctrl-C (resumable), or by the time budget (ended: nothing resumes them)
+        stopped = _cut_short(results, cfg.max_epochs) if budget_spent else trials_ray_resumes(results)
         result = _summarise(cfg, results, experiment_id, target, state["results_path"], stopped, budget_spent)
         interrupted = result.interrupted
         incomplete = sync_to_mlflow(results, setup, set() if budget_spent else stopped,
@@ -295,7 +298,10 @@ def _run_locked(cfg: SweepConfig, paths: RunPaths, space=None) -> SweepResult:
         if not interrupted:
             _end_running_study_trials(paths, cfg.experiment, cut_short=stopped if budget_spent else set())
         if budget_spent:
-            tracking.set_tags(paths.tracking_uri, target.parent_run_id, {tracking.STOPPED_BY_TAG: "time_budget"})
+            try:
+                tracking.set_tags(paths.tracking_uri, target.parent_run_id, {tracking.STOPPED_BY_TAG: "time_budget"})
+            except Exception as err:  # MLflow away: --resume sets it when it fills MLflow in
+                incomplete.append(f"parent run {target.parent_run_id} ({type(err).__name__})")
     finally:
         summary = {"trials": cfg.samples}
         if not interrupted:
@@ -474,7 +480,10 @@ def _tuner(cfg: SweepConfig, paths: RunPaths, space, setup: TrialSetup, results_
     if cfg.resume:
         if not tune.Tuner.can_restore(results_path):
             raise CliError(f"--resume: no restorable Ray state in {results_path} (was the sweep started?)")
-        return tune.Tuner.restore(results_path, trainable=trainable, resume_errored=True)
+        # a spent budget stops a restored sweep at once: errored trials restarted for that moment would end
+        # stopped, their error gone (a budget-spent sweep is resumed only to fill MLflow in)
+        spent = _budget_flag_path(paths, cfg.experiment).exists()
+        return tune.Tuner.restore(results_path, trainable=trainable, resume_errored=not spent)
     storage, name = results_path.rsplit("/", 1)
     return tune.Tuner(trainable, tune_config=_tune_config(cfg, paths, space), run_config=tune.RunConfig(
         name=name, storage_path=storage, progress_reporter=_reporter(cfg, space, results_path), verbose=1,
@@ -499,7 +508,10 @@ class TimeBudget(Stopper):
     def stop_all(self):
         spent = self._timeout.stop_all()
         if spent:
-            Path(self.flag).touch()
+            try:
+                Path(self.flag).touch()
+            except OSError:  # the run dir moved since the sweep started: it then reads as interrupted
+                pass
         return spent
 
 
@@ -609,6 +621,8 @@ class BestEpochReporter(CLIReporter):
     Two of Ray's lines are restated: the best trial by its name in the table (Ray gives its id, which
     nothing else shows) with rounded values, and the results folder the sweep writes to (Ray shows its
     staging folder under /tmp/ray, which is deleted with the session)."""
+
+    _results_path: str | None = None  # a reporter pickled by an older lunartune (a resumed sweep) has none
 
     def __init__(self, *args, results_path: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -764,6 +778,8 @@ def _sync_trial(result, setup: TrialSetup, resumable: set[str], optuna_numbers: 
                 unfinished: set[str]) -> None:
     target, frame, last = setup.tracking, result.metrics_dataframe, result.metrics or {}
     if frame is None or EPOCH not in frame or not last.get("trial_id"):
+        if result.error is None and result.path and Path(result.path).name.rsplit("_", 1)[1] in unfinished:
+            _end_unreported_run(target, Path(result.path).name.rsplit("_", 1)[1])  # budget spent before epoch 1
         if result.error is not None and result.path:  # failed before its first epoch: list it, with why
             name, trial_id = Path(result.path).name.rsplit("_", 1)  # sweep.trial_dirname
             run_id = (tracking.find_child_run(target.uri, target.experiment_id, target.parent_run_id, trial_id)
@@ -797,6 +813,13 @@ def _sync_trial(result, setup: TrialSetup, resumable: set[str], optuna_numbers: 
     if tags.get(tracking.STATUS_TAG) == tracking.RUNNING:
         error = describe_error(result.error) if result.error is not None else None
         tracking.finish_child_run(target.uri, run_id, status, error)
+
+
+def _end_unreported_run(target, trial_id: str) -> None:
+    """The child run a trial opened before the time budget stopped it, ahead of its first epoch."""
+    run_id = tracking.find_child_run(target.uri, target.experiment_id, target.parent_run_id, trial_id)
+    if run_id and tracking.client(target.uri).get_run(run_id).data.tags.get(tracking.STATUS_TAG) == tracking.RUNNING:
+        tracking.finish_child_run(target.uri, run_id, tracking.UNFINISHED)
 
 
 def _tag_optuna_number(uri: str, run_id: str, tags: dict, number: int | None) -> None:
@@ -868,11 +891,21 @@ def _best_row(result, objective: str) -> dict:
     return frame.loc[frame[objective].idxmax()].to_dict()
 
 
-def _cut_short(results) -> set[str]:
-    """Trials Ray stopped between two epochs (the time budget): a last result that is not `done` (a trial that
-    returned, or that ASHA stopped, has done=True) and no error. Ray's saved state may list them TERMINATED."""
-    return {r.metrics["trial_id"] for r in results
-            if r.error is None and r.metrics and "trial_id" in r.metrics and not r.metrics.get("done")}
+def _cut_short(results, max_epochs: int) -> set[str]:
+    """Trials the time budget stopped (Ray's saved state may list them TERMINATED): no error, and a last
+    result that is not `done` (a trial that returned, or that ASHA stopped, has done=True), short of the last
+    epoch and not diverged (their final done=True result may not have reached the driver yet), or none at
+    all (stopped before its first epoch: its MLflow run was opened and would stay running)."""
+    cut = set()
+    for r in results:
+        metrics = r.metrics or {}
+        if r.error is not None or metrics.get("done"):
+            continue
+        if EPOCH not in metrics and r.path:
+            cut.add(Path(r.path).name.rsplit("_", 1)[1])  # trial_dirname: "<name>_<trial id>"
+        elif "trial_id" in metrics and metrics.get(EPOCH, 0) < max_epochs and not metrics.get(DIVERGED):
+            cut.add(metrics["trial_id"])
+    return cut
 
 
 def trials_ray_resumes(results) -> set[str]:
@@ -921,9 +954,13 @@ def _resumed_config(cfg: SweepConfig, pointer: Path) -> SweepConfig:
         raise CliError(f"--resume: the latest sweep of experiment {cfg.experiment!r} ended at its time budget "
                        f"(--time-budget {shown_duration(state['config']['time_budget_s'])}): nothing is left to "
                        f"resume; a new sweep of the experiment continues its Optuna study")
+    if cfg.time_budget_s is not None:
+        raise CliError("--time-budget: a resumed sweep goes on with what is left of the budget it was started "
+                       "with; leave the flag out")
     saved = state["config"]
     saved["image_size"] = tuple(saved["image_size"])
-    return replace(SweepConfig(**saved), resume=True, address=cfg.address or saved.get("address"))
+    address = None if cfg.address == LOCAL_RAY else (cfg.address or saved.get("address"))
+    return replace(SweepConfig(**saved), resume=True, address=address)
 
 
 def _end_abandoned_sweep(paths: RunPaths, pointer: Path) -> None:

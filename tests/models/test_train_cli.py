@@ -119,6 +119,7 @@ def test_sigterm_mid_training_leaves_no_staging_folder(tmp_path):
         while not list((run / "train").glob(".unet_scratch.partial-*/best.pt")) and time.monotonic() < deadline:
             time.sleep(0.2)  # training has saved a checkpoint into its staging folder
         assert proc.poll() is None, proc.communicate()
+        assert list((run / "train").glob(".unet_scratch.partial-*/best.pt")), "no checkpoint staged in time"
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:

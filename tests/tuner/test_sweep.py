@@ -168,6 +168,10 @@ def test_resume_rejoins_the_sweeps_cluster_and_checks_it_answers_first(scenes, t
     assert sorted(p.name for p in run_paths.root.rglob("*")) == before  # no lock, no MLflow store
     with pytest.raises(CliError, match="--address 127.0.0.1:1: nothing answers there"):
         run_sweep(SweepConfig(experiment="test", resume=True, address="127.0.0.1:1"), run_paths)  # or the one given
+    with pytest.raises(CliError, match="--resume: the sweep's parent run p is not in the MLflow store"):
+        run_sweep(SweepConfig(experiment="test", resume=True, address="local"), run_paths)  # past it: no cluster
+    with pytest.raises(CliError, match="--time-budget: a resumed sweep goes on with what is left of the budget"):
+        run_sweep(SweepConfig(experiment="test", resume=True, time_budget_s=60.0), run_paths)
 
 
 def test_an_address_ray_cannot_join_is_one_line_before_anything_is_written(tmp_path):
@@ -455,7 +459,7 @@ def test_a_time_budget_ends_the_sweep_and_the_trial_then_running_ends_unfinished
     """--time-budget: Ray stops the sweep; the trial then running ends unfinished (in the summary and MLflow,
     with the epochs it trained), the samples not started never start, and the sweep is finished, not
     interrupted: nothing to resume, and --resume says so."""
-    cfg = _cfg(tiny_space, scenes, samples=4, concurrency=1, max_epochs=1000, use_asha=False, time_budget_s=20.0,
+    cfg = _cfg(tiny_space, scenes, samples=4, concurrency=1, max_epochs=1000, use_asha=False, time_budget_s=30.0,
                experiment="budget")
     result = run_sweep(cfg, run_paths)
     assert result.budget_spent and not result.interrupted
@@ -463,13 +467,13 @@ def test_a_time_budget_ends_the_sweep_and_the_trial_then_running_ends_unfinished
     [run] = _children(run_paths, result)
     mlflow = tracking.client(run_paths.tracking_uri)
     assert (run.data.tags[tracking.STATUS_TAG], run.info.status) == ("unfinished", "KILLED")
-    assert len(mlflow.get_metric_history(run.info.run_id, "val_miou")) >= 2  # it trained until the budget ran out
+    assert len(mlflow.get_metric_history(run.info.run_id, "val_miou")) >= 1  # it trained until the budget ran out
     parent = mlflow.get_run(result.parent_run_id)
     assert (parent.info.status, parent.data.tags[tracking.STATUS_TAG]) == ("FINISHED", "finished")
-    assert parent.data.tags[tracking.STOPPED_BY_TAG] == "time_budget" and parent.data.params["time_budget_s"] == "20.0"
+    assert parent.data.tags[tracking.STOPPED_BY_TAG] == "time_budget" and parent.data.params["time_budget_s"] == "30.0"
     [study_trial] = _study(run_paths, "budget").trials  # Optuna learns from it as from a trial ASHA stopped
-    assert study_trial.state == TrialState.PRUNED and len(study_trial.intermediate_values) >= 2
+    assert study_trial.state == TrialState.PRUNED and len(study_trial.intermediate_values) >= 1
     summary = format_summary(result, cfg, run_paths)
-    assert "time budget 20s spent: trials then running ended unfinished; 3 of 4 never started" in summary
-    with pytest.raises(CliError, match="ended at its time budget .--time-budget 20s.: nothing is left to resume"):
+    assert "time budget 30s spent: trials then running ended unfinished; 3 of 4 never started" in summary
+    with pytest.raises(CliError, match="ended at its time budget .--time-budget 30s.: nothing is left to resume"):
         run_sweep(SweepConfig(experiment="budget", resume=True), run_paths)
