@@ -241,6 +241,20 @@ def test_the_live_table_survives_a_finished_trial_without_the_best_metric(local_
     assert f"Ray results: {tmp_path / 'trainable'}" in out and "Result logdir" not in out
 
 
+def test_a_live_table_reporter_pickled_by_an_older_lunartune_still_draws():
+    """--resume unpickles the reporter saved with the sweep (Ray's tuner.pkl): one saved before results_path
+    existed has no such attribute, and every table update raised AttributeError."""
+    import pickle
+
+    from tuner.sweep import BestEpochReporter
+
+    reporter = BestEpochReporter(metric="best_val_miou", mode="max", results_path="/runs/ray/x")
+    del reporter.__dict__["_results_path"]  # as an older lunartune pickled it
+    old = pickle.loads(pickle.dumps(reporter))
+    assert old._restated("Result logdir: /tmp/ray/session_x/driver_artifacts", []) == \
+        "Result logdir: /tmp/ray/session_x/driver_artifacts"
+
+
 def test_an_errored_trial_is_described_by_its_root_cause_on_one_line():
     full = OSError(28, "No space left on device")
     wrapped = RayTaskError("train", "Traceback (most recent call last):\n  ...", full).as_instanceof_cause()
