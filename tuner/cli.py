@@ -115,8 +115,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     """Flags shared by `train` (one config) and `tune` (fixed values outside the search space)."""
     p.add_argument("--data", default="synthetic",
                    help="Kaggle-layout folder, or 'synthetic' to generate scenes (default synthetic)")
-    p.add_argument("--synthetic-count", type=int, default=200,
-                   help="scenes to generate for --data synthetic (default 200)")
+    p.add_argument("--synthetic-count", type=int, default=None,
+                   help="scenes to generate for --data synthetic (default 200; refused with a folder)")
     p.add_argument("--image-size", type=_size, default=(64, 64), help="training size N or HxW (default 64)")
     p.add_argument("--mask-source", choices=["clean", "ground"], default="clean",
                    help="which Kaggle masks label the renders: clean (default) or ground")

@@ -53,9 +53,9 @@ from tuner.space import SpaceError, check_against_models, define_by_run, load_sp
 from tuner.trainable import (EPOCH, RUN_ID, STATE_FILE, CheckpointStaging, TrialSetup, is_epoch_metric,
                              run_params_and_tags, train_trial, upload_best_from_ray)
 from tuner.tracking import TrackingError
-from tuner.train import synthetic_root, without_generator_version
+from tuner.train import (DEFAULT_SYNTHETIC_COUNT, SYNTHETIC, synthetic_count_from_args, synthetic_root,
+                         without_generator_version)
 
-SYNTHETIC = "synthetic"
 TRIAL_STATUSES = (tracking.COMPLETED, tracking.PRUNED, tracking.DIVERGED, tracking.ERRORED, tracking.UNFINISHED)
 MAX_FAILURES = 2  # a crashed trial is retried this often, from its last checkpoint
 CHECKPOINTS_KEPT = 2  # per trial, best by the objective (Ray also keeps the latest, for resuming)
@@ -70,7 +70,7 @@ class SweepConfig:
     """One sweep, as `lunartune tune` flags describe it."""
     space: str = "default"  # search space: name in search_spaces/ or a YAML path
     data: str = SYNTHETIC  # Kaggle-layout folder, or "synthetic" to generate scenes into the run dir
-    synthetic_count: int = 200  # scenes generated for data=synthetic
+    synthetic_count: int = DEFAULT_SYNTHETIC_COUNT  # scenes generated for data=synthetic
     image_size: tuple[int, int] = (64, 64)  # (height, width) trials train at
     mask_source: str = "clean"  # clean | ground
     allow_missing: bool = False  # skip renders without masks
@@ -117,7 +117,7 @@ class SweepResult:
 def sweep_config_from_args(args) -> SweepConfig:
     """The one place `lunartune tune` flags become a SweepConfig (checked: CliError names the flag)."""
     cfg = SweepConfig(
-        space=args.space, data=args.data, synthetic_count=args.synthetic_count, image_size=tuple(args.image_size),
+        space=args.space, data=args.data, synthetic_count=synthetic_count_from_args(args), image_size=tuple(args.image_size),
         mask_source=args.mask_source, allow_missing=args.allow_missing, exclude_mismatches=args.exclude_mismatches,
         device=args.device, num_workers=args.num_workers, samples=args.samples, max_epochs=args.max_epochs,
         grace_epochs=args.grace_epochs, reduction_factor=args.reduction_factor, use_asha=not args.no_asha,

@@ -20,6 +20,7 @@ from tuner.cli import CliError
 from tuner.settings import RunPaths
 
 SYNTHETIC = "synthetic"
+DEFAULT_SYNTHETIC_COUNT = 200  # scenes --data synthetic generates unless --synthetic-count says
 BEST_CHECKPOINT = "best.pt"
 METRICS_FILE = "metrics.json"
 
@@ -51,16 +52,27 @@ def without_generator_version(root: str | Path) -> str:
     return re.sub(r"-v\d+$", "", str(root))
 
 
+def synthetic_count_from_args(args) -> int:
+    """--synthetic-count, which only --data synthetic uses: given with a folder it is refused (it was silently
+    ignored, so a user asking for 64 scenes of their own folder trained on all of it)."""
+    if args.synthetic_count is None:
+        return DEFAULT_SYNTHETIC_COUNT
+    if args.data != SYNTHETIC:
+        raise CliError(f"--synthetic-count={args.synthetic_count}: only for --data {SYNTHETIC}; --data {args.data} "
+                       f"is a folder, used as it is")
+    return args.synthetic_count
+
+
 def configs_from_args(args, paths: RunPaths) -> TrainJob:
     """The one place flags become frozen configs; ConfigError/DataError become CliError."""
     from data_pipeline import DataConfig
     from models import ConfigError, ModelConfig, TrainConfig, validate, validate_image_size, validate_train
     from models.training import resolve_device
 
-    synthetic = args.data == SYNTHETIC
-    if synthetic and args.synthetic_count < 1:
-        raise CliError(f"--synthetic-count={args.synthetic_count}: expected an integer >= 1")
-    root = synthetic_root(paths, args.synthetic_count, args.seed) if synthetic else Path(args.data).expanduser()
+    synthetic, count = args.data == SYNTHETIC, synthetic_count_from_args(args)
+    if count < 1:
+        raise CliError(f"--synthetic-count={count}: expected an integer >= 1")
+    root = synthetic_root(paths, count, args.seed) if synthetic else Path(args.data).expanduser()
     data = DataConfig(root=str(root), image_size=tuple(args.image_size), batch_size=args.batch_size,
                       mask_source=args.mask_source, allow_missing=args.allow_missing,
                       exclude_mismatches=args.exclude_mismatches, augment=args.augment, seed=args.seed,
@@ -81,7 +93,7 @@ def configs_from_args(args, paths: RunPaths) -> TrainJob:
     out = Path(args.out).expanduser() if args.out else paths.root / "train" / model.backbone
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out}: exists and is not a folder")
-    return TrainJob(data, model, train, out.resolve(), args.synthetic_count if synthetic else None)
+    return TrainJob(data, model, train, out.resolve(), count if synthetic else None)
 
 
 def json_safe(metrics: dict) -> dict:

@@ -155,3 +155,14 @@ def test_tune_on_generated_scenes_in_a_fresh_process(tiny_space, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(list((synthetic_root(RunPaths(run_dir), 6, 0) / "images" / "render").glob("*.png"))) == 6
     assert "completed" in done.stdout
+
+
+@pytest.mark.parametrize("command", ["train", "tune"])
+def test_synthetic_count_with_a_folder_is_refused(command, tmp_path, capsys):
+    """It was silently ignored: asked for 16 scenes of their own folder, a user trained on all of it."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    assert main([command, "--run-dir", str(tmp_path / "run"), "--data", str(folder), "--synthetic-count", "16"]) == 1
+    err = capsys.readouterr().err
+    assert "--synthetic-count=16: only for --data synthetic" in err and str(folder) in err
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*.json"))
