@@ -34,7 +34,7 @@ from ray.tune.search.optuna import OptunaSearch
 from tuner.objective import best_name
 
 DIVERGED = "diverged"  # result flag a trainable sets when its loss went non-finite (it then stops itself)
-STATUS_ATTR = "lunartune_status"  # Optuna user attribute: completed | pruned | diverged
+STATUS_ATTR = "lunartune_status"  # Optuna user attribute: completed | pruned | diverged | unfinished
 RETRY_ATTR = "lunartune_retry_of"  # Optuna user attribute: number of the FAILed trial this one reruns
 RAY_TRIAL_ATTR = "ray_trial_id"  # Optuna user attribute: the Ray trial (its MLflow run has the same tag)
 MLFLOW_RUN_ATTR = "mlflow_run_id"  # Optuna user attribute: the trial's MLflow child run, once it reported one

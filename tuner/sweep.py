@@ -47,7 +47,7 @@ from models import ConfigError, ModelConfig, TrainConfig, WeightsError, canonica
 from tuner import disk, leftovers, tracking
 from tuner.cli import EXIT_INCOMPLETE, EXIT_INTERRUPTED, CliError, shown_duration
 from tuner.objective import best_epoch, best_name
-from tuner.searcher import DIVERGED, RAY_TRIAL_ATTR, PruningAwareOptunaSearch, RetryPassingLimiter
+from tuner.searcher import DIVERGED, RAY_TRIAL_ATTR, STATUS_ATTR, PruningAwareOptunaSearch, RetryPassingLimiter
 from tuner.settings import RunPaths, environment, shown_uri
 from tuner.space import SpaceError, check_against_models, define_by_run, load_space
 from tuner.trainable import (EPOCH, RUN_ID, STATE_FILE, CheckpointStaging, TrialSetup, is_epoch_metric,
@@ -847,9 +847,14 @@ def _end_running_study_trials(paths: RunPaths, experiment: str, cut_short: set[s
     learns from them as from ASHA's; the others were asked for by a driver that was killed (SIGKILL) before
     Ray saved them: Ray will never tell them, so they FAIL and TPE stops counting them as running (we hold
     the experiment's lock: no other sweep of this study is running)."""
-    study = optuna.load_study(study_name=experiment, storage=f"sqlite:///{paths.optuna_db}")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{paths.optuna_db}")
+    study = optuna.load_study(study_name=experiment, storage=storage)
+    study_id = storage.get_study_id_from_name(experiment)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         cut = trial.user_attrs.get(RAY_TRIAL_ATTR) in cut_short and trial.intermediate_values
+        # as its MLflow run is tagged, so the study alone tells it from a trial ASHA pruned
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage.set_trial_user_attr(trial_id, STATUS_ATTR, tracking.UNFINISHED)
         study.tell(trial.number, state=TrialState.PRUNED if cut else TrialState.FAIL)
 
 

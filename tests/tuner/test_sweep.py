@@ -488,6 +488,7 @@ def test_a_time_budget_ends_the_sweep_and_the_trial_then_running_ends_unfinished
     assert parent.data.tags[tracking.STOPPED_BY_TAG] == "time_budget" and parent.data.params["time_budget_s"] == "30.0"
     [study_trial] = _study(run_paths, "budget").trials  # Optuna learns from it as from a trial ASHA stopped
     assert study_trial.state == TrialState.PRUNED and len(study_trial.intermediate_values) >= 1
+    assert study_trial.user_attrs["lunartune_status"] == "unfinished"  # not one ASHA pruned
     summary = format_summary(result, cfg, run_paths)
     assert "time budget 30s spent: trials then running ended unfinished; 3 of 4 never started" in summary
     with pytest.raises(CliError, match="ended at its time budget .--time-budget 30s.: nothing is left to resume"):
