@@ -34,7 +34,7 @@ from ray.tune.search.optuna import OptunaSearch
 from tuner.objective import best_name
 
 DIVERGED = "diverged"  # result flag a trainable sets when its loss went non-finite (it then stops itself)
-STATUS_ATTR = "lunartune_status"  # Optuna user attribute: completed | pruned | diverged | unfinished
+STATUS_ATTR = "lunartune_status"  # Optuna user attribute: completed | pruned | diverged | errored | unfinished
 RETRY_ATTR = "lunartune_retry_of"  # Optuna user attribute: number of the FAILed trial this one reruns
 RAY_TRIAL_ATTR = "ray_trial_id"  # Optuna user attribute: the Ray trial (its MLflow run has the same tag)
 MLFLOW_RUN_ATTR = "mlflow_run_id"  # Optuna user attribute: the trial's MLflow child run, once it reported one
@@ -82,6 +82,8 @@ class PruningAwareOptunaSearch(OptunaSearch):
             return
         stopped_early = bool(result) and (result.get(DIVERGED) or result.get(self._time_attr, self._max_t) < self._max_t)
         if error or not stopped_early or trial_id in self._completed_trials:
+            if error and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+                self._ot_trials[trial_id].set_user_attr(STATUS_ATTR, "errored")  # as its MLflow run's status tag
             if result and not error and trial_id in self._ot_trials and trial_id not in self._completed_trials:
                 self._ot_trials[trial_id].set_user_attr(STATUS_ATTR, "completed")
                 _note_run(self._ot_trials[trial_id], result)

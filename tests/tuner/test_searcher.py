@@ -197,6 +197,7 @@ def test_an_errored_trial_run_again_by_resume_enters_the_study_as_a_new_trial(tm
     resumed.on_trial_complete("t", {"score": 0.2 * steps, "best_score": 0.85, "training_iteration": steps})
     failed, retry = optuna.load_study(study_name="s", storage=storage).trials
     assert failed.state == TrialState.FAIL and retry.params == failed.params
+    assert failed.user_attrs[STATUS_ATTR] == "errored"
     assert retry.user_attrs[RETRY_ATTR] == failed.number
     assert retry.user_attrs["ray_trial_id"] == failed.user_attrs["ray_trial_id"] == "t"  # one Ray trial, one MLflow run
     # the whole learning curve: the step reported before the failure, then the retry's
