@@ -747,8 +747,12 @@ def trial_status(last_result: dict | None, error, max_epochs: int) -> str:
 
 
 def _optuna_numbers(paths: RunPaths, experiment: str) -> dict[str, int]:
-    """{Ray trial id: its Optuna trial number} (a FAILed trial's retry, added later, has the higher number)."""
-    study = optuna.load_study(study_name=experiment, storage=f"sqlite:///{paths.optuna_db}")
+    """{Ray trial id: its Optuna trial number} (a FAILed trial's retry, added later, has the higher number);
+    empty without a study (a sweep refused before it made one)."""
+    try:
+        study = optuna.load_study(study_name=experiment, storage=f"sqlite:///{paths.optuna_db}")
+    except KeyError:
+        return {}
     return {t.user_attrs[RAY_TRIAL_ATTR]: t.number for t in study.get_trials(deepcopy=False)
             if RAY_TRIAL_ATTR in t.user_attrs}
 
@@ -989,7 +993,9 @@ def _end_abandoned_sweep(paths: RunPaths, pointer: Path) -> None:
         return
     running = [run for run in tracking.child_runs(uri, parent.info.experiment_id, parent.info.run_id)
                if run.data.tags.get(tracking.STATUS_TAG) == tracking.RUNNING]
+    numbers = _optuna_numbers(paths, pointer.stem) if running else {}  # tagged when a sweep ends: this one never did
     for run in running:
+        _tag_optuna_number(uri, run.info.run_id, run.data.tags, numbers.get(run.data.tags.get(tracking.TRIAL_ID_TAG)))
         tracking.finish_child_run(uri, run.info.run_id, tracking.UNFINISHED)
     if killed:
         tracking.end_parent_run(uri, parent.info.run_id, interrupted=True, summary={})

@@ -20,6 +20,7 @@ from models.checkpoint import load_checkpoint
 from tuner import tracking
 from tuner.cli import CliError, build_parser
 from tuner.promote import best_of_history
+from tuner.searcher import RAY_TRIAL_ATTR
 from tuner.settings import RunPaths
 from tuner.sweep import (TRIAL_STATUSES, SweepConfig, describe_error, format_summary, run_sweep, sampler_seed,
                          startup_trials, sweep_config_from_args, trial_device)
@@ -430,6 +431,9 @@ def test_a_new_sweep_ends_the_killed_sweep_whose_pointer_it_replaces(tmp_path, c
     pointer = _pointer_path(paths, "e")
     pointer.parent.mkdir(parents=True, exist_ok=True)
     pointer.write_text(json.dumps({"parent_run_id": parent, "tracking_uri_override": None}))
+    study = optuna.create_study(study_name="e", storage=f"sqlite:///{paths.optuna_db}")
+    for trial_id in ("t0", "t2"):  # the killed driver had asked Optuna for both
+        study.ask().set_user_attr(RAY_TRIAL_ATTR, trial_id)
 
     _end_abandoned_sweep(paths, pointer)
     client = tracking.client(uri)
@@ -437,6 +441,7 @@ def test_a_new_sweep_ends_the_killed_sweep_whose_pointer_it_replaces(tmp_path, c
     assert (runs[parent].info.status, runs[parent].data.tags[tracking.STATUS_TAG]) == ("KILLED", "interrupted")
     assert (runs[done].info.status, runs[done].data.tags[tracking.STATUS_TAG]) == ("FINISHED", "completed")
     assert (runs[cut].info.status, runs[cut].data.tags[tracking.STATUS_TAG]) == ("KILLED", tracking.UNFINISHED)
+    assert runs[cut].data.tags[tracking.OPTUNA_TRIAL_TAG] == "1"  # as a sweep that ended tags its trials
     assert [m.value for m in client.get_metric_history(cut, "val_miou")] == [0.4]
     assert "sweep e-killed of this experiment was killed and never resumed" in capsys.readouterr().err
     _end_abandoned_sweep(paths, pointer)  # nothing left running: left as it is, silently
