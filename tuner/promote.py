@@ -460,6 +460,7 @@ def publish(paths: RunPaths, cfg: PromoteConfig, experiment_id: str, trial: Tria
     from tuner import tracking
 
     client = open_client(paths)
+    model = model.cpu()  # scoring may have moved it to the GPU: the registered model must load on any machine
     run = client.create_run(experiment_id, run_name=f"promote-{trial.name}", tags={
         **tracking.source_tags("promote"), tracking.ROLE_TAG: ROLE_PROMOTION, tracking.BACKBONE_TAG: info["model_config"].backbone,
         "source_trial_run_id": trial.run_id, "source_sweep_run_id": trial.parent.info.run_id,
@@ -564,13 +565,14 @@ def score_on_split(paths: RunPaths, name: str, version, data: SweepData, metric:
 
 
 def decide_champion(paths: RunPaths, cfg: PromoteConfig, version, data: SweepData, device) -> tuple[bool, str, float]:
-    """Point `challenger` at `version`; move `champion` if it wins. (moved, reason, version's score)."""
+    """Point `challenger` at `version`; move `champion` if it wins. (moved, reason, version's score). Both
+    scores come first: a champion whose checkpoint cannot be loaded fails the promote with no alias moved."""
     client = open_client(paths)
     metric = TEST_SCORE[cfg.objective]
-    client.set_registered_model_alias(cfg.model_name, CHALLENGER, version.version)
     mine = score_on_split(paths, cfg.model_name, version, data, metric, device)
     champion = version_by_alias(client, cfg.model_name, CHAMPION)
     if champion is not None and str(champion.version) == str(version.version):
+        client.set_registered_model_alias(cfg.model_name, CHALLENGER, version.version)
         return False, f"version {version.version} is already the champion", mine
     if champion is None:
         moved, reason = True, "there was no champion"
@@ -580,6 +582,7 @@ def decide_champion(paths: RunPaths, cfg: PromoteConfig, version, data: SweepDat
         moved = beats or cfg.force
         reason = (f"{metric} {mine:.4f} {'>' if beats else '<='} champion v{champion.version}'s {theirs:.4f} "
                   f"on the same test split" + (" (--force)" if cfg.force and not beats else ""))
+    client.set_registered_model_alias(cfg.model_name, CHALLENGER, version.version)
     if moved:
         client.set_registered_model_alias(cfg.model_name, CHAMPION, version.version)
     return moved, reason, mine

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -206,6 +207,23 @@ def test_a_champion_scored_on_another_split_is_rescored_on_this_one(fresh):
     true_first = first.metrics["test_miou"]
     assert other.champion_moved == (other.test_score > true_first)
     assert f"{true_first:.4f}" in other.reason
+
+
+@pytest.mark.slow
+def test_a_champion_that_cannot_be_rescored_moves_no_alias(fresh):
+    """`challenger` moved before the champion was re-scored: a champion whose checkpoint went bad failed the
+    promote with `challenger` already on the new version."""
+    from urllib.parse import urlparse
+
+    client = _client(fresh)
+    first = promote(PromoteConfig(experiment=fresh.experiment, device="cpu"), fresh.paths)
+    client.set_model_version_tag(MODEL, first.version, "manifest_hash", "another-split")  # so it is re-scored
+    artifacts = urlparse(client.get_run(client.get_model_version(MODEL, first.version).run_id).info.artifact_uri).path
+    (Path(artifacts) / tracking.CHECKPOINT_ARTIFACT).write_bytes(b"gone bad")
+    with pytest.raises(CliError, match="not a readable checkpoint"):
+        promote(PromoteConfig(experiment=fresh.experiment, backbone="unet_scratch", device="cpu"), fresh.paths)
+    assert str(version_by_alias(client, MODEL, CHALLENGER).version) == first.version
+    assert str(version_by_alias(client, MODEL, CHAMPION).version) == first.version
 
 
 @pytest.mark.slow
