@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,18 @@ def usage_card(info: dict) -> dict:
 
 def embedded_metadata(info: dict) -> dict[str, str]:
     """The usage card as the exported files carry it: ONNX metadata_props / TorchScript extra file."""
-    return {CARD: json.dumps(usage_card(info), sort_keys=True)}
+    return {CARD: strict_json(usage_card(info), sort_keys=True)}
+
+
+def strict_json(value, **kwargs) -> str:
+    """JSON every parser reads: a NaN metric (a class absent from the val split) becomes null, not NaN."""
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        return [finite(x) for x in v] if isinstance(v, (list, tuple)) else v
+    return json.dumps(finite(value), allow_nan=False, **kwargs)
 
 
 def model_card(info: dict, resolved, reports: dict, source_metrics: dict) -> dict:
@@ -145,7 +157,7 @@ def export(cfg: ExportConfig, paths: RunPaths) -> ExportResult:
     with staged_output(cfg.out) as staging:
         reports = export_formats(model, info, cfg.formats, staging, cfg.rtol)
         card = model_card(info, resolved, reports, _source_metrics(paths, resolved.run_id))
-        (staging / CARD).write_text(json.dumps(card, indent=2) + "\n")
+        (staging / CARD).write_text(strict_json(card, indent=2) + "\n")
     out = Path(cfg.out).expanduser().resolve()
     for name, file in FORMATS.items():  # an earlier export's, of maybe another model: the card lists only these
         if name not in cfg.formats:

@@ -145,6 +145,24 @@ def test_a_trial_run_id_or_checkpoint_file_exports_too(promoted, tmp_path):
     assert (tmp_path / "by-run").stat().st_mode & 0o777 == 0o777 & ~_umask()  # as any folder made here
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_a_nan_metric_is_null_in_the_card_not_invalid_json(promoted, tmp_path):
+    """A class absent from the val split has a NaN IoU in the checkpoint; json.dumps wrote a bare NaN, which
+    strict parsers (JavaScript's JSON.parse, jq) refuse."""
+    sweep, promotion = promoted
+    source = next((sweep.paths.root / "downloads" / promotion.trial_run_id).rglob("*.pt"))
+    checkpoint = torch.load(source, weights_only=True)
+    checkpoint["metrics"]["val_iou_small_rocks"] = float("nan")
+    torch.save(checkpoint, tmp_path / "nan.pt")
+    export(ExportConfig(str(tmp_path / "nan.pt"), ("torchscript",), tmp_path / "out"), sweep.paths)
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    card = json.loads((tmp_path / "out" / CARD).read_text(), parse_constant=refuse)
+    assert card["metrics"]["checkpoint"]["val_iou_small_rocks"] is None
+
+
 @pytest.mark.parametrize("text, says", [("torchscript,tflite", "unknown format tflite"), (" , ", "(none given)")])
 def test_unknown_format_is_a_clear_error(text, says):
     with pytest.raises(CliError, match=f"--format .*{says}.*expected a comma list of torchscript, onnx"):
