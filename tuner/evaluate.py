@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
-from tuner.cli import CliError
+from tuner.cli import EXIT_INCOMPLETE, CliError
 from tuner.settings import RunPaths
 
 RENDERS, PHOTOS = "renders", "photos"  # group names (also in metric names: real_renders_miou, ...)
@@ -260,10 +260,15 @@ def write_figures(scores: dict, out: Path, label: str) -> list[Path]:
 
 
 def log_to_run(paths: RunPaths, run_id: str, scores: dict, data_root: Path, prefix: str = DEFAULT_PREFIX) -> None:
-    """The flat metrics on the model's MLflow run (step 0) and a tag naming the data folder."""
+    """The flat metrics on the model's MLflow run (step 0) and a tag naming the data folder. A `prefix` metric
+    of an earlier evaluation that this one does not give (a group or class absent from this folder) is
+    logged NaN: the run showed the earlier data's value beside a tag naming this folder."""
     from tuner import tracking
 
-    tracking.log_metrics(paths.tracking_uri, run_id, flat_metrics(scores, prefix), step=0)
+    metrics = flat_metrics(scores, prefix)
+    earlier = tracking.client(paths.tracking_uri).get_run(run_id).data.metrics
+    stale = {k: float("nan") for k in earlier if k.startswith(prefix) and k not in metrics}
+    tracking.log_metrics(paths.tracking_uri, run_id, {**stale, **metrics}, step=0)
     tracking.client(paths.tracking_uri).set_tag(run_id, f"lunartune.{prefix}eval_data", str(data_root))
 
 
@@ -348,8 +353,15 @@ def main(args, paths: RunPaths) -> int:
                 write_json_atomic(json_path, results)
             except OSError as err:
                 raise CliError(f"--json {json_path}: {err.strerror or err}") from None
+    logged = True
     if resolved.run_id:
-        log_to_run(paths, resolved.run_id, scores, Path(header["data"]), prefix)
+        try:
+            log_to_run(paths, resolved.run_id, scores, Path(header["data"]), prefix)
+        except Exception as err:  # MLflow away, or the run deleted: the scores stand, and were written
+            logged = False
+            print(f"lunartune evaluate: warning: the scores were not logged to MLflow run {resolved.run_id} "
+                  f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); "
+                  f"run the command again once it can be", file=sys.stderr)
     print(format_table(scores), file=sys.stderr)
     print(json.dumps(results, indent=2))
-    return 0
+    return 0 if logged else EXIT_INCOMPLETE

@@ -304,6 +304,38 @@ def test_a_model_from_mlflow_gets_the_metrics_on_its_run(checkpoint, data, tmp_p
                                                              "real_renders_dice"}
 
 
+def test_a_later_evaluation_on_other_data_leaves_no_earlier_score_on_the_run(checkpoint, data, tmp_path, capsys):
+    """The photos' scores of an evaluation on another folder stayed on the run beside a tag naming a folder
+    without photos; and a run MLflow no longer takes metrics for was a traceback after the files landed."""
+    import math
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    root, _ = data
+    paths = RunPaths(root=tmp_path / "run").ensure()
+    client = MlflowClient(paths.tracking_uri)
+    experiment = client.create_experiment("exp", artifact_location=paths.mlflow_artifacts.as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    client.log_artifact(run_id, str(checkpoint), "checkpoint")
+    assert run_cli(tmp_path, "--model", run_id, "--data", root) == 0
+    renders_only = tmp_path / "renders-only"
+    shutil.copytree(root / "images", renders_only / "images")
+    assert run_cli(tmp_path, "--model", run_id, "--data", renders_only) == 0
+    logged = client.get_run(run_id).data.metrics
+    assert math.isnan(logged["real_photos_miou"]) and math.isnan(logged["real_photos_iou_small_rocks"])
+    assert math.isfinite(logged["real_renders_miou"])
+    assert client.get_run(run_id).data.tags["lunartune.real_eval_data"] == str(renders_only.resolve())
+    capsys.readouterr()
+
+    client.delete_run(run_id)  # MLflow refuses metrics for it now
+    report = tmp_path / "m.json"
+    assert run_cli(tmp_path, "--model", run_id, "--data", root, "--json", report) == 3
+    out, err = capsys.readouterr()
+    assert f"the scores were not logged to MLflow run {run_id}" in err and "Traceback" not in err
+    assert json.loads(report.read_text()) == json.loads(out)  # the scores stand, printed and written
+
+
 @pytest.mark.parametrize("folder, counts", [
     pytest.param("kaggle-eval-small", {"renders": (40, {"clean": 40}), "photos": (28, {"real": 28})},
                  marks=pytest.mark.slow),  # 68 images: ~20 s on 2 busy cores
