@@ -102,14 +102,31 @@ def imagenet_file(encoder: str, *, cache_dir=None, endpoint: str | None = None,
     if cached is not None:
         return cached
     endpoint = endpoint or constants.ENDPOINT
-    if constants.HF_HUB_OFFLINE or not hub_reachable(endpoint, probe_timeout_s):
+    if constants.HF_HUB_OFFLINE or not (behind_proxy(endpoint) or hub_reachable(endpoint, probe_timeout_s)):
         raise WeightsError(
             f"ImageNet weights for encoder {encoder!r} ({repo_id}/{filenames[0]}) are not in the Hugging Face "
             f"cache ({cache_dir or constants.HF_HUB_CACHE}) and {endpoint} cannot be reached. Pre-fill the cache "
             f"on a machine with internet (python -c \"import huggingface_hub as h; h.hf_hub_download('{repo_id}', "
             f"'{filenames[0]}'{_revision_arg(revision)})\") and point HF_HOME or HF_HUB_CACHE at it, or pass "
             f"--encoder-weights PATH to a local .pth/.safetensors encoder state_dict, or use --encoder-weights none.")
-    return Path(hf_hub_download(repo_id, filenames[0], revision=revision, cache_dir=cache_dir))
+    failures = []
+    for name in filenames:  # timm's repos hold model.safetensors or only pytorch_model.bin
+        try:
+            return Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir, endpoint=endpoint))
+        except Exception as err:  # HTTP 401/404/5xx, a dropped connection, a full disk: one clear error
+            failures.append(f"{name}: {type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}")
+    raise WeightsError(f"ImageNet weights for encoder {encoder!r}: downloading {repo_id} from {endpoint} failed "
+                       f"({'; '.join(failures)}); pass --encoder-weights PATH to a local encoder state_dict, or "
+                       f"use --encoder-weights none")
+
+
+def behind_proxy(endpoint: str) -> bool:
+    """Is the hub reached through a proxy (HTTPS_PROXY, ...)? Then a direct TCP probe says nothing: a machine
+    that reaches the internet only through its proxy fails it, and huggingface_hub would download fine."""
+    from urllib.request import getproxies, proxy_bypass
+
+    url = urlparse(endpoint)
+    return url.scheme in getproxies() and not proxy_bypass(url.hostname or "")
 
 
 def _revision_arg(revision: str | None) -> str:

@@ -85,3 +85,48 @@ def test_imagenet_weights_come_from_a_prefilled_cache_without_network(tmp_path):
     target = build(ModelConfig(backbone="resnet18"))
     load_encoder_file(target.encoder, path)
     assert _encoders_equal(target.encoder, source.encoder)
+
+
+def test_a_hub_that_answers_without_the_weights_is_a_clear_error(tmp_path):
+    """A reachable endpoint without the file (or a proxy's error page): huggingface_hub's own exception was
+    a traceback; every candidate file is tried, then one WeightsError names the repo and what failed."""
+    import http.server
+    import threading
+
+    requested = []
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            requested.append(self.path)
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(WeightsError, match=r"encoder 'tu-mobilenetv3_large_100': downloading .* failed "
+                                               r"\(model\.safetensors: .*; pytorch_model\.bin: .*--encoder-weights"):
+            imagenet_file("tu-mobilenetv3_large_100", cache_dir=tmp_path, endpoint=f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+    assert any("pytorch_model.bin" in path for path in requested)  # the second candidate was asked for too
+
+
+def test_behind_a_proxy_the_direct_probe_is_skipped(monkeypatch):
+    """A machine that reaches the hub only through HTTPS_PROXY fails a direct TCP connect: it said "cannot be
+    reached" although huggingface_hub (which honours the proxy) would download."""
+    from models.weights import behind_proxy
+
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert not behind_proxy("https://huggingface.co")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert behind_proxy("https://huggingface.co")
+    monkeypatch.setenv("NO_PROXY", "huggingface.co")
+    assert not behind_proxy("https://huggingface.co")
