@@ -119,7 +119,18 @@ def _check_renders(root: Path, mask_source: str, allow_missing: bool, exclude_mi
         out.notes.append(f"{len(scan.excluded_frames)} frames excluded as listed in {scan.mismatch_file.name}")
     if not scan.samples:
         out.problems.append(f"{root / RENDER_DIR}: no render/{mask_source} pairs found")
+    elif len(scan.samples) < (needed := _frames_to_train()):
+        out.notes.append(f"{len(scan.samples)} pairs: too few to train on (the train/val/test split needs at "
+                         f"least {needed}); `lunartune evaluate` scores them")
     _tally(scan.samples, out, progress)
+
+
+def _frames_to_train() -> int:
+    from data_pipeline.config import DataConfig
+    from data_pipeline.split import min_frames
+
+    defaults = DataConfig(root=".")
+    return min_frames(defaults.val_fraction, defaults.test_fraction)
 
 
 def _check_real(root: Path, out: SetReport, progress: bool) -> int:

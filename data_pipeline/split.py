@@ -97,6 +97,16 @@ def fingerprint(samples: Sequence[Sample]) -> str:
     return digest.hexdigest()
 
 
+def min_frames(val_fraction: float, test_fraction: float) -> int:
+    """The fewest frames that leave no split empty (4 at the default 15 % / 15 %)."""
+    _check_fractions(val_fraction, test_fraction)
+    n = 1
+    while min(round(n * val_fraction), n - round(n * val_fraction) - round(n * test_fraction),
+              round(n * test_fraction) if test_fraction > 0 else 1) < 1:
+        n += 1
+    return n
+
+
 def split_frames(frames: Sequence[str], seed: int, val_fraction: float,
                  test_fraction: float) -> dict[str, list[str]]:
     """Deterministic split of frame ids; an empty val (or requested test) split is a DataError."""

@@ -28,6 +28,9 @@ def check(args: argparse.Namespace, paths: RunPaths) -> int:
     """Print counts, class balance and problems of a data set; exit 1 when there are problems."""
     from data_pipeline.check import check_dataset
 
+    if not Path(args.path).is_dir():  # nothing to report on: one line, as every command's bad path
+        raise CliError(f"{args.path}: " + ("not a folder (expected a data set folder in the Kaggle layout)"
+                                           if Path(args.path).exists() else "no such folder"))
     report = check_dataset(Path(args.path), mask_source=args.mask_source, allow_missing=args.allow_missing,
                            exclude_mismatches=args.exclude_mismatches, progress=True)
     print(report.format())

@@ -24,12 +24,26 @@ def test_problems_are_all_listed_and_exit_1(tiny_dataset, write, capsys):
     assert check_dataset(tiny_dataset, allow_missing=True).problems == report.problems[1:]
 
 
-def test_missing_folder_is_a_problem_not_a_traceback(tmp_path):
+def test_missing_folder_is_a_problem_not_a_traceback(tmp_path, capsys):
     report = check_dataset(tmp_path / "nowhere")
     assert not report.ok and "data folder not found" in report.problems[0]
     (tmp_path / "notes.md").write_text("x")  # a file is there, it is just not a folder
     assert check_dataset(tmp_path / "notes.md").problems == [f"{tmp_path / 'notes.md'}: not a folder (expected a data "
                                                               f"set folder in the Kaggle layout)"]
+    for path, says in ((tmp_path / "nowhere", "no such folder"), (tmp_path / "notes.md", "not a folder")):
+        assert main(["--run-dir", str(tmp_path / "runs"), "data", "check", str(path)]) == 1  # one line, no report
+        out, err = capsys.readouterr()
+        assert out == "" and err.strip() == f"lunartune data: error: {path}: {says}" + (
+            " (expected a data set folder in the Kaggle layout)" if says == "not a folder" else "")
+
+
+def test_too_few_pairs_to_train_on_is_said_but_fine_for_evaluation(tmp_path, write, capsys):
+    """Training refuses fewer than 4 frames (an empty split); the check said OK without a word."""
+    write.dataset(tmp_path / "three", count=3)
+    report = check_dataset(tmp_path / "three")
+    assert report.ok and report.renders.notes == ["3 pairs: too few to train on (the train/val/test split needs at "
+                                                  "least 4); `lunartune evaluate` scores them"]
+    assert check_dataset(write.dataset(tmp_path / "four", count=4)).renders.notes == []
 
 
 def test_real_photos_are_reported_separately(shared_data):
