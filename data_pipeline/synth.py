@@ -171,6 +171,13 @@ def is_complete(out: Path, params: dict) -> bool:
     return manifest == {**params, "complete": True} and (out / "bounding_boxes.csv").is_file()
 
 
+def _described(params: dict) -> str:
+    """'6 scenes (180x120, style realistic, seed 0, generator v8)': a manifest's parameters as flags give them."""
+    size = params.get("size") or ["?", "?"]
+    return (f"{params.get('count', '?')} scenes ({size[1]}x{size[0]}, style {params.get('style', '?')}, seed "
+            f"{params.get('seed', '?')}, generator v{params.get('version', '?')})")
+
+
 def prepare_folder(out: Path, params: dict) -> None:
     """Create the layout; refuse a folder that holds anything but an interrupted run of these params."""
     if out.exists() and not out.is_dir():
@@ -182,8 +189,9 @@ def prepare_folder(out: Path, params: dict) -> None:
                             f"generated scenes into it (choose an empty or new folder)")
         previous = {k: v for k, v in manifest.items() if k != "complete"}
         if previous != params:
-            raise DataError(f"{out}: holds a generated data set with other parameters ({previous}); "
-                            f"refusing to overwrite it with {params} (choose another folder)")
+            differ = [k for k in sorted(set(previous) | set(params)) if previous.get(k) != params.get(k)]
+            raise DataError(f"{out}: holds {_described(previous)}, not {_described(params)} (other "
+                            f"{', '.join(differ)}); refusing to overwrite it (choose another folder)")
     try:
         for sub in ("images/render", "images/clean"):
             (out / sub).mkdir(parents=True, exist_ok=True)

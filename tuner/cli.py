@@ -97,7 +97,8 @@ def _data_parser(sub) -> None:
     synth.add_argument("--out", required=True, help="output folder (gets images/render, images/clean, ...)")
     synth.add_argument("--count", type=int, default=200, help="number of scenes (default 200)")
     synth.add_argument("--seed", type=int, default=0, help="same seed, same scenes (default 0)")
-    synth.add_argument("--size", type=_wxh, default=(480, 720), help="WIDTHxHEIGHT (default 720x480)")
+    synth.add_argument("--size", type=_wxh, default=(480, 720), help="WIDTHxHEIGHT, 48 to 8192 px per side, or N for NxN (default 720x480; "
+                       "note: --image-size elsewhere is HxW)")
     synth.add_argument("--style", choices=["realistic", "simple"], default="realistic",
                        help="'simple' is the flat baseline generator used by bench/sim2real.py")
     synth.add_argument("--workers", type=int, default=0, help="processes (default 0: all cores)")

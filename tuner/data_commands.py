@@ -11,8 +11,14 @@ from tuner.settings import RunPaths
 
 def synth(args: argparse.Namespace, paths: RunPaths) -> int:
     """Write procedural scenes in the Kaggle layout to --out, then print where they are."""
-    from data_pipeline.synth import already_generated, generate  # only this command needs the generator
+    from data_pipeline.synth import MAX_SIZE, MIN_SIZE, already_generated, generate  # only this command needs it
 
+    for flag, value, minimum in (("--count", args.count, 1), ("--seed", args.seed, 0), ("--workers", args.workers, 0)):
+        if value < minimum:
+            raise CliError(f"{flag}={value}: expected an integer >= {minimum}")
+    if not (MIN_SIZE <= min(args.size) and max(args.size) <= MAX_SIZE):
+        raise CliError(f"--size={args.size[1]}x{args.size[0]}: expected WIDTHxHEIGHT with {MIN_SIZE} to {MAX_SIZE} px "
+                       f"per side")
     try:
         there = already_generated(Path(args.out), args.count, args.seed, tuple(args.size), args.style)
         out = generate(Path(args.out), count=args.count, seed=args.seed, size=tuple(args.size),

@@ -16,12 +16,32 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_a_bad_synth_size_is_explained_in_the_flags_own_order(tmp_path, capsys):
     for size, says in (("abc", "expected N or WIDTHxHEIGHT (e.g. 720x480), got 'abc'"),  # the flag is WxH: it said HxW
-                       ("10x10", "size must be 48 to 8192 px per side, got 10x10 (width x height)")):
+                       ("10x10", "--size=10x10: expected WIDTHxHEIGHT with 48 to 8192 px per side")):
         try:
             code = main(["--run-dir", str(tmp_path), "data", "synth", "--out", str(tmp_path / "s"), "--size", size])
         except SystemExit as usage:
             code = usage.code
         assert code in (1, 2) and says in capsys.readouterr().err
+
+
+def test_bad_synth_flags_are_named_as_typed(tmp_path, capsys):
+    """The generator's own words named its arguments ("count must be >= 1"), not the flags."""
+    for flag, value, says in (("--count", "0", "--count=0: expected an integer >= 1"),
+                              ("--seed", "-1", "--seed=-1: expected an integer >= 0"),
+                              ("--workers", "-1", "--workers=-1: expected an integer >= 0")):
+        assert main(["--run-dir", str(tmp_path), "data", "synth", "--out", str(tmp_path / "s"), flag, value]) == 1
+        assert says in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_folder_of_other_scenes_is_refused_naming_what_differs(tmp_path, capsys):
+    out, run = tmp_path / "scenes", ["--run-dir", str(tmp_path / "runs"), "data", "synth"]
+    assert main([*run, "--out", str(out), "--count", "2", "--size", "96x64", "--style", "simple"]) == 0
+    capsys.readouterr()
+    assert main([*run, "--out", str(out), "--count", "3", "--size", "96x64", "--style", "simple"]) == 1
+    err = capsys.readouterr().err  # it printed both manifests as dicts, the size as [height, width]
+    assert f"{out}: holds 2 scenes (96x64, style simple, seed 0, generator v" in err
+    assert "not 3 scenes (96x64, style simple, seed 0, generator v" in err and "(other count)" in err
 
 
 def test_synth_then_check_then_load(tmp_path, capsys):

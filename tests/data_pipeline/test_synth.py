@@ -184,9 +184,9 @@ def test_render_scene_rejects_an_unknown_style():
 
 def test_refuses_a_folder_with_other_parameters(tmp_path: Path):
     out = make(tmp_path / "set", count=2, seed=1)
-    with pytest.raises(ValueError, match="other parameters"):
+    with pytest.raises(ValueError, match=r"seed 1, .*seed 2, .*\(other seed\); refusing to overwrite"):
         make(out, count=2, seed=2)
-    with pytest.raises(ValueError, match="other parameters"):
+    with pytest.raises(ValueError, match=r"\(other style\); refusing to overwrite"):
         make(out, count=2, seed=1, style="simple")
 
 
