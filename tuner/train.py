@@ -89,11 +89,18 @@ def configs_from_args(args, paths: RunPaths) -> TrainJob:
         validate_image_size(model, data.image_size)
         resolve_device(train.device)  # a device this machine lacks fails now, not after the data is ready
     except ConfigError as err:
-        raise CliError(str(err)) from None
+        raise CliError(flag_named(str(err))) from None
     out = Path(args.out).expanduser() if args.out else paths.root / "train" / model.backbone
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out}: exists and is not a folder")
     return TrainJob(data, model, train, out.resolve(), count if synthetic else None)
+
+
+def flag_named(message: str) -> str:
+    """'TrainConfig.lr=-1.0: ...' -> '--lr=-1.0: ...': the flag the user typed, not the config field it fills
+    (every ModelConfig and TrainConfig field is the flag of the same name)."""
+    message = re.sub(r"^(?:ModelConfig|TrainConfig)\.(\w+)=", lambda m: f"--{m[1].replace('_', '-')}=", message)
+    return re.sub(r"^image_size=\((\d+), (\d+)\)", r"--image-size=\1x\2", message)
 
 
 def json_safe(metrics: dict) -> dict:
