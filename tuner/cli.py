@@ -92,7 +92,9 @@ def _add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
 
 def _data_parser(sub) -> None:
     data = sub.add_parser("data", help="generate or check a data set in the Kaggle layout")
-    dsub = data.add_subparsers(dest="data_command", metavar="{synth,check}", required=True)
+    # made like the commands (--run-dir and --tracking-uri after `data synth|check` too, defaults in --help)
+    dsub = data.add_subparsers(dest="data_command", metavar="{synth,check}", required=True,
+                               parser_class=sub._parser_class)
     synth = dsub.add_parser("synth", help="write procedural lunar scenes in the Kaggle layout")
     synth.add_argument("--out", required=True, help="output folder (gets images/render, images/clean, ...)")
     synth.add_argument("--count", type=int, default=200, help="number of scenes (default 200)")
@@ -156,7 +158,8 @@ def _train_parser(sub) -> None:
 def _tune_parser(sub) -> None:
     p = sub.add_parser("tune", help="hyperparameter sweep: Ray Tune + Optuna + ASHA, tracked in MLflow")
     _train_args(p)
-    p.add_argument("--space", default="default", help="search space: name in search_spaces/ or a YAML path")
+    p.add_argument("--space", default="default",
+                   help="search space: a name in search_spaces/ or a YAML path (default: search_spaces/default.yaml)")
     p.add_argument("--samples", type=int, default=8, help="number of trials")
     p.add_argument("--max-epochs", type=int, default=4, help="epochs of a trial that is never stopped")
     p.add_argument("--grace-epochs", type=int, default=1, help="ASHA: epochs before a trial may be stopped")
@@ -239,6 +242,18 @@ def _model_consumers(sub) -> None:
     demo.set_defaults(handler="tuner.demo:main")
 
 
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Each flag's help ends with its default unless it names it already (argparse's own
+    ArgumentDefaultsHelpFormatter also prints "default: None" and "default: False" for flags without one)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default in (None, argparse.SUPPRESS) \
+                or isinstance(action.default, bool):
+            return text
+        return f"{text} (default {action.default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _add_common(common, suppress=True)
@@ -248,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
-                                parser_class=lambda **kw: argparse.ArgumentParser(parents=[common], **kw))
+                                parser_class=lambda **kw: argparse.ArgumentParser(
+                                    parents=[common], formatter_class=_HelpWithDefaults, **kw))
     _data_parser(sub)
     _train_parser(sub)
     _tune_parser(sub)

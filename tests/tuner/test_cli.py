@@ -52,6 +52,27 @@ def test_every_flag_of_every_command_says_what_it_does():
     assert undocumented == []
 
 
+def test_every_flag_with_a_default_shows_it_in_help(capsys):
+    """tune's --samples, --max-epochs, --concurrency, ... said nothing of their defaults."""
+    silent = [f"{' '.join(path)} {a.option_strings[-1]}" for path, sub in _subparsers(build_parser())
+              for a in sub._actions
+              if a.option_strings and a.default not in (None, argparse.SUPPRESS) and not isinstance(a.default, bool)
+              and "default" not in sub._get_formatter()._get_help_string(a)]  # the text --help prints for it
+    assert silent == []
+    with pytest.raises(SystemExit):
+        main(["tune", "--help"])
+    assert "number of trials (default 8)" in " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+
+def test_run_dir_goes_after_data_subcommands_too(tmp_path, capsys):
+    """`data check --run-dir D PATH` was refused as an unrecognised argument naming PATH."""
+    scenes = tmp_path / "scenes"
+    assert main(["data", "synth", "--run-dir", str(tmp_path / "run"), "--out", str(scenes), "--count", "4",
+                 "--size", "96x64", "--style", "simple"]) == 0
+    assert main(["data", "check", "--run-dir", str(tmp_path / "run"), str(scenes)]) == 0
+    assert "OK: no problems" in capsys.readouterr().out
+
+
 def test_unknown_subcommand_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bogus"])
