@@ -197,7 +197,8 @@ def _model_consumers(sub) -> None:
     promote.set_defaults(handler="tuner.promote:main")
 
     export = sub.add_parser("export", help="export a model to TorchScript / ONNX, verified against PyTorch")
-    export.add_argument("--model", required=True, help="models:/NAME@ALIAS, runs:/RUN_ID, RUN_ID or checkpoint file")
+    export.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID, RUN_ID or "
+                        "a checkpoint file")
     export.add_argument("--format", default="torchscript,onnx", help="comma list of torchscript, onnx")
     export.add_argument("--out", required=True, help="folder for the model files and model_card.json")
     export.set_defaults(handler="tuner.export:main")

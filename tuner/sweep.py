@@ -243,7 +243,8 @@ def _check_address_answers(address: str, timeout_s: float = 5.0) -> None:
 
 def _check_data_exists(cfg: SweepConfig) -> None:
     if cfg.data != SYNTHETIC and not Path(cfg.data).expanduser().is_dir():
-        raise CliError(f"--data {cfg.data}: no such folder (expected a data set in the Kaggle layout, or "
+        what = "not a folder" if Path(cfg.data).expanduser().exists() else "no such folder"
+        raise CliError(f"--data {cfg.data}: {what} (expected a data set in the Kaggle layout, or "
                        f"'{SYNTHETIC}' for generated scenes)")
 
 

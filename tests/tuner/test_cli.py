@@ -187,3 +187,9 @@ def test_synthetic_count_with_a_folder_is_refused(command, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--synthetic-count=16: only for --data synthetic" in err and str(folder) in err
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*.json"))
+
+
+def test_tune_data_that_is_a_file_says_so(tmp_path, capsys):
+    (tmp_path / "frames.zip").write_bytes(b"PK")  # the unzipped folder was meant
+    assert main(["tune", "--run-dir", str(tmp_path / "run"), "--data", str(tmp_path / "frames.zip")]) == 1
+    assert f"--data {tmp_path / 'frames.zip'}: not a folder (expected a data set" in capsys.readouterr().err
