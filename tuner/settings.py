@@ -74,11 +74,12 @@ class RunPaths:
         return db if db is not None and not db.is_file() else None
 
     def ensure(self) -> "RunPaths":
-        """Make the run dir's folders; RunDirError naming --run-dir when the path (or a folder above it) is a file."""
+        """Make the run dir's folders; RunDirError naming --run-dir when the path (or a folder above it) is a
+        file, or cannot be written (permissions, a read-only file system)."""
         try:
             for d in (self.root, self.mlflow_artifacts, self.ray_results, self.data):
                 d.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as err:
+        except OSError as err:
             raise RunDirError(f"--run-dir {self.root}: cannot make a folder there ({err.strerror}: "
                               f"{err.filename}); expected a folder or a path where one can be made") from None
         return self

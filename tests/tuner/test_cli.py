@@ -110,7 +110,9 @@ def test_run_dir_flag_works_before_and_after_the_subcommand(tmp_path):
 
 def test_a_run_dir_that_is_a_file_is_one_clear_line(tmp_path, capsys):
     (tmp_path / "file").write_text("")
-    for run_dir in (tmp_path / "file", tmp_path / "file" / "sub"):  # were FileExistsError, NotADirectoryError
+    # were FileExistsError, NotADirectoryError; then, under /proc (no folder can be made there, even as root), a
+    # FileNotFoundError (PermissionError, a read-only file system: the same way out)
+    for run_dir in (tmp_path / "file", tmp_path / "file" / "sub", Path("/proc/lunartune-test/run")):
         assert main(["--run-dir", str(run_dir), "tune", "--space", "smoke", "--samples", "1"]) == 1
         err = capsys.readouterr().err
         assert err.startswith(f"lunartune tune: error: --run-dir {run_dir}: cannot make a folder there") \
