@@ -23,9 +23,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 from tuner.cli import CliError
-from tuner.settings import RunPaths, shown_uri
+from tuner.settings import RunPaths, shown_uri, sqlite_file
 
 DEFAULT_HOST = "127.0.0.1"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -61,6 +62,9 @@ def _require_loopback(host: str) -> None:
 def _port_is_free(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # as the servers bind: a port whose last connections linger in TIME_WAIT (a UI stopped a minute ago)
+        # is free to them; without it the probe called it busy and the UI moved off the port ssh -L forwards
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
@@ -170,8 +174,9 @@ def _is_http(uri: str) -> bool:
 
 
 def _mlflow_server_command(paths: RunPaths, host: str, port: int) -> list[str]:
+    db = sqlite_file(paths.tracking_uri)  # absolute: the server runs in the run dir, not in the caller's folder
     return [sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", paths.tracking_uri,
+            "--backend-store-uri", f"sqlite:///{db.resolve()}" if db is not None else paths.tracking_uri,
             # Proxied artifact uploads (experiments created in the UI) land in this run directory,
             # not in ./mlartifacts of wherever the command was typed.
             "--artifacts-destination", str(paths.mlflow_artifacts),
@@ -260,7 +265,7 @@ def sweep_links(base_url: str, experiment_name: str) -> list[str]:
     client = MlflowClient(tracking_uri=base_url)
     experiment = _find_experiment(client, experiment_name)
     # The runs table by explicit route: MLflow 3.17 otherwise opens a GenAI overview.
-    runs_url = f"{base_url}/#/experiments/{experiment.experiment_id}/runs"
+    runs_url = f"{_without_credentials(base_url)}/#/experiments/{experiment.experiment_id}/runs"
     lines = [f"runs of {experiment_name!r}: {runs_url}"]
     parent = _latest_parent_run(client, experiment.experiment_id)
     if parent is None:
@@ -268,6 +273,13 @@ def sweep_links(base_url: str, experiment_name: str) -> list[str]:
     else:
         lines.append(f"latest sweep {parent.info.run_name!r}: {runs_url}/{parent.info.run_id}")
     return lines
+
+
+def _without_credentials(url: str) -> str:
+    """A link to print: a remote server's user:password (http://user:pw@host) is for the client, not the
+    terminal; the browser asks for it."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def study_url(dashboard_url: str, study_name: str) -> str:
@@ -334,12 +346,12 @@ def _require_store(paths: RunPaths) -> None:
 def _reachable(base_url: str) -> str:
     """Fail in seconds on a server that is down (MlflowClient would retry for about two minutes);
     an HTTP error status (auth in front, no /health) still means something answers."""
-    try:
-        urllib.request.urlopen(f"{base_url}/health", timeout=5).close()
+    try:  # urllib takes no user:password in a URL (it read them as part of the host name)
+        urllib.request.urlopen(f"{_without_credentials(base_url)}/health", timeout=5).close()
     except urllib.error.HTTPError:
         pass
     except (urllib.error.URLError, OSError) as err:
-        raise CliError(f"cannot reach the tracking server {base_url}: {err}") from None
+        raise CliError(f"cannot reach the tracking server {shown_uri(base_url)}: {err}") from None
     return base_url
 
 
@@ -361,6 +373,8 @@ def main(args, paths: RunPaths) -> int:
     if not 1 <= args.port <= 65535:
         raise CliError(f"--port {args.port}: expected a TCP port in 1-65535")
     if args.optuna:
+        if ":" in args.host:  # neither gunicorn ("::1:8080") nor its fallback server binds IPv6 as it is given
+            raise CliError(f"--optuna with --host {args.host}: optuna-dashboard binds IPv4 only; use --host 127.0.0.1")
         optuna_dashboard_command(paths)  # fail before the slow MLflow start, not after it
     with _termination_as_exit(), contextlib.ExitStack() as stack:
         mlflow_ui = _start_mlflow(stack, paths, args.port, args.host)

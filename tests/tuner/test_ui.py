@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tuner.cli import CliError, main as cli_main
-from tuner.settings import RunPaths
+from tuner.settings import RunPaths, resolve_run_paths
 from tuner import ui as ui_module
 from tuner.tracking import PARENT_TAG, ROLE_TAG, STATUS_TAG
 from tuner.ui import PORT_ATTEMPTS, running_mlflow_ui, running_optuna_dashboard, study_url, sweep_links
@@ -256,6 +256,34 @@ def test_remote_tracking_server_gets_links_without_a_new_server(ui, store, capsy
     assert code == 0
     assert f"{url}/#/experiments/{store['experiment_id']}/runs/{store['parent_id']}" in out
     assert not list(tmp_path.iterdir())  # no log, no store: nothing was started here
+
+
+def test_a_password_in_the_tracking_uri_is_never_printed(ui, store, capsys, tmp_path):
+    """The links printed the server URL as given, password included; the health check took user:pw for part
+    of the host name and called the server unreachable (naming the password too)."""
+    port = ui["server"].port
+    code = cli_main(["--run-dir", str(tmp_path), "--tracking-uri", f"http://ann:s3cret@127.0.0.1:{port}", "ui",
+                     "--experiment", EXPERIMENT])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"http://127.0.0.1:{port}/#/experiments/{store['experiment_id']}/runs/{store['parent_id']}" in out
+    assert "s3cret" not in out + err
+
+
+def test_a_relative_sqlite_uri_opens_the_store_it_names(store, capsys, tmp_path, monkeypatch):
+    """`--tracking-uri sqlite:///mlflow.db` was checked against the caller's folder, then handed as is to a
+    server started in the run dir: it opened (and made) an empty store there."""
+    from tuner.ui import _mlflow_server_command
+
+    monkeypatch.chdir(store["paths"].root)
+    paths = resolve_run_paths(str(tmp_path / "elsewhere"), "sqlite:///mlflow.db", env={})
+    command = _mlflow_server_command(paths, "127.0.0.1", 5000)
+    assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{store['paths'].root.resolve()}/mlflow.db"
+
+
+def test_optuna_on_ipv6_loopback_is_refused_before_anything_starts(capsys, tmp_path):
+    assert cli_main(["--run-dir", str(tmp_path), "ui", "--host", "::1", "--optuna"]) == 1
+    assert "--optuna with --host ::1: optuna-dashboard binds IPv4 only" in capsys.readouterr().err
 
 
 def test_unknown_experiment_lists_the_existing_ones(ui, capsys, tmp_path):
