@@ -18,6 +18,7 @@ renamed into place, so no reader ever sees half an array (also where locks do no
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -43,7 +44,9 @@ from data_pipeline.split import (
     write_json_atomic,
 )
 
-CACHE_VERSION = 1  # bump when the array layout or the resize rule changes
+# bump when the array layout, the resize rule or how a file decodes changes (2: EXIF orientation applied,
+# 16-bit grey refused: version 1 caches held those files as decoded before)
+CACHE_VERSION = 2
 CACHE_DIR_NAME = ".lunartune_cache"
 PROGRESS_MIN_FILES = 50  # show a progress bar when the first build decodes at least this many frames
 MAX_WORKERS = 64  # DataLoader processes: 99999 of them exhausted the memory of the machine
@@ -91,12 +94,17 @@ def build_or_load(samples: Sequence[Sample], split: str, size: tuple[int, int], 
     cached = _read_cached(stem, size)
     if cached is not None:
         return cached
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(stem.with_suffix(".lock")):
-        cached = _read_cached(stem, size)  # another process may have built it while we waited
-        if cached is None:
-            _remove_orphans(stem)
-            cached = _build(samples, stem, size, progress and len(samples) >= PROGRESS_MIN_FILES)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with _exclusive_lock(stem.with_suffix(".lock")):
+            cached = _read_cached(stem, size)  # another process may have built it while we waited
+            if cached is None:
+                _remove_orphans(stem)
+                cached = _build(samples, stem, size, progress and len(samples) >= PROGRESS_MIN_FILES)
+    except OSError as err:  # a full disk, a quota, no permission: the folder and what it needs, not a traceback
+        needed = len(samples) * size[0] * size[1] * 4 / 2**20  # images (3 bytes per pixel) and masks (1)
+        raise DataError(f"{cache_dir}: cannot build the {split} cache there ({err.strerror or err}; it needs "
+                        f"{needed:,.1f} MB): free space there; deleting the folder drops every cache in it") from None
     _remove_stale(cache_dir, prefix, keep=stem.name, source=samples[0].source)
     return cached
 
@@ -107,6 +115,7 @@ def _build(samples: Sequence[Sample], stem: Path, size: tuple[int, int], progres
     try:
         images = np.lib.format.open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=(len(samples), *size, 3))
         masks = np.lib.format.open_memmap(tmp_masks, mode="w+", dtype=np.uint8, shape=(len(samples), *size))
+        _reserve(tmp_images), _reserve(tmp_masks)
         counts = np.zeros(NUM_CLASSES, dtype=np.int64)
         for i, sample in enumerate(_progress(samples, progress, stem.name)):
             image, mask = load_sample(sample)
@@ -130,6 +139,18 @@ def _build(samples: Sequence[Sample], stem: Path, size: tuple[int, int], progres
     return CachedSplit(images_path, masks_path, frames, counts, size)
 
 
+def _reserve(path: Path) -> None:
+    """Allocate the (sparse) array file's blocks now: writing through a map onto a full disk is SIGBUS,
+    which kills the process with no message; here it is ENOSPC, an OSError. File systems without
+    fallocate (some NFS) keep the sparse file."""
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+
+
 def _read_cached(stem: Path, size: tuple[int, int]) -> CachedSplit | None:
     """The cache at `stem` if complete and consistent, else None (it is then rebuilt)."""
     meta_path = Path(f"{stem}.json")
@@ -137,13 +158,14 @@ def _read_cached(stem: Path, size: tuple[int, int]) -> CachedSplit | None:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         images, masks = np.load(images_path, mmap_mode="r"), np.load(masks_path, mmap_mode="r")
-    except (OSError, ValueError):
+        n = len(meta["frames"])
+        counts = np.asarray(meta["class_counts"], dtype=np.int64)
+    except (OSError, ValueError, KeyError, TypeError):  # incomplete or foreign metadata: rebuilt
         return None
-    n = len(meta.get("frames", []))
-    if images.shape != (n, *size, 3) or masks.shape != (n, *size) or images.dtype != np.uint8:
+    if images.shape != (n, *size, 3) or masks.shape != (n, *size) or images.dtype != np.uint8 \
+            or counts.shape != (NUM_CLASSES,):
         return None
-    return CachedSplit(images_path, masks_path, list(meta["frames"]),
-                       np.asarray(meta["class_counts"], dtype=np.int64), size)
+    return CachedSplit(images_path, masks_path, list(meta["frames"]), counts, size)
 
 
 @contextmanager

@@ -214,10 +214,13 @@ def _numbered(folder: Path, prefix: str) -> dict[int, tuple[str, Path]]:
     """{frame number: (frame id as written, path)} for <prefix>NNNN.png files; other files are ignored."""
     pattern = re.compile(rf"{re.escape(prefix)}(\d+)\.png", re.IGNORECASE)
     found = {}
-    for path in folder.iterdir():
+    for path in sorted(folder.iterdir()):
         match = pattern.fullmatch(path.name)
         if match:
-            found[int(match.group(1))] = (match.group(1), path)
+            number = int(match.group(1))
+            if number in found:  # render1.png beside render0001.png: which one pairs would be chance
+                raise DataError(f"{found[number][1]} and {path}: two files for frame {number}; keep one")
+            found[number] = (match.group(1), path)
     return found
 
 

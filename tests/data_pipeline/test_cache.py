@@ -117,3 +117,42 @@ def test_a_killed_build_leaves_temporary_arrays_that_the_next_build_removes(tiny
     build_or_load(samples, "train", (16, 16), tmp_path / "c")
     assert not any(orphan.exists() for orphan in orphans)
     assert sorted(p.name for p in (tmp_path / "c").iterdir() if ".tmp" in p.name) == []
+
+
+@pytest.mark.parametrize("meta", ['{"frames": ["0001"]}', "[1, 2]", '{"frames": 3, "class_counts": [0, 0, 0, 0]}'])
+def test_metadata_that_is_not_a_caches_is_rebuilt(tiny_dataset, tmp_path, meta):
+    """Valid JSON without class_counts (or not an object at all) was a raw KeyError/AttributeError."""
+    samples = find_pairs(tiny_dataset)[:3]
+    built = build_or_load(samples, "train", (16, 16), tmp_path / "c")
+    expected = np.array(built.open()[1])
+    meta_path = built.images_path.with_name(built.images_path.name[:-len(".images.npy")] + ".json")
+    meta_path.write_text(meta)
+    rebuilt = build_or_load(samples, "train", (16, 16), tmp_path / "c")
+    assert np.array_equal(rebuilt.open()[1], expected) and len(rebuilt.frames) == 3
+
+
+def _build_under_a_file_size_limit(root, cache_dir, limit, queue):
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write then fails with EFBIG, as on a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    try:
+        build_or_load(find_pairs(root), "train", (64, 64), cache_dir)
+        queue.put("built")
+    except Exception as err:
+        queue.put(f"{type(err).__name__}: {err}")
+
+
+def test_a_cache_that_does_not_fit_is_a_clear_error_naming_the_folder(tiny_dataset, tmp_path):
+    """No room for the arrays (a full disk, a quota; here a file size limit) was a raw OSError, or worse a
+    SIGBUS while writing through the sparse map; the space is reserved first, and the error names the folder."""
+    queue = multiprocessing.get_context("fork").Queue()
+    worker = multiprocessing.get_context("fork").Process(
+        target=_build_under_a_file_size_limit, args=(tiny_dataset, tmp_path / "c", 100_000, queue))
+    worker.start()
+    worker.join(60)
+    said = queue.get(timeout=5)
+    assert said.startswith(f"DataError: {tmp_path / 'c'}: cannot build the train cache there (File too large; "
+                           f"it needs 0.4 MB)"), said
+    assert not [p for p in (tmp_path / "c").iterdir() if p.suffix in (".npy", ".json")]

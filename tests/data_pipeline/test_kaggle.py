@@ -90,3 +90,13 @@ def test_eval_sets_keep_each_image_at_its_own_size(shared_data):
     assert len(renders) == 1 and renders[0].image.shape == (282, 423, 3)
     with pytest.raises(DataError, match="1 requested frames are not in the data set: 9999"):
         load_eval_set(shared_data / "kaggle-eval-small", frames=["9999"])
+
+
+def test_two_files_for_one_frame_number_are_named_not_paired_by_chance(tiny_dataset):
+    """render1.png beside render0001.png: one of them silently paired with clean0001.png (the other vanished),
+    which one depending on the folder's listing order."""
+    import shutil
+
+    shutil.copy(tiny_dataset / "images/render/render0002.png", tiny_dataset / "images/render/render1.png")
+    with pytest.raises(DataError, match=r"render0001\.png and .*render1\.png: two files for frame 1; keep one"):
+        find_pairs(tiny_dataset)
