@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuner.cli import CliError
+from tuner.cli import EXIT_INCOMPLETE, CliError
 from tuner.objective import best_epoch
 from tuner.settings import RunPaths
 
@@ -286,16 +286,20 @@ def importances(paths: RunPaths, study_name: str, objective: str = "val_miou") -
                               f"value: importances need at least {MIN_COMPLETE_FOR_IMPORTANCE}; run more --samples")
         basis = (f"{objective} at epoch {step} of all {used} trials of the whole study (only {complete} ran to "
                  f"the end: ASHA stopped the rest)")
-    fixed = _one_value_params(chosen.trials)
+    # over the trials Optuna ranks (COMPLETE ones: a value a pruned trial alone tried is not compared)
+    fixed = _one_value_params(chosen.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if fixed:  # Optuna ranks such a parameter 0: nothing was compared, which "unimportant" would misstate
         basis += f"; not ranked, one value in these trials: {', '.join(fixed)}"
     try:
         with warnings.catch_warnings():  # "few trials per regime": the figure already says "indicative only"
             warnings.simplefilter("ignore", UserWarning)
-            values = optuna.importance.get_param_importances(chosen)
-            return Importance({k: v for k, v in values.items() if k not in fixed}, len(chosen.trials), basis)
+            values = {k: v for k, v in optuna.importance.get_param_importances(chosen).items() if k not in fixed}
     except (RuntimeError, ValueError) as err:  # e.g. every trial has the same value
         return Importance({}, len(chosen.trials), basis, f"Optuna could not rank the parameters: {err}")
+    if not values:
+        return Importance({}, len(chosen.trials), basis, f"every parameter took one value in the trials compared "
+                          f"({', '.join(fixed) or 'none searched'}): nothing to rank")
+    return Importance(values, len(chosen.trials), basis)
 
 
 def _one_value_params(trials) -> list[str]:
@@ -305,6 +309,18 @@ def _one_value_params(trials) -> list[str]:
         for name, value in t.params.items():
             values.setdefault(name, set()).add(value)
     return sorted(name for name, seen in values.items() if len(seen) == 1)
+
+
+def _text_figure(path: Path, title: str, text: str) -> None:
+    """A figure that says why it has nothing to show (report.md links every figure)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 2.8))
+    ax.text(0.5, 0.5, textwrap.fill(text, 70), ha="center", va="center", fontsize=10, transform=ax.transAxes)
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
 
 
 def plot_importance(paths: RunPaths, data: ReportData, path: Path) -> str:
@@ -338,7 +354,7 @@ def plot_predictions(paths: RunPaths, data: ReportData, path: Path, device) -> s
 
     from data_pipeline import class_table, encode_mask
     from models.inference import predict_masks
-    from tuner.promote import Trial, fetch_checkpoint, sweep_data
+    from tuner.promote import Trial, check_ranked_epoch, fetch_checkpoint, sweep_data
 
     best = next((t for t in data.trials if math.isfinite(t.best)), None)
     if best is None:
@@ -346,7 +362,9 @@ def plot_predictions(paths: RunPaths, data: ReportData, path: Path, device) -> s
     samples = list(sweep_data(paths, data.parent).test_set()[:EXAMPLES])
     with tempfile.TemporaryDirectory(prefix="lunartune-report-") as folder:
         run = _client(paths).get_run(best.run_id)
-        _, model, info = fetch_checkpoint(paths, Trial(run, data.parent, best.best, best.best_epoch), Path(folder))
+        trial = Trial(run, data.parent, best.best, best.best_epoch)
+        _, model, info = fetch_checkpoint(paths, trial, Path(folder))
+        check_ranked_epoch(trial, info)  # else the figure shows one epoch's weights under another's score
     norm = info["normalization"]
     predictions = predict_masks(model.to(device), [s.image for s in samples], tuple(info["image_size"]),
                                 norm["mean"], norm["std"], device)
@@ -446,8 +464,9 @@ def write_markdown(data: ReportData, folder: Path, notes: dict) -> None:
              "## Hyperparameter importance", "", "![importance](importance.png)", ""]
     note = notes["importance"]
     lines += [f"{note[:1].upper()}{note[1:]}.", ""]
-    lines += ["## Example predictions", "", f"Best trial `{notes['predictions']}` on held-out test images.", "",
-              "![predictions](predictions.png)", ""]
+    shown = (f"No example predictions: {notes['no_predictions']}." if notes.get("no_predictions") else
+             f"Best trial `{notes['predictions']}` on held-out test images.")
+    lines += ["## Example predictions", "", shown, "", "![predictions](predictions.png)", ""]
     (folder / "report.md").write_text("\n".join(lines))
 
 
@@ -472,7 +491,11 @@ def report(cfg: ReportConfig, paths: RunPaths) -> ReportResult:
         plot_best_per_backbone(data, staging / "best_per_backbone.png")
         plot_test_vs_real(data, staging / "test_vs_real.png")
         notes["importance"] = plot_importance(paths, data, staging / "importance.png")
-        notes["predictions"] = plot_predictions(paths, data, staging / "predictions.png", resolve_device(cfg.device))
+        try:
+            notes["predictions"] = plot_predictions(paths, data, staging / "predictions.png", resolve_device(cfg.device))
+        except CliError as err:  # no scored trial yet, its checkpoint not uploaded, its data gone: the rest stands
+            notes["predictions"], notes["no_predictions"] = "", str(err)
+            _text_figure(staging / "predictions.png", "example predictions", f"no example predictions: {err}")
         write_markdown(data, staging, notes)
         (staging / "report.json").write_text(json.dumps(
             {"experiment": data.experiment.name, "parent_run_id": data.parent.info.run_id, "objective": data.objective,
@@ -482,8 +505,11 @@ def report(cfg: ReportConfig, paths: RunPaths) -> ReportResult:
         files = sorted(p.name for p in staging.iterdir())
     out = Path(cfg.out).expanduser().resolve()
     # the run keeps exactly this report's files (not older ones that happen to be in --out)
-    for name in files:
-        _client(paths).log_artifact(data.parent.info.run_id, str(out / name), REPORT_ARTIFACT_DIR)
+    try:
+        for name in files:
+            _client(paths).log_artifact(data.parent.info.run_id, str(out / name), REPORT_ARTIFACT_DIR)
+    except Exception as err:  # MLflow away, its artifact store full: the report stands in --out
+        notes["not_logged"] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
     return ReportResult(out, files, data.parent.info.run_id, notes)
 
 
@@ -497,8 +523,12 @@ def main(args, paths: RunPaths) -> int:
     print(f"report: {result.out / 'report.md'}")
     for name in result.files:
         print(f"  {result.out / name}")
+    for key in ("importance", "no_predictions"):
+        if result.notes.get(key):
+            print(f"note ({key.replace('_', ' ')}): {result.notes[key]}", file=sys.stderr)
+    if result.notes.get("not_logged"):
+        print(f"lunartune report: warning: the files were not logged to parent run {result.parent_run_id} "
+              f"({result.notes['not_logged']}); run the command again once MLflow is back", file=sys.stderr)
+        return EXIT_INCOMPLETE
     print(f"logged to parent run {result.parent_run_id} under {REPORT_ARTIFACT_DIR}/")
-    for key, note in result.notes.items():
-        if note and key == "importance":
-            print(f"note ({key}): {note}", file=sys.stderr)
     return 0

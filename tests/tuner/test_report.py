@@ -114,6 +114,33 @@ def test_a_parameter_with_one_value_in_the_trials_is_not_ranked_but_named(tmp_pa
     assert "whole study" in result.basis
 
 
+def test_a_value_only_pruned_trials_tried_does_not_make_a_parameter_ranked(tmp_path):
+    """Optuna ranks COMPLETE trials only: an optimizer every one of them shared got a bar (0.003) because a
+    pruned trial had tried another."""
+    paths = RunPaths(root=tmp_path)
+    study = _study(paths)
+
+    def objective(trial, optimizer):
+        trial.suggest_categorical("optimizer", ["adamw", "sgd"])
+        return _objective(trial, prune_after=1 if optimizer == "sgd" else None)
+    study.enqueue_trial({"optimizer": "sgd"})
+    study.optimize(lambda t: objective(t, "sgd"), n_trials=1)
+    for _ in range(MIN_COMPLETE_FOR_IMPORTANCE + 2):
+        study.enqueue_trial({"optimizer": "adamw"})
+    study.optimize(lambda t: objective(t, "adamw"), n_trials=MIN_COMPLETE_FOR_IMPORTANCE + 2)
+    result = importances(paths, "s")
+    assert "optimizer" not in result.values and result.basis.endswith("one value in these trials: optimizer")
+
+
+def test_nothing_to_rank_is_a_reason_not_a_crash(tmp_path):
+    """Every searched parameter with one value: the figure's max() over no bars raised ValueError."""
+    paths = RunPaths(root=tmp_path)
+    _study(paths).optimize(lambda t: t.suggest_categorical("backbone", ["vgg11"]) and 0.5,
+                           n_trials=MIN_COMPLETE_FOR_IMPORTANCE + 1)
+    result = importances(paths, "s")
+    assert result.values == {} and "every parameter took one value" in result.reason and "backbone" in result.reason
+
+
 def test_with_few_complete_trials_every_trial_is_compared_at_the_first_epoch(tmp_path):
     paths = RunPaths(root=tmp_path)
     study = _study(paths)
@@ -142,6 +169,31 @@ def test_without_a_promotion_or_study_the_report_says_so(sweep, tmp_path):
     assert "test_vs_real.png" not in result.files and "importance.png" in result.files
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "No promotion yet" in markdown and "no Optuna study store" in markdown
+
+
+@pytest.mark.slow
+def test_a_best_trial_without_its_checkpoint_leaves_the_rest_of_the_report(sweep, tmp_path, capsys):
+    """The prediction figure's error (no checkpoint uploaded yet, no scored trial) threw the whole report
+    away, curves and table included."""
+    from tuner import tracking
+    from tuner.cli import main
+
+    paths = RunPaths(root=tmp_path / "run")
+    paths.root.mkdir()
+    shutil.copy2(sweep.template / "mlflow.db", paths.mlflow_db)
+    client = MlflowClient(paths.tracking_uri)
+    parent = client.get_run(sweep.parent_run_id)
+    run = client.create_run(parent.info.experiment_id, run_name="vgg11-t999", tags={
+        tracking.PARENT_TAG: parent.info.run_id, tracking.ROLE_TAG: "trial", tracking.BACKBONE_TAG: "vgg11",
+        tracking.STATUS_TAG: "completed"})  # the best trial, whose checkpoint upload failed
+    client.log_metric(run.info.run_id, "val_miou", 0.99, step=1)
+    client.set_terminated(run.info.run_id)
+    assert main(["--run-dir", str(paths.root), "report", "--experiment", sweep.experiment,
+                 "--out", str(tmp_path / "out")]) == 0
+    assert "has no checkpoint artifact" in capsys.readouterr().err
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "**Best: `vgg11-t999`" in markdown and "No example predictions: " in markdown
+    assert set(FIGURES) - {"test_vs_real.png"} <= {p.name for p in (tmp_path / "out").iterdir()}
 
 
 @pytest.mark.slow
