@@ -283,7 +283,7 @@ def _run_locked(cfg: SweepConfig, paths: RunPaths, space=None) -> SweepResult:
         write_json_atomic(pointer, state)
     target = tracking.TrackingTarget(paths.tracking_uri, experiment_id, state["parent_run_id"], tuple(source.items()))
     setup = _trial_setup(cfg, data_cfg, target)
-    interrupted, incomplete = True, []  # until Ray says otherwise: an exception also leaves the parent "interrupted"
+    interrupted, incomplete, result = True, [], None  # until Ray says otherwise: an exception leaves it "interrupted"
     budget_flag = _budget_flag_path(paths, cfg.experiment)
     if not state.get("budget_spent"):
         budget_flag.unlink(missing_ok=True)  # an earlier sweep's, or left by a run killed as it was spent
@@ -305,7 +305,7 @@ def _run_locked(cfg: SweepConfig, paths: RunPaths, space=None) -> SweepResult:
                 incomplete.append(f"parent run {target.parent_run_id} ({type(err).__name__})")
     finally:
         summary = {"trials": cfg.samples}
-        if not interrupted:
+        if result is not None:  # interrupted too: the UI shows how far it got; --resume's counts replace these
             # every status, 0 if none: a resumed sweep's counts replace the first run's (errored 1 -> 0)
             summary.update(best_objective=result.best_metrics.get(cfg.objective, float("nan")),
                            **{f"trials_{s}": result.statuses.get(s, 0) for s in TRIAL_STATUSES})

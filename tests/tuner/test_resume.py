@@ -92,6 +92,13 @@ def test_sigint_then_resume_does_not_rerun_finished_trials(local_ray, scenes, ti
     before = tracking.child_runs(uri, experiment.experiment_id, parent.info.run_id)
     done_before = [r for r in before if r.data.tags[tracking.STATUS_TAG] in ("completed", "pruned")]
     assert 2 <= len(done_before) < SAMPLES, "the SIGINT must leave trials to resume (else this proves nothing)"
+    so_far = parent.data.metrics  # how far it got, as the summary printed it (it logged only `trials`)
+    assert so_far["trials_completed"] + so_far["trials_pruned"] == len(done_before) and "best_val_miou" not in so_far
+    def scores(runs):
+        return [m.value for r in runs for m in tracking.client(uri).get_metric_history(r.info.run_id, "val_miou")]
+    # the best epoch Ray had received (a running trial may have logged a later one to MLflow on its own)
+    assert so_far["best_objective"] >= max(scores(done_before))
+    assert any(so_far["best_objective"] == pytest.approx(v) for v in scores(before))
     histories_before = _histories(uri, done_before)
 
     result = run_sweep(SweepConfig(experiment="resume", resume=True), run_paths)  # settings come from the sweep
