@@ -14,7 +14,8 @@ frame list over the same data (another split seed or fraction, `--exclude-mismat
 
 Several Ray trials may start building the same cache at once: builders take an exclusive file lock
 (one builds, the others wait and then read), and every file is written under a temporary name and
-renamed into place, so no reader ever sees half an array (also where locks do not work, e.g. some NFS).
+renamed into place, so no reader ever sees half an array. Where flock does not work (some NFS mounts)
+two builders of one cache may still break each other's build (an error, never a wrong array): rerun.
 """
 from __future__ import annotations
 
