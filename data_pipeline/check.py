@@ -13,12 +13,13 @@ from typing import Sequence
 
 import numpy as np
 
-from data_pipeline.classes import CLASS_NAMES, NUM_CLASSES, ROCK_CLASS_IDS
+from data_pipeline.classes import CLASS_NAMES, NUM_CLASSES, ROCK_CLASS_IDS, off_palette_pixels
 from data_pipeline.errors import DataError
-from data_pipeline.imageio import read_size
+from data_pipeline.imageio import load_rgb, read_size
 from data_pipeline.kaggle import RENDER_DIR, Sample, load_sample, scan_pairs, scan_real_photos
 
 _SHOWN = 20  # problems / notes listed per section before "... and N more"
+OFF_PALETTE_SHARE = 0.01  # of a real mask's pixels far from every palette colour: a problem above this
 _PROGRESS_MIN_FILES = 50
 
 
@@ -152,6 +153,8 @@ def _tally(samples: Sequence[Sample], out: SetReport, progress: bool) -> int:
         except DataError as err:
             out.problems.append(str(err))
             continue
+        if sample.source == "real":
+            _check_real_colours(sample, mask.size, out)
         counts = np.bincount(mask.ravel(), minlength=NUM_CLASSES)
         out.pairs += 1
         out.class_pixels += counts
@@ -159,6 +162,16 @@ def _tally(samples: Sequence[Sample], out: SetReport, progress: bool) -> int:
         out.frames_without.update(CLASS_NAMES[i] for i in ROCK_CLASS_IDS if counts[i] == 0)
         resized += sample.source == "real" and _header_size_differs(sample)
     return resized
+
+
+def _check_real_colours(sample: Sample, pixels: int, out: SetReport) -> None:
+    """Hand-drawn masks decode to the nearest palette colour; colours no anti-aliasing explains (white,
+    yellow: annotations, another colour code) are a problem above OFF_PALETTE_SHARE, else a note."""
+    far = off_palette_pixels(load_rgb(sample.mask))
+    if far:
+        text = (f"{sample.mask}: {far} pixels ({far / pixels:.1%}) are far from every palette colour (expected "
+                f"black, red, green, blue and their anti-aliased blends); they decode as the nearest class")
+        (out.problems if far > OFF_PALETTE_SHARE * pixels else out.notes).append(text)
 
 
 def _header_size_differs(sample: Sample) -> bool:

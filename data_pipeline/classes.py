@@ -35,6 +35,10 @@ MASK_SOURCES: tuple[str, ...] = ("clean", "ground", "real")
 GROUND_THRESHOLD = 20  # "ground" masks: channel values below this are label noise, not a class
 
 _MAX_LISTED_COLOURS = 5  # how many unknown colours an error message lists
+# a "real" mask pixel whose largest channel difference from every palette colour exceeds this is no
+# anti-aliased edge (an even blend of two palette colours lies within 128 of one of them): white or yellow
+# annotation, another colour code. Nearest-colour decoding still gives it a class: `data check` reports it.
+OFF_PALETTE_DISTANCE = 160
 
 
 def class_table() -> list[dict]:
@@ -108,6 +112,12 @@ def _decode_graded(rgb: np.ndarray) -> np.ndarray:
     # argmax returns the first maximum, so ties go to the earlier channel (R, then G, then B)
     strongest = np.argmax(np.where(on, rgb, 0), axis=-1).astype(np.uint8)
     return np.where(on.any(axis=-1), strongest + 1, 0).astype(np.uint8)
+
+
+def off_palette_pixels(rgb: np.ndarray) -> int:
+    """How many pixels of an RGB mask lie farther than OFF_PALETTE_DISTANCE from every palette colour."""
+    diff = np.abs(rgb[..., None, :].astype(np.int16) - PALETTE.astype(np.int16)).max(axis=-1)  # H x W x 4
+    return int((diff.min(axis=-1) > OFF_PALETTE_DISTANCE).sum())
 
 
 def _decode_nearest(rgb: np.ndarray) -> np.ndarray:

@@ -59,3 +59,25 @@ def test_real_photos_only_folder_is_fine(tmp_path, write):
     report = check_dataset(tmp_path)
     assert report.ok and report.real.pairs == 1
     assert any("resized to the mask" in note for note in report.real.notes)
+
+
+def test_real_mask_colours_no_anti_aliasing_explains_are_reported(tmp_path, write):
+    """Real masks decode to the nearest palette colour, so white annotations decoded as sky without a word;
+    anti-aliased edges (blends of two palette colours) stay fine."""
+    from PIL import Image
+
+    write.real_photo(tmp_path, "PCAM1", photo_size=(40, 56), mask_size=(40, 56))
+    mask_path = tmp_path / "real_moon_images" / "g_PCAM1.png"
+    rgb = np.array(Image.open(mask_path).convert("RGB"))
+    rgb[20, :] = (128, 128, 0)  # an edge between sky and small rocks, anti-aliased
+    Image.fromarray(rgb).save(mask_path)
+    assert check_dataset(tmp_path).ok and check_dataset(tmp_path).real.notes == []
+    rgb[30, :10] = (255, 255, 255)  # 10 pixels of a white label: 0.4 %, worth a note
+    Image.fromarray(rgb).save(mask_path)
+    report = check_dataset(tmp_path)
+    assert report.ok and report.real.notes == [f"{mask_path}: 10 pixels (0.4%) are far from every palette colour "
+                                               "(expected black, red, green, blue and their anti-aliased blends); "
+                                               "they decode as the nearest class"]
+    rgb[31:33, :] = (255, 255, 0)  # and yellow strokes: 5.4 % of the mask in all, a problem
+    Image.fromarray(rgb).save(mask_path)
+    assert not check_dataset(tmp_path).ok and "122 pixels (5.4%)" in check_dataset(tmp_path).real.problems[0]
