@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuner.cli import EXIT_INTERRUPTED, CliError
-from tuner.settings import RunPaths
+from tuner.settings import RunPaths, shown_uri
 
 DEMO_SPACE = "smoke"  # shipped space the demo searches (hand-built U-Net + VGG11)
 
@@ -32,7 +32,9 @@ class DemoConfig:
     concurrency: int = 2  # trials at once (one CPU each)
     seed: int = 0  # data, Optuna and every trial
     backbone: str = "vgg11"  # promoted backbone
-    model_name: str = "lunar-unet"  # registered model
+    # its own registered model: in a run dir or MLflow server shared with real sweeps, a demo model must never
+    # take `champion` of theirs (a Kaggle-trained champion re-scored on the demo's generated test split loses)
+    model_name: str = "lunar-unet-demo"
     formats: tuple[str, ...] = ("torchscript", "onnx")  # export formats
     device: str = "auto"  # trials, scoring and predictions
 
@@ -120,7 +122,9 @@ def where_to_look(result: DemoResult, paths: RunPaths) -> str:
         f"  model card:     {result.export.out / 'model_card.json'}",
         f"  registry:       models:/{promoted.model_name}@champion = version {promoted.champion_version} "
         f"(this run: version {promoted.version}, {'new' if promoted.registered else 'already registered'})",
-        f"  MLflow UI:      lunartune --run-dir {paths.root} ui --experiment {sweep.experiment}",
+        f"  MLflow UI:      lunartune --run-dir {paths.root}"
+        + (f" --tracking-uri {shown_uri(paths.tracking_uri_override)}" if paths.tracking_uri_override else "")
+        + f" ui --experiment {sweep.experiment}",
         "                  it prints the links to open (port 5000 unless that one is taken)",
         f"  Optuna study:   {sweep.experiment} in {paths.optuna_db}",
         "  run it again:   a new sweep joins the same experiment and study; promote moves the champion only "

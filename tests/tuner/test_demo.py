@@ -21,9 +21,9 @@ def _artifacts_exist(result, paths: RunPaths) -> None:
     for name in [*FORMATS.values(), CARD]:
         assert (paths.root / "export" / TINY.experiment / name).is_file(), name
     card = json.loads((paths.root / "export" / TINY.experiment / CARD).read_text())
-    assert card["config"]["model"]["backbone"] == "vgg11" and card["source"]["spec"] == "models:/lunar-unet@champion"
+    assert card["config"]["model"]["backbone"] == "vgg11" and card["source"]["spec"] == "models:/lunar-unet-demo@champion"
     client = MlflowClient(tracking_uri=paths.tracking_uri)
-    assert str(client.get_registered_model("lunar-unet").aliases["champion"]) == result.promotion.champion_version
+    assert str(client.get_registered_model("lunar-unet-demo").aliases["champion"]) == result.promotion.champion_version
     assert any(a.path == "report/report.md" for a in client.list_artifacts(result.sweep.parent_run_id, "report"))
 
 
@@ -35,6 +35,11 @@ def test_demo_runs_end_to_end_and_again_on_the_same_run_dir(local_ray, tmp_path)
     _artifacts_exist(first, paths)
     text = where_to_look(first, paths)
     assert str(paths.root / "report" / TINY.experiment / "report.md") in text and "ui --experiment demo-test" in text
+    # the production name stays untouched: a demo model never competes with a real sweep's champion
+    assert [m.name for m in MlflowClient(tracking_uri=paths.tracking_uri).search_registered_models()] == ["lunar-unet-demo"]
+    from dataclasses import replace
+    elsewhere = where_to_look(first, replace(paths, tracking_uri_override="http://ann:s3cret@127.0.0.1:5999"))
+    assert f"--run-dir {paths.root} --tracking-uri http://ann:***@127.0.0.1:5999 ui --experiment" in elsewhere
 
     scenes = {p: p.stat().st_mtime_ns for p in paths.data.glob("demo-*/images/*/*.png")}
     assert len(scenes) == 2 * TINY.scenes
