@@ -61,7 +61,9 @@ class FocalLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         log_p = F.log_softmax(logits.float(), dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
-        return (-(1 - log_p.exp()) ** self.gamma * log_p).mean()
+        # clamped: at p_true == 1.0 (fp32 rounds a confident pixel there) (1 - p)**gamma has an infinite
+        # derivative for 0 < gamma < 1, and inf * 0 made the gradient NaN
+        return (-(1 - log_p.exp()).clamp_min(1e-6) ** self.gamma * log_p).mean()
 
 
 def make_loss(train_cfg: TrainConfig, class_frequencies=None) -> nn.Module:

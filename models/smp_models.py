@@ -26,8 +26,11 @@ def build_smp(arch: str, encoder: str, *, in_channels: int, num_classes: int, dr
     import segmentation_models_pytorch as smp
 
     extra = {}
+    # our `dropout` must be the only one: FPN's own default is 0.2, DeepLabV3+'s ASPP drops 0.5
     if arch == "fpn":
-        extra["decoder_dropout"] = 0.0  # FPN's own default is 0.2: our `dropout` must be the only one
+        extra["decoder_dropout"] = 0.0
+    if arch == "deeplabv3plus":
+        extra["decoder_aspp_dropout"] = 0.0
     model = getattr(smp, SMP_ARCHS[arch])(
         encoder_name=encoder,
         encoder_weights=True if timm_kwargs else None,  # smp defaults to imagenet: always explicit

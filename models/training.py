@@ -193,7 +193,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
 def recalibrate_batchnorm(model: nn.Module, loader, device: torch.device, max_batches: int, *,
                           amp: bool = False, channels_last: bool = False) -> int:
     """Recompute every BatchNorm layer's running mean/var over the first `max_batches` batches of `loader`
-    with the current weights (dropout off, no gradients, weights untouched); the number of batches used.
+    with the current weights (the rest of the model as in eval mode: dropout and drop-connect off; no
+    gradients, weights untouched); the number of batches used.
 
     Why: running statistics are an exponential average (momentum 0.1) over batches seen while the weights
     moved. After a few hundred fast steps they lag the weights, and eval-mode predictions break although
@@ -205,11 +206,9 @@ def recalibrate_batchnorm(model: nn.Module, loader, device: torch.device, max_ba
     if max_batches <= 0 or not norms:
         return 0
     was_training, momenta = model.training, [m.momentum for m in norms]
-    model.train()
-    for m in model.modules():
-        if isinstance(m, nn.modules.dropout._DropoutNd):
-            m.eval()
+    model.eval()  # everything as at inference (dropout, efficientnet's drop-connect: off) ...
     for m in norms:
+        m.train()  # ... but BatchNorm, which then gathers the statistics inference will use
         m.reset_running_stats()
         m.momentum = None  # None: a plain average over all batches, not an exponential one
     used = 0
@@ -232,7 +231,9 @@ def recalibrate_batchnorm(model: nn.Module, loader, device: torch.device, max_ba
 def confusion_and_loss(model: nn.Module, loader, device: torch.device, loss_fn: Callable, num_classes: int, *,
                        amp: bool = False, channels_last: bool = False) -> tuple[torch.Tensor, float]:
     """The split's confusion matrix (int64, true x predicted) and its mean loss over the split's pixels, as one
-    batch of the whole split would give it whatever the batch size (a searched value)."""
+    batch of the whole split would give it whatever the batch size (a searched value). Exact for the per-pixel
+    losses (ce, weighted_ce, focal); Dice is a ratio over its batch, so dice and ce_dice come out slightly
+    different at another batch size (the objective, val mIoU, comes from the confusion matrix: exact)."""
     model.eval()
     confusion = ConfusionMatrix(num_classes)
     class_weight = getattr(loss_fn, "weight", None)  # weighted CE's mean divides by its pixels' summed weights

@@ -188,6 +188,9 @@ def _run(job: TrainJob, staging: Path) -> dict:
     best, best_epoch, best_val, start = None, 0, {}, time.perf_counter()
     checkpoint = staging / BEST_CHECKPOINT
     for epoch in range(1, job.train.epochs + 1):
+        # as a tune trial does: the recalibration pass over the train loader advances its epoch too, which
+        # gave `train` other batches than `tune` (and than itself without recalibration) from epoch 2 on
+        loaders.train.sampler.set_epoch(epoch - 1)
         train = train_one_epoch(model, loaders.train, optimizer, loss_fn, device, scheduler, progress=True,
                                 epoch=epoch, bn_batches=job.train.bn_recalibration_batches, grad_scaler=grad_scaler,
                                 **extras)

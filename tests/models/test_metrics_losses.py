@@ -140,3 +140,14 @@ def test_the_worst_images_kept_are_those_the_json_lists_when_scores_tie():
     score = score_group(Ground(), [sample("a"), sample("b"), sample("c")], image_size=(8, 8), mean=(0,) * 3,
                         std=(1,) * 3, device="cpu", class_names=("g", "s", "sr", "lr"), rock_ids=(2, 3), keep_worst=2)
     assert [w.name for w in score.worst] == [n for n, _ in sorted(score.per_image, key=lambda i: i[1])[:2]] == ["a", "b"]
+
+
+@pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0])
+def test_focal_gradients_stay_finite_on_pixels_it_is_sure_of(gamma):
+    """0 < gamma < 1: at p_true == 1.0 (fp32 rounds a confident pixel there) the gradient was NaN, and the
+    weights with it; the loss itself stayed finite, so the run reported "diverged" a step later."""
+    logits = torch.zeros(1, 4, 2, 2)
+    logits[:, 1] = 200.0  # p(sky) rounds to exactly 1 in fp32
+    logits.requires_grad_(True)
+    make_loss(TrainConfig(loss="focal", focal_gamma=gamma))(logits, torch.ones(1, 2, 2, dtype=torch.long)).backward()
+    assert torch.isfinite(logits.grad).all()

@@ -97,3 +97,11 @@ def test_scratch_unet_width_and_depth_are_configurable():
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(small) < count(large)
     assert small(torch.randn(2, 3, 32, 32)).shape == (2, 4, 32, 32)
+
+
+@pytest.mark.parametrize("arch", models.available_archs())
+def test_the_configured_dropout_is_the_only_one(arch):
+    """DeepLabV3+ kept smp's ASPP Dropout(0.5): --dropout 0 still dropped half the decoder's features."""
+    model = build(ModelConfig(backbone="resnet18", arch=arch, dropout=0.0))
+    rates = [m.p for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+    assert rates and set(rates) == {0.0}, rates

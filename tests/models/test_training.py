@@ -256,6 +256,19 @@ def test_recalibration_averages_batches_deterministically_and_respects_the_cap()
         recalibrate_batchnorm(model, [], CPU, max_batches=3)
 
 
+def test_recalibration_runs_the_rest_of_the_model_as_at_inference():
+    """efficientnet-b0's drop-connect (no Dropout module) stayed on during the pass: its statistics came out
+    different on every call, gathered under noise eval mode never has."""
+    torch.manual_seed(0)
+    model, images = build(ModelConfig(backbone="efficientnet-b0")), torch.randn(4, 3, 64, 64)
+    batches = [(images, torch.zeros(4, 64, 64, dtype=torch.long))]
+    recalibrate_batchnorm(model, batches, CPU, max_batches=1)
+    first = [b.clone() for b in model.buffers()]
+    recalibrate_batchnorm(model, batches, CPU, max_batches=1)
+    assert all(torch.equal(a, b) for a, b in zip(first, model.buffers()))
+    assert model.training  # the mode it came in with
+
+
 @pytest.mark.parametrize("bn_batches, tracked", [(0, 4), (2, 2), (50, 4)])
 def test_train_one_epoch_ends_with_recalibrated_statistics(bn_batches, tracked):
     model = build(ModelConfig(backbone="unet_scratch", scratch_width=4, scratch_depth=2))
