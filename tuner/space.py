@@ -280,7 +280,7 @@ def _parse_when(raw: Any, where: str, field: str, earlier: list[Param]) -> tuple
         if parent is None or parent.kind != CATEGORICAL:
             raise SpaceError(f"{where}: {field}.when.{name}: must name a categorical parameter listed above "
                              f"it in params (have {sorted(p.name for p in earlier if p.kind == CATEGORICAL)})")
-        values = tuple(allowed) if isinstance(allowed, list) else (allowed,)
+        values = tuple(map(_yaml_float, allowed)) if isinstance(allowed, list) else (_yaml_float(allowed),)
         missing = [v for v in values if v not in parent.choices]
         if not values or missing:
             raise SpaceError(f"{where}: {field}.when.{name}: {missing or allowed!r} not among the choices "
@@ -321,7 +321,8 @@ def _parse_points(raw: Any, where: str, space: SearchSpace) -> tuple:
         _no_unknown(point, by_name, where, field)
         for name, value in point.items():
             param = by_name[name]
-            value = value if param.kind == CATEGORICAL else _number(value, param.kind, where, f"{field}.{name}")
+            value = _yaml_float(value) if param.kind == CATEGORICAL else _number(value, param.kind, where,
+                                                                                  f"{field}.{name}")
             if not param.contains(value):
                 expected = (list(param.choices) if param.kind == CATEGORICAL else f"[{param.low}, {param.high}]"
                             + (f" in steps of {param.step} from {param.low}" if param.step else ""))
@@ -385,5 +386,11 @@ def _values_to_check(space: SearchSpace):
         candidates += [(p.name, value, f"params.{p.name}")
                        for value in (p.choices if p.kind == CATEGORICAL else (p.low, p.high))]
     for name, value, field in candidates:
+        when = dict(searched[name].when) if name in searched else {}
+        # a conditional value goes only with the backbones its `when` allows, and with what it requires
+        # (momentum is checked with optimizer=sgd: the config refuses nesterov without it)
+        required = {k: allowed[0] for k, allowed in when.items() if k != "backbone"}
+        with_backbones = when.get("backbone")
         for context in ([{}] if name == "backbone" else backbones):
-            yield name, value, field, context
+            if with_backbones is None or context.get("backbone") in with_backbones:
+                yield name, value, field, {**context, **required}

@@ -193,6 +193,28 @@ def test_each_value_is_checked_with_every_backbone_the_space_pairs_it_with(tmp_p
         check_against_models(space, (64, 64))
 
 
+def test_a_conditional_value_is_checked_only_where_its_condition_holds(tmp_path):
+    """deeplabv3plus searched only with resnet18 was refused because it was checked with vgg11 (which cannot
+    take it) although the `when` rules that pair out."""
+    from tuner.space import check_against_models
+
+    space = _load(tmp_path, {"params": {"backbone": {"choices": ["vgg11", "resnet18"]},
+                                        "arch": {"choices": ["unet", "deeplabv3plus"], "when": {"backbone": "resnet18"}}}})
+    check_against_models(space, (64, 64))
+    space = _load(tmp_path, {"params": {"backbone": {"choices": ["vgg11", "resnet18"]},
+                                        "arch": {"choices": ["unet", "deeplabv3plus"]}}})
+    with pytest.raises(SpaceError, match=r"params.arch: 'deeplabv3plus' is refused"):
+        check_against_models(space, (64, 64))
+
+
+def test_exponent_spellings_match_in_points_and_conditions(tmp_path):
+    """lr choices [1e-3, 1.0e-2] with the point {lr: 1e-3} was "outside the space" (YAML reads 1e-3 as text)."""
+    space = _load(tmp_path, "params:\n  lr: {choices: [1e-3, 1.0e-2]}\n  momentum: {low: 0.8, high: 0.9, when: {lr: 1e-3}}\n"
+                            "points_to_evaluate:\n  - {lr: 1e-3, momentum: 0.85}\n")
+    assert dict(space.points_to_evaluate[0]) == {"lr": 1e-3, "momentum": 0.85}
+    assert dict(space.params[1].when) == {"lr": (1e-3,)}
+
+
 def test_encoder_weights_files_are_read_and_fitted_before_any_trial(tmp_path):
     """A file that exists but is no state dict, or is another encoder's, would fail every trial at its start."""
     import torch
