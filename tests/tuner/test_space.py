@@ -54,6 +54,14 @@ def test_shipped_spaces_cover_what_the_issue_asks():
         == {"unet_scratch", "vgg11"}
 
 
+@pytest.mark.parametrize("name", ["default", "vgg11"])
+def test_the_reference_point_sets_every_parameter_it_activates(name):
+    """It left weight_decay out: the "reference setting" ran with a random decay of up to 1e-2."""
+    space = load_space(search_spaces.resolve(name), known_backbones=BACKBONES)
+    point = dict(space.points_to_evaluate[0])
+    assert [p.name for p in space.params if p.is_active(point) and p.name not in point] == []
+
+
 def test_conditional_params_only_appear_when_their_condition_holds():
     space = load_space(search_spaces.resolve("default"), known_backbones=BACKBONES)
     draws = _draws(space, 60)
