@@ -676,8 +676,11 @@ class TrialStatusCallback(Callback):
     """Driver side: when Ray knows how a trial ended, tag its child run completed/pruned/diverged/errored.
     An errored run also gets its error; a trial that died before opening its run gets one here, so that
     MLflow lists every trial and says why it failed."""
+    _backoff: tracking.Backoff | None = None  # a callback pickled by an older lunartune (a resumed sweep) has none
+
     def __init__(self, setup: TrialSetup):
         self.trial_setup = setup  # not `setup`: Ray calls Callback.setup(**info)
+        self._backoff = tracking.Backoff()  # this runs in Ray's controller loop: every trial waits on it
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, trial_status(trial.last_result, None, self.trial_setup.train.epochs))
@@ -686,6 +689,11 @@ class TrialStatusCallback(Callback):
         self._finish(trial, "errored", describe_error(_saved_error(trial)))
 
     def _finish(self, trial, status: str, error: str | None = None) -> None:
+        self._backoff = self._backoff or tracking.Backoff()
+        if self._backoff.skipping():
+            print(f"lunartune tune: MLflow: trial {trial.trial_id} not tagged {status} yet (MLflow did not answer "
+                  f"moments ago); it will be after the sweep or on --resume", file=sys.stderr)
+            return
         try:
             target = self.trial_setup.tracking
             run_id = (trial.last_result or {}).get(RUN_ID) or tracking.find_child_run(
@@ -695,6 +703,7 @@ class TrialStatusCallback(Callback):
             if run_id:
                 tracking.finish_child_run(target.uri, run_id, status, error)
         except Exception as err:  # MLflow away: never stop the sweep for it; sync_to_mlflow tags it later
+            self._backoff.failed()
             print(f"lunartune tune: warning: MLflow: trial {trial.trial_id} not tagged {status} "
                   f"({type(err).__name__}); it will be after the sweep or on --resume", file=sys.stderr)
 

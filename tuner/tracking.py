@@ -59,6 +59,7 @@ _MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 # yourself to override.
 HTTP_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+MLFLOW_BACKOFF_S = 60.0  # after a failed call a trial (and the driver's callback) leaves MLflow alone this long
 
 
 class TrackingError(RuntimeError):
@@ -99,6 +100,28 @@ def source_tags(command: str) -> dict[str, str]:
 
 def client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
+
+
+class Backoff:
+    """After a failed MLflow call, skip the next ones for `seconds`. A server that stopped answering costs
+    each call up to ~17 s (timeout x retries): a trial paid that at every epoch (twice when the checkpoint
+    improved), and the driver's status callback stalled Ray's controller, and with it every trial. What is
+    skipped is filled in from Ray's results when the sweep ends (tuner.sweep.sync_to_mlflow)."""
+
+    def __init__(self, seconds: float = MLFLOW_BACKOFF_S):
+        self.seconds, self._until = seconds, 0.0
+
+    def skipping(self) -> bool:
+        return time.monotonic() < self._until
+
+    def __getstate__(self) -> dict:  # pickled with Ray's state: another process's clock means nothing here
+        return {"seconds": self.seconds}
+
+    def __setstate__(self, state: dict) -> None:
+        self.seconds, self._until = state["seconds"], 0.0
+
+    def failed(self) -> None:
+        self._until = time.monotonic() + self.seconds
 
 
 def bound_http_retries() -> None:

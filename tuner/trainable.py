@@ -193,6 +193,7 @@ class ChildRun:
     def __init__(self, setup: TrialSetup, run_id: str | None, open_run, placement: dict):
         self.setup, self.run_id, self._open_run, self._logged = setup, run_id, open_run, None
         self._placement = placement if run_id is not None else None  # a new run is opened with them
+        self.backoff = tracking.Backoff()
 
     def log(self, metrics: dict, epoch: int) -> bool:
         return self.attempt(f"epoch {epoch} metrics", lambda: self.log_epoch(metrics, epoch))
@@ -211,13 +212,18 @@ class ChildRun:
             self._logged.add(epoch)
 
     def attempt(self, what: str, action) -> bool:
+        if self.backoff.skipping():  # it failed moments ago: another try would cost the epoch seconds again
+            print(f"lunartune trial: MLflow: {what} skipped (it did not answer less than "
+                  f"{self.backoff.seconds:.0f} s ago); the driver logs it later from Ray's results", file=sys.stderr)
+            return False
         try:
             action()
             return True
         except Exception as err:  # MlflowException, requests' ConnectionError, sqlite's OperationalError, ...
+            self.backoff.failed()
             print(f"lunartune trial: warning: MLflow {shown_uri(self.setup.tracking.uri)}: {what} not logged "
                   f"({type(err).__name__}: {str(err)[:200]}); training goes on, the driver logs it later "
-                  f"from Ray's results", file=sys.stderr)
+                  f"from Ray's results; no MLflow call for {self.backoff.seconds:.0f} s", file=sys.stderr)
             return False
 
 

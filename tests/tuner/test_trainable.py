@@ -187,3 +187,26 @@ def test_a_run_restored_from_a_checkpoint_is_running_again_at_first_contact(tmp_
     after = tracking.client(uri).get_run(run_id)
     assert after.info.status == "RUNNING" and after.data.tags[tracking.STATUS_TAG] == tracking.RUNNING
     assert tracking.ERROR_TAG not in after.data.tags and after.data.tags["ray_node_id"] == "other-node"
+
+
+def test_after_mlflow_fails_the_trial_leaves_it_alone_for_a_while(tmp_path, capsys, monkeypatch):
+    """A server that stopped answering cost every call up to ~17 s: a trial paid it at every epoch (twice when
+    it improved). After one failure the calls are skipped for a minute; the driver logs them later."""
+    import pickle
+    import socket
+
+    with socket.socket() as closed:  # a port nothing listens on: refused at once
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    for name, value in tracking.HTTP_RETRY_ENV.items():  # as a trial bounds them (MLflow's own: minutes)
+        monkeypatch.setenv(name, value)
+    target = TrackingTarget(f"http://127.0.0.1:{port}", "1", "parent")
+    run = ChildRun(replace(SETUP, tracking=target), "run-id", open_run=None, placement={})
+    calls = []
+    assert not run.attempt("epoch 1 metrics", lambda: calls.append(1) or run.log_epoch({"val_miou": 0.3}, 1))
+    assert calls == [1] and "no MLflow call for 60 s" in capsys.readouterr().err
+    assert not run.attempt("epoch 2 metrics", lambda: calls.append(2))  # not even tried
+    assert calls == [1] and "epoch 2 metrics skipped" in capsys.readouterr().err
+    assert not pickle.loads(pickle.dumps(run.backoff)).skipping()  # another process's clock: no carry-over
+    run.backoff = tracking.Backoff(seconds=0.0)  # the minute has passed
+    assert run.attempt("epoch 3 metrics", lambda: calls.append(3)) and calls == [1, 3]
