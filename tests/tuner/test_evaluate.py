@@ -284,15 +284,21 @@ def test_excluding_a_name_that_is_not_there_is_an_error_naming_it(checkpoint, da
     assert not report.exists()
 
 
-def test_a_model_from_mlflow_gets_the_metrics_on_its_run(checkpoint, data, tmp_path, capsys):
+def _run_holding(checkpoint, tmp_path):
+    """(client, run id) of an MLflow run in tmp_path/run's store with `checkpoint` as its checkpoint artifact."""
     from mlflow.tracking import MlflowClient
 
-    root, _ = data
     paths = RunPaths(root=tmp_path / "run").ensure()
     client = MlflowClient(paths.tracking_uri)
     experiment = client.create_experiment("exp", artifact_location=paths.mlflow_artifacts.as_uri())
     run_id = client.create_run(experiment).info.run_id
     client.log_artifact(run_id, str(checkpoint), "checkpoint")
+    return client, run_id
+
+
+def test_a_model_from_mlflow_gets_the_metrics_on_its_run(checkpoint, data, tmp_path, capsys):
+    root, _ = data
+    client, run_id = _run_holding(checkpoint, tmp_path)
     assert run_cli(tmp_path, "--model", f"runs:/{run_id}", "--data", root) == 0
     results = json.loads(capsys.readouterr().out)
     logged = client.get_run(run_id).data.metrics
@@ -310,14 +316,8 @@ def test_a_later_evaluation_on_other_data_leaves_no_earlier_score_on_the_run(che
     import math
     import shutil
 
-    from mlflow.tracking import MlflowClient
-
     root, _ = data
-    paths = RunPaths(root=tmp_path / "run").ensure()
-    client = MlflowClient(paths.tracking_uri)
-    experiment = client.create_experiment("exp", artifact_location=paths.mlflow_artifacts.as_uri())
-    run_id = client.create_run(experiment).info.run_id
-    client.log_artifact(run_id, str(checkpoint), "checkpoint")
+    client, run_id = _run_holding(checkpoint, tmp_path)
     assert run_cli(tmp_path, "--model", run_id, "--data", root) == 0
     renders_only = tmp_path / "renders-only"
     shutil.copytree(root / "images", renders_only / "images")
