@@ -267,7 +267,9 @@ def log_to_run(paths: RunPaths, run_id: str, scores: dict, data_root: Path, pref
 
     metrics = flat_metrics(scores, prefix)
     earlier = tracking.client(paths.tracking_uri).get_run(run_id).data.metrics
-    stale = {k: float("nan") for k in earlier if k.startswith(prefix) and k not in metrics}
+    # only this command's own names: promote's real_miou, real_iou_sky, ... on a promotion run stay
+    ours = tuple(f"{prefix}{group}_" for group in (RENDERS, PHOTOS))
+    stale = {k: float("nan") for k in earlier if k.startswith(ours) and k not in metrics}
     tracking.log_metrics(paths.tracking_uri, run_id, {**stale, **metrics}, step=0)
     tracking.client(paths.tracking_uri).set_tag(run_id, f"lunartune.{prefix}eval_data", str(data_root))
 
@@ -310,7 +312,7 @@ def _checked_json_path(value: str | None, model: str, data: str) -> Path | None:
 
 def _checked_prefix(prefix: str) -> str:
     """MLflow refuses metric names outside these characters, and it said so only after the scoring and --json."""
-    if not re.fullmatch(r"[\w./ :-]*", prefix):
+    if not re.fullmatch(r"[\w./ :-]+", prefix):  # empty: renders_miou beside promote's test_miou, unlabelled
         raise CliError(f"--metric-prefix {prefix!r}: expected letters, digits, '_', '-', '.', '/', ':' or spaces "
                        f"(MLflow's metric names)")
     return prefix

@@ -219,6 +219,8 @@ def test_a_json_path_that_cannot_be_written_or_a_bad_device_is_refused_before_sc
     assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--json", tmp_path / "m.json",
                    "--metric-prefix", "bad#") == 1
     assert "--metric-prefix 'bad#': expected letters, digits" in capsys.readouterr().err
+    assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--metric-prefix", "") == 1
+    assert "--metric-prefix '': expected letters, digits" in capsys.readouterr().err
     assert not (tmp_path / "m.json").exists()
     # outputs that would replace an input: the model's checkpoint, a file of the data set
     model_bytes = Path(checkpoint).read_bytes()
@@ -318,13 +320,14 @@ def test_a_later_evaluation_on_other_data_leaves_no_earlier_score_on_the_run(che
 
     root, _ = data
     client, run_id = _run_holding(checkpoint, tmp_path)
+    client.log_metric(run_id, "real_miou", 0.5, step=0)  # promote's --real-data score on a promotion run
     assert run_cli(tmp_path, "--model", run_id, "--data", root) == 0
     renders_only = tmp_path / "renders-only"
     shutil.copytree(root / "images", renders_only / "images")
     assert run_cli(tmp_path, "--model", run_id, "--data", renders_only) == 0
     logged = client.get_run(run_id).data.metrics
     assert math.isnan(logged["real_photos_miou"]) and math.isnan(logged["real_photos_iou_small_rocks"])
-    assert math.isfinite(logged["real_renders_miou"])
+    assert math.isfinite(logged["real_renders_miou"]) and logged["real_miou"] == 0.5  # not evaluate's to clear
     assert client.get_run(run_id).data.tags["lunartune.real_eval_data"] == str(renders_only.resolve())
     capsys.readouterr()
 
