@@ -104,8 +104,10 @@ def build_or_load(samples: Sequence[Sample], split: str, size: tuple[int, int], 
                 cached = _build(samples, stem, size, progress and len(samples) >= PROGRESS_MIN_FILES)
     except OSError as err:  # a full disk, a quota, no permission: the folder and what it needs, not a traceback
         needed = len(samples) * size[0] * size[1] * 4 / 2**20  # images (3 bytes per pixel) and masks (1)
+        advice = ("free space there; deleting the folder drops every cache in it"
+                  if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "it must be a writable folder")
         raise DataError(f"{cache_dir}: cannot build the {split} cache there ({err.strerror or err}; it needs "
-                        f"{needed:,.1f} MB): free space there; deleting the folder drops every cache in it") from None
+                        f"{needed:,.1f} MiB): {advice}") from None
     _remove_stale(cache_dir, prefix, keep=stem.name, source=samples[0].source)
     return cached
 

@@ -154,5 +154,19 @@ def test_a_cache_that_does_not_fit_is_a_clear_error_naming_the_folder(tiny_datas
     worker.join(60)
     said = queue.get(timeout=5)
     assert said.startswith(f"DataError: {tmp_path / 'c'}: cannot build the train cache there (File too large; "
-                           f"it needs 0.4 MB)"), said
+                           f"it needs 0.4 MiB): free space there"), said
     assert not [p for p in (tmp_path / "c").iterdir() if p.suffix in (".npy", ".json")]
+
+
+def test_the_arrays_space_is_reserved_before_they_are_written(tiny_dataset, tmp_path, monkeypatch):
+    """Written through a sparse map, a full disk is SIGBUS mid-build (no message, the trial just dies):
+    the blocks are reserved first, where a full disk is an ordinary ENOSPC."""
+    import errno
+
+    def full_disk(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "posix_fallocate", full_disk)
+    with pytest.raises(DataError, match=r"cannot build the train cache there \(No space left on device; it needs "
+                                        r"[\d.]+ MiB\): free space there"):
+        build_or_load(find_pairs(tiny_dataset)[:4], "train", (16, 16), tmp_path / "c")
+    assert not [p for p in (tmp_path / "c").iterdir() if p.suffix in (".npy", ".json")]  # no half-built arrays
