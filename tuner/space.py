@@ -375,22 +375,33 @@ _TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
 
 
 def _values_to_check(space: SearchSpace):
-    """(name, value, field, context) for each fixed value, each choice and both ends of each range, once
-    with each backbone the space may pair it with (context: {"backbone": b} when the backbone is searched):
-    whether an image size, a scratch depth or encoder weights can work depends on the backbone, and the
-    config's default backbone may not even be in the space."""
+    """(name, value, field, context) for each fixed value, each choice and both ends of each range, once in
+    each context a trial may draw it in: with each backbone the space may pair it with (whether an image size,
+    a scratch depth or encoder weights can work depends on the backbone, and the config's default backbone
+    may not even be in the space), and for a conditional parameter with each combination of the values its
+    `when` chain requires (arch searched only with resnet18 is not checked with vgg11)."""
     searched = {p.name: p for p in space.params}
-    backbones = [{"backbone": b} for b in searched["backbone"].choices] if "backbone" in searched else [{}]
-    candidates = [(name, value, f"fixed.{name}") for name, value in space.fixed]
+    candidates = [(name, value, f"fixed.{name}", None) for name, value in space.fixed]
     for p in space.params:
-        candidates += [(p.name, value, f"params.{p.name}")
+        candidates += [(p.name, value, f"params.{p.name}", p)
                        for value in (p.choices if p.kind == CATEGORICAL else (p.low, p.high))]
-    for name, value, field in candidates:
-        when = dict(searched[name].when) if name in searched else {}
-        # a conditional value goes only with the backbones its `when` allows, and with what it requires
-        # (momentum is checked with optimizer=sgd: the config refuses nesterov without it)
-        required = {k: allowed[0] for k, allowed in when.items() if k != "backbone"}
-        with_backbones = when.get("backbone")
-        for context in ([{}] if name == "backbone" else backbones):
-            if with_backbones is None or context.get("backbone") in with_backbones:
-                yield name, value, field, {**context, **required}
+    for name, value, field, param in candidates:
+        for context in _drawn_with(param, name, searched):
+            yield name, value, field, context
+
+
+def _drawn_with(param: Param | None, name: str, searched: dict) -> list[dict]:
+    """The combinations of the backbone (when searched) and of the parameters `param`'s `when` names, and
+    theirs in turn, under which a trial draws `param` (None: a fixed value, drawn with every backbone)."""
+    needed, todo = set(), [param] if param is not None else []
+    while todo:
+        for parent, _ in todo.pop().when:
+            if parent not in needed:
+                needed.add(parent)
+                todo.append(searched[parent])
+    if "backbone" in searched and name != "backbone":
+        needed.add("backbone")
+    contexts = [{}]
+    for parent in sorted(needed):
+        contexts = [{**c, parent: v} for c in contexts for v in searched[parent].choices]
+    return [c for c in contexts if all(searched[n].is_active(c) for n in c) and (param is None or param.is_active(c))]

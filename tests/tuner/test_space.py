@@ -209,6 +209,11 @@ def test_a_conditional_value_is_checked_only_where_its_condition_holds(tmp_path)
     space = _load(tmp_path, {"params": {"backbone": {"choices": ["vgg11", "resnet18"]},
                                         "arch": {"choices": ["unet", "deeplabv3plus"], "when": {"backbone": "resnet18"}}}})
     check_against_models(space, (64, 64))
+    # and down the chain: dropout searched only with deeplabv3plus, itself only with resnet18
+    space = _load(tmp_path, {"params": {"backbone": {"choices": ["vgg11", "resnet18"]},
+                                        "arch": {"choices": ["unet", "deeplabv3plus"], "when": {"backbone": "resnet18"}},
+                                        "dropout": {"low": 0.0, "high": 0.5, "when": {"arch": "deeplabv3plus"}}}})
+    check_against_models(space, (64, 64))
     space = _load(tmp_path, {"params": {"backbone": {"choices": ["vgg11", "resnet18"]},
                                         "arch": {"choices": ["unet", "deeplabv3plus"]}}})
     with pytest.raises(SpaceError, match=r"params.arch: 'deeplabv3plus' is refused"):
