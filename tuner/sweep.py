@@ -680,7 +680,7 @@ class TrialStatusCallback(Callback):
 
     def __init__(self, setup: TrialSetup):
         self.trial_setup = setup  # not `setup`: Ray calls Callback.setup(**info)
-        self._backoff = tracking.Backoff()  # this runs in Ray's controller loop: every trial waits on it
+        self._backoff = tracking.Backoff.for_store(setup.tracking.uri)  # in Ray's controller loop: trials wait on it
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, trial_status(trial.last_result, None, self.trial_setup.train.epochs))
@@ -689,7 +689,7 @@ class TrialStatusCallback(Callback):
         self._finish(trial, "errored", describe_error(_saved_error(trial)))
 
     def _finish(self, trial, status: str, error: str | None = None) -> None:
-        self._backoff = self._backoff or tracking.Backoff()
+        self._backoff = self._backoff or tracking.Backoff.for_store(self.trial_setup.tracking.uri)
         if self._backoff.skipping():
             print(f"lunartune tune: MLflow: trial {trial.trial_id} not tagged {status} yet (MLflow did not answer "
                   f"moments ago); it will be after the sweep or on --resume", file=sys.stderr)

@@ -111,6 +111,12 @@ class Backoff:
     def __init__(self, seconds: float = MLFLOW_BACKOFF_S):
         self.seconds, self._until = seconds, 0.0
 
+    @classmethod
+    def for_store(cls, uri: str) -> "Backoff":
+        """Only for a server: a SQLite store fails fast ("database is locked" under concurrent trials), and
+        skipping it for a minute would only hide epochs from the UI until the sweep ends."""
+        return cls(MLFLOW_BACKOFF_S if uri.startswith(("http://", "https://")) else 0.0)
+
     def skipping(self) -> bool:
         return time.monotonic() < self._until
 

@@ -193,7 +193,7 @@ class ChildRun:
     def __init__(self, setup: TrialSetup, run_id: str | None, open_run, placement: dict):
         self.setup, self.run_id, self._open_run, self._logged = setup, run_id, open_run, None
         self._placement = placement if run_id is not None else None  # a new run is opened with them
-        self.backoff = tracking.Backoff()
+        self.backoff = tracking.Backoff.for_store(setup.tracking.uri)
 
     def log(self, metrics: dict, epoch: int) -> bool:
         return self.attempt(f"epoch {epoch} metrics", lambda: self.log_epoch(metrics, epoch))
@@ -223,7 +223,8 @@ class ChildRun:
             self.backoff.failed()
             print(f"lunartune trial: warning: MLflow {shown_uri(self.setup.tracking.uri)}: {what} not logged "
                   f"({type(err).__name__}: {str(err)[:200]}); training goes on, the driver logs it later "
-                  f"from Ray's results; no MLflow call for {self.backoff.seconds:.0f} s", file=sys.stderr)
+                  f"from Ray's results" + (f"; no MLflow call for {self.backoff.seconds:.0f} s"
+                                           if self.backoff.seconds else ""), file=sys.stderr)
             return False
 
 

@@ -210,3 +210,5 @@ def test_after_mlflow_fails_the_trial_leaves_it_alone_for_a_while(tmp_path, caps
     assert not pickle.loads(pickle.dumps(run.backoff)).skipping()  # another process's clock: no carry-over
     run.backoff = tracking.Backoff(seconds=0.0)  # the minute has passed
     assert run.attempt("epoch 3 metrics", lambda: calls.append(3)) and calls == [1, 3]
+    # a SQLite store fails fast ("database is locked"): no minute without MLflow for that
+    assert not tracking.Backoff.for_store("sqlite:////tmp/mlflow.db").seconds
