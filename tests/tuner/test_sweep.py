@@ -5,8 +5,10 @@ import argparse
 import getpass
 import math
 import os
+import re
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -221,6 +223,8 @@ def test_the_live_table_survives_a_finished_trial_without_the_best_metric(local_
     from tuner.sweep import BestEpochReporter, _ray_output_settings
 
     def trainable(config):
+        if config["x"] > 0.5:  # x0.2 (no best_val_miou) ends first: tables are drawn with it finished
+            time.sleep(3)
         tune.report({"val_miou": config["x"], **({"best_val_miou": config["x"]} if config["x"] > 0.5 else {})})
 
     reporter = BestEpochReporter(metric_columns={"val_miou": "val_miou", "best_val_miou": "best"},
@@ -234,10 +238,13 @@ def test_the_live_table_survives_a_finished_trial_without_the_best_metric(local_
                                                        verbose=1)).fit()
     assert not results.errors and len(results) == 3
     out = capsys.readouterr().out
-    assert out.count("TERMINATED") >= 3 and "Current best trial" in out  # drawn with every trial finished
-    # the best trial by its name in the table, not by a Ray id shown nowhere else; where results really go
-    best_line = [line for line in out.splitlines() if line.startswith("Current best trial: ")][-1]
-    assert best_line == "Current best trial: x0.9 with best_val_miou=0.9 (x=0.9)"  # the table's name for it
+    # drawn with a trial finished (whether the final table with all three is drawn depends on timing: a CI
+    # run under load once showed two)
+    assert "TERMINATED" in out and "Current best trial" in out
+    # the best trial by its name in the table, not by a Ray id shown nowhere else
+    best_lines = [line for line in out.splitlines() if line.startswith("Current best trial: ")]
+    assert all(re.fullmatch(r"Current best trial: x0\.([79]) with best_val_miou=0\.\1 \(x=0\.\1\)", line)
+               for line in best_lines), best_lines
     # (whether Ray draws the table itself depends on its global verbosity, which other tests of a session move)
     assert reporter._restated("Result logdir: /tmp/ray/session_x/artifacts/driver_artifacts", []) == \
         f"Ray results: {tmp_path / 'trainable'}"
