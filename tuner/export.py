@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from tuner.cli import CliError
 from tuner.settings import RunPaths
+from tuner.train import json_safe
 
 FORMATS = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}  # format -> file name in --out
 CARD = "model_card.json"
@@ -88,18 +88,7 @@ def usage_card(info: dict) -> dict:
 
 def embedded_metadata(info: dict) -> dict[str, str]:
     """The usage card as the exported files carry it: ONNX metadata_props / TorchScript extra file."""
-    return {CARD: strict_json(usage_card(info), sort_keys=True)}
-
-
-def strict_json(value, **kwargs) -> str:
-    """JSON every parser reads: a NaN metric (a class absent from the val split) becomes null, not NaN."""
-    def finite(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: finite(x) for k, x in v.items()}
-        return [finite(x) for x in v] if isinstance(v, (list, tuple)) else v
-    return json.dumps(finite(value), allow_nan=False, **kwargs)
+    return {CARD: json.dumps(json_safe(usage_card(info)), allow_nan=False, sort_keys=True)}
 
 
 def model_card(info: dict, resolved, reports: dict, source_metrics: dict) -> dict:
@@ -157,7 +146,8 @@ def export(cfg: ExportConfig, paths: RunPaths) -> ExportResult:
     with staged_output(cfg.out) as staging:
         reports = export_formats(model, info, cfg.formats, staging, cfg.rtol)
         card = model_card(info, resolved, reports, _source_metrics(paths, resolved.run_id))
-        (staging / CARD).write_text(strict_json(card, indent=2) + "\n")
+        # a NaN metric (a class absent from the val split) is null: bare NaN is not JSON
+        (staging / CARD).write_text(json.dumps(json_safe(card), allow_nan=False, indent=2) + "\n")
     out = Path(cfg.out).expanduser().resolve()
     for name, file in FORMATS.items():  # an earlier export's, of maybe another model: the card lists only these
         if name not in cfg.formats:

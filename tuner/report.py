@@ -326,26 +326,23 @@ def _text_figure(path: Path, title: str, text: str) -> None:
 def plot_importance(paths: RunPaths, data: ReportData, path: Path) -> str:
     """Bar chart of importances, or a figure saying why there are none; returns the line for report.md."""
     result = importances(paths, data.experiment.name, data.objective)
+    if result.reason:
+        _text_figure(path, "hyperparameter importance", f"no hyperparameter importances: {result.reason}")
+        return f"no importances: {result.reason}"
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, max(2.8, 0.45 * len(result.values) + 1.8)))
-    if result.reason:
-        ax.text(0.5, 0.5, "no hyperparameter importances:\n" + textwrap.fill(result.reason, 70), ha="center",
-                va="center", fontsize=10, transform=ax.transAxes)
-        ax.set_axis_off()
-        ax.set_title("hyperparameter importance", fontsize=10)
-    else:
-        names = list(result.values)[::-1]  # most important on top
-        bars = ax.barh(names, [result.values[n] for n in names], color="tab:blue")
-        ax.bar_label(bars, fmt="%.2f", fontsize=8)
-        ax.set_xlabel("importance (Optuna PED-ANOVA, sums to 1)")
-        ax.set_ylabel("hyperparameter")
-        ax.set_xlim(0, max(result.values.values()) * 1.2 or 1)
-        ax.set_title("hyperparameter importance (few trials: indicative only)\n" + textwrap.fill(result.basis, 80),
-                     fontsize=9)
+    names = list(result.values)[::-1]  # most important on top
+    bars = ax.barh(names, [result.values[n] for n in names], color="tab:blue")
+    ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_xlabel("importance (Optuna PED-ANOVA, sums to 1)")
+    ax.set_ylabel("hyperparameter")
+    ax.set_xlim(0, max(result.values.values()) * 1.2 or 1)
+    ax.set_title("hyperparameter importance (few trials: indicative only)\n" + textwrap.fill(result.basis, 80),
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
-    return f"no importances: {result.reason}" if result.reason else f"importances computed from {result.basis}"
+    return f"importances computed from {result.basis}"
 
 
 def plot_predictions(paths: RunPaths, data: ReportData, path: Path, device) -> str:

@@ -103,9 +103,14 @@ def flag_named(message: str) -> str:
     return re.sub(r"^image_size=\((\d+), (\d+)\)", r"--image-size=\1x\2", message)
 
 
-def json_safe(metrics: dict) -> dict:
-    """NaN/inf -> None so the JSON is standard (json.dumps would write bare NaN)."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+def json_safe(value):
+    """NaN/inf -> None, at any depth, so the JSON is standard (json.dumps would write bare NaN, which strict
+    parsers refuse)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    return [json_safe(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def prefixed(prefix: str, metrics: dict) -> dict:
