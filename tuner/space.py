@@ -369,6 +369,33 @@ def check_against_models(space: SearchSpace, image_size: tuple[int, int]) -> Non
         except WeightsError as err:  # the file's fault, whichever value was being checked
             where = field if name == "encoder_weights" else "fixed.encoder_weights"
             raise SpaceError(f"{space.source}: {where}: {model.encoder_weights!r} is refused: {err}") from None
+    _check_pairs(space)
+
+
+def _check_pairs(space: SearchSpace) -> None:
+    """SpaceError for two searched values a trial may draw together that the configs refuse together
+    (`nesterov: true` with a `momentum` range from 0), though each passes on its own: else such trials
+    error, three tries each, mid-sweep."""
+    from models import ConfigError, ModelConfig, TrainConfig, validate, validate_train
+
+    model_fields = {f.name for f in fields(ModelConfig)}
+    fixed, by_name = dict(space.fixed), {p.name: p for p in space.params}
+    searched_values = [(name, value, field) for name, value, field, _ in _values_to_check(space)
+                       if field.startswith("params.")]
+    for name, value, field, context in _values_to_check(space):
+        if not field.startswith("params."):
+            continue
+        drawn = {**context, name: value}
+        for other, other_value, other_field in searched_values:
+            if other in drawn or not by_name[other].is_active(drawn):
+                continue
+            values = {**fixed, **drawn, other: other_value}
+            try:
+                validate(ModelConfig(**{k: v for k, v in values.items() if k in model_fields}))
+                validate_train(TrainConfig(**{k: v for k, v in values.items() if k in _TRAIN_FIELDS}))
+            except ConfigError as err:
+                raise SpaceError(f"{space.source}: {field}: {value!r} with {other_field}: {other_value!r} is "
+                                 f"refused: {err}") from None
 
 
 _TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))

@@ -220,6 +220,25 @@ def test_a_conditional_value_is_checked_only_where_its_condition_holds(tmp_path)
         check_against_models(space, (64, 64))
 
 
+def test_two_values_refused_together_are_caught_though_each_passes_alone(tmp_path):
+    """nesterov searched beside a momentum range from 0 passed the check (each value was checked with the
+    other's default) and trials drawing both errored three times each, mid-sweep."""
+    from tuner.space import check_against_models
+
+    params = {"optimizer": {"choices": ["adam", "sgd"]},
+              "momentum": {"low": 0.0, "high": 0.9, "when": {"optimizer": "sgd"}},
+              "nesterov": {"choices": [False, True], "when": {"optimizer": "sgd"}}}
+    space = _load(tmp_path, {"params": params})
+    with pytest.raises(SpaceError, match=r"space.yaml: params.momentum: 0.0 with params.nesterov: True is refused: "
+                                         r"TrainConfig.nesterov=True: expected momentum > 0 when nesterov is on"):
+        check_against_models(space, (64, 64))
+    check_against_models(_load(tmp_path, {"params": {**params, "momentum": {**params["momentum"], "low": 0.1}}}),
+                         (64, 64))
+    # never drawn together (momentum searched only with adam, nesterov only with sgd): no error
+    apart = {**params, "momentum": {"low": 0.0, "high": 0.9, "when": {"optimizer": "adam"}}}
+    check_against_models(_load(tmp_path, {"params": apart}), (64, 64))
+
+
 def test_exponent_spellings_match_in_points_and_conditions(tmp_path):
     """lr choices [1e-3, 1.0e-2] with the point {lr: 1e-3} was "outside the space" (YAML reads 1e-3 as text)."""
     space = _load(tmp_path, "params:\n  lr: {choices: [1e-3, 1.0e-2]}\n  momentum: {low: 0.8, high: 0.9, when: {lr: 1e-3}}\n"
