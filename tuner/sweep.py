@@ -427,7 +427,7 @@ def _fit_on_ray(cfg: SweepConfig, paths: RunPaths, space, setup: TrialSetup, res
     started_here, lock = not ray.is_initialized(), _lock_path(paths, cfg.experiment)
     assert not (started_here and cfg.address), "run_sweep joins the cluster of --address (_joined_cluster)"
     if started_here:  # a private Ray: never join a cluster someone else started by accident
-        with leftovers.labelled(lock):  # its processes inherit the label
+        with leftovers.labelled(lock), _ray_in_its_own_process_group():  # its processes inherit both
             context = ray.init(address="local", num_cpus=max(1, math.ceil(cfg.concurrency * cfg.cpus_per_trial)),
                                include_dashboard=False)
         leftovers.record_session(lock, context.address_info["session_dir"])
@@ -440,6 +440,31 @@ def _fit_on_ray(cfg: SweepConfig, paths: RunPaths, space, setup: TrialSetup, res
             _stop_after_shutdown(lock)  # our private Ray's agents may outlive it (see leftovers.stop_after_shutdown)
         # checkpoints workers killed mid-write left on this machine (others' are cleared by the trials' retries)
         CheckpointStaging.remove_sweep(results_path.rsplit("/", 1)[1])
+
+
+@contextmanager
+def _ray_in_its_own_process_group():
+    """Ray's local processes (GCS, raylet, workers) in a process group apart from the driver's. `timeout`, and
+    a shell stopping a job, signal the driver's whole group: SIGTERM then stopped the GCS and raylet too, and the
+    driver, unable to stop the sweep cleanly without them, waited 60 s for the GCS before Ray ended it (exit 1:
+    no summary, no resume command, the parent run left running). The driver joins a new group while ray.init
+    starts them and goes back after (a Ctrl-C in those seconds is not delivered: the terminal signals its
+    foreground group). A driver that leads a group or session of its own (`setsid`, a container's first
+    process) is signalled alone anyway and stays where it is."""
+    group = os.getpgrp()
+    if group == os.getpid():
+        yield
+        return
+    tty_output = signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # a background group may still write to the terminal
+    try:
+        os.setpgid(0, 0)
+        yield
+    finally:
+        try:
+            os.setpgid(0, group)
+        except OSError:  # the old group is gone (its other members exited): stay in the new one
+            pass
+        signal.signal(signal.SIGTTOU, tty_output)
 
 
 @contextmanager

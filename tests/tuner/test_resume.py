@@ -171,10 +171,14 @@ def test_a_trial_ray_will_resume_is_not_tagged_finished_though_its_last_result_s
     assert tracking.client(uri).get_run(pruned.info.run_id).data.tags[tracking.STATUS_TAG] == "completed"
 
 
-def test_sigterm_stops_the_sweep_as_ctrl_c_does(local_ray, scenes, tiny_space, run_paths):
+@pytest.mark.parametrize("sent_to", ["driver", pytest.param("process group", marks=pytest.mark.slow)])
+def test_sigterm_stops_the_sweep_as_ctrl_c_does(local_ray, scenes, tiny_space, run_paths, sent_to):
     """A deleted KubeRay pod, `timeout` or systemd send SIGTERM: Ray's driver aborted on it (exit 134, no
-    summary, the parent run and its trials left running in MLflow). Now it is Ctrl-C: resumable, said so."""
-    command = [sys.executable, "-m", "tuner.cli", "--run-dir", str(run_paths.root), "tune", "--space", tiny_space,
+    summary, the parent run and its trials left running in MLflow). Now it is Ctrl-C: resumable, said so.
+    `timeout` signals its whole process group: the GCS and raylet stopped with the driver, which then waited
+    60 s for them and was ended by Ray (exit 1, no summary): Ray's processes now have a group of their own."""
+    wrapper = ["timeout", "-s", "TERM", "900"] if sent_to == "process group" else []  # our signal, not its timer
+    command = [*wrapper, sys.executable, "-m", "tuner.cli", "--run-dir", str(run_paths.root), "tune", "--space", tiny_space,
                "--data", str(scenes), "--samples", "6", "--max-epochs", "2", "--concurrency", "1",
                "--device", "cpu", "--experiment", "term"]
     mark = uuid.uuid4().hex
