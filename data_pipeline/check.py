@@ -29,6 +29,7 @@ class SetReport:
 
     title: str
     pairs: int = 0  # pairs that decoded cleanly
+    unreadable: int = 0  # pairs found that did not (each one is a problem)
     class_pixels: np.ndarray = field(default_factory=lambda: np.zeros(NUM_CLASSES, dtype=np.int64))
     frames_without: Counter = field(default_factory=Counter)  # class name -> masks that lack it
     sizes: Counter = field(default_factory=Counter)  # "WxH" of the masks -> count
@@ -40,7 +41,7 @@ class SetReport:
         return {name: float(n) / total for name, n in zip(CLASS_NAMES, self.class_pixels)}
 
     def to_dict(self) -> dict:
-        return {"title": self.title, "pairs": self.pairs, "class_balance": self.balance(),
+        return {"title": self.title, "pairs": self.pairs, "unreadable_pairs": self.unreadable, "class_balance": self.balance(),
                 "class_pixels": self.class_pixels.tolist(), "frames_without": dict(self.frames_without),
                 "sizes": dict(self.sizes), "problems": self.problems, "notes": self.notes}
 
@@ -152,6 +153,7 @@ def _tally(samples: Sequence[Sample], out: SetReport, progress: bool) -> int:
             image, mask = load_sample(sample)
         except DataError as err:
             out.problems.append(str(err))
+            out.unreadable += 1
             continue
         if sample.source == "real":
             _check_real_colours(sample, mask.size, out)
@@ -179,7 +181,7 @@ def _header_size_differs(sample: Sample) -> bool:
 
 
 def _format_set(part: SetReport) -> list[str]:
-    lines = [f"{part.title}: {part.pairs} pairs"]
+    lines = [f"{part.title}: {part.pairs} pairs" + (f" read cleanly, {part.unreadable} not" if part.unreadable else "")]
     if part.pairs:
         sizes = ", ".join(f"{s} x{n}" for s, n in part.sizes.most_common(5))
         lines.append(f"  sizes (mask WxH): {sizes}")

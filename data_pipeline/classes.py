@@ -104,7 +104,8 @@ def _unknown_colours_message(name: str, packed_unknown: np.ndarray) -> str:
     more = f" and {len(codes) - len(order)} more" if len(codes) > len(order) else ""
     return (f"{name}: {packed_unknown.size} pixels have colours outside the clean palette "
             f"(expected only black, red, green, blue): {listed}{more}. "
-            f"Use mask source 'ground' (--mask-source ground) for graded raw labels.")
+            f"Graded raw labels are read as mask source 'ground', from images/ground/ (--mask-source ground "
+            f"in data check, train and tune; evaluate reads it for frames without a clean mask).")
 
 
 def _decode_graded(rgb: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ def load_rgb(path: str | Path) -> np.ndarray:
     except DataError:
         raise  # ours, already naming the file (a ValueError, which _PIL_ERRORS would wrap again)
     except _PIL_ERRORS as err:
-        raise DataError(f"{path}: cannot decode image (expected a readable PNG): {err}") from None
+        raise DataError(f"{path}: cannot decode image (expected a readable PNG or JPEG): {err}") from None
 
 
 def read_size(path: str | Path) -> tuple[int, int]:

@@ -119,7 +119,7 @@ def split_frames(frames: Sequence[str], seed: int, val_fraction: float,
         if wanted and count < 1:
             raise DataError(f"data set too small: {n} frames leave the {name} split empty "
                             f"(val_fraction={val_fraction}, test_fraction={test_fraction}); "
-                            f"add frames or change the fractions")
+                            f"{min_frames(val_fraction, test_fraction)} frames at least")
     ordered = sorted(frames, key=lambda f: hashlib.sha256(f"{seed}:{f}".encode()).hexdigest())
     parts = {"test": ordered[:n_test], "val": ordered[n_test:n_test + n_val], "train": ordered[n_test + n_val:]}
     return {name: sorted(parts[name], key=_frame_order) for name in SPLITS}

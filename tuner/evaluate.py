@@ -313,7 +313,7 @@ def _checked_json_path(value: str | None, model: str, data: str) -> Path | None:
 def _checked_prefix(prefix: str) -> str:
     """MLflow refuses metric names outside these characters, and it said so only after the scoring and --json."""
     if not re.fullmatch(r"[\w./ :-]+", prefix):  # empty: renders_miou beside promote's test_miou, unlabelled
-        raise CliError(f"--metric-prefix {prefix!r}: expected letters, digits, '_', '-', '.', '/', ':' or spaces "
+        raise CliError(f"--metric-prefix {prefix!r}: expected one or more letters, digits, '_', '-', '.', '/', ':' or spaces "
                        f"(MLflow's metric names)")
     return prefix
 

@@ -196,6 +196,7 @@ def main(args, paths: RunPaths) -> int:
     for row in summary:
         shares = "  ".join(f"{k} {row[k]:.1%}" for k in row if k not in ("image", "size"))
         print(f"{Path(row['image']).name}: {row['size'][1]}x{row['size'][0]}  {shares}")
-    print(f"wrote {len(summary)} masks and overlays to {Path(args.out).resolve()} (model {resolved.description})",
+    plural = "s" if len(summary) != 1 else ""
+    print(f"wrote {len(summary)} mask{plural} and overlay{plural} to {Path(args.out).resolve()} (model {resolved.description})",
           file=sys.stderr)
     return 0

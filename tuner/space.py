@@ -365,7 +365,9 @@ def check_against_models(space: SearchSpace, image_size: tuple[int, int]) -> Non
                                  f"of {space.source} ({field}: {value!r}): {err}") from None
             if culprit != name and culprit in fixed:
                 field, value = f"fixed.{culprit}", fixed[culprit]
-            raise SpaceError(f"{space.source}: {field}: {value!r} is refused: {err}") from None
+            hint = ("; the range is of floats: add `type: int` to it" if field.startswith("params.")
+                    and isinstance(value, float) and str(err).endswith("expected an integer") else "")
+            raise SpaceError(f"{space.source}: {field}: {value!r} is refused: {err}{hint}") from None
         except WeightsError as err:  # the file's fault, whichever value was being checked
             where = field if name == "encoder_weights" else "fixed.encoder_weights"
             raise SpaceError(f"{space.source}: {where}: {model.encoder_weights!r} is refused: {err}") from None

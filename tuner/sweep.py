@@ -1118,9 +1118,9 @@ def format_summary(result: SweepResult, cfg: SweepConfig, paths: RunPaths) -> st
                      + (f"; {never} of {cfg.samples} never started" if never > 0 else ""))
     lines.append(f"top trials by {cfg.objective} (best epoch):")
     width = max((len(row["trial"]) for row in result.top_trials), default=0)
-    for row in result.top_trials:
-        lines.append(f"  {row['trial']:<{width}}  {cfg.objective} {row['objective']:.4f}  epochs {row['epochs']}  "
-                     f"{row['status']}")
+    for row in result.top_trials:  # no score (n/a): stopped or failed before its first epoch ended
+        score = f"{row['objective']:.4f}" if math.isfinite(row["objective"]) else "n/a"
+        lines.append(f"  {row['trial']:<{width}}  {cfg.objective} {score}  epochs {row['epochs']}  {row['status']}")
     if result.errors:
         lines.append("errored trials (the traceback is in error.txt in the trial's folder under Ray results):")
         lines += [f"  {folder}: {error}" for folder, error in sorted(result.errors.items())]

@@ -357,7 +357,9 @@ def latest_parent_run(uri: str, experiment_id: str):
     runs = client(uri).search_runs([experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'",
                                    order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
-        raise TrackingError(f"experiment {experiment_id} in {shown_uri(uri)} has no sweep (no run tagged {ROLE_TAG}=sweep)")
+        name = client(uri).get_experiment(experiment_id).name
+        raise TrackingError(f"experiment {name!r} (id {experiment_id}) in {shown_uri(uri)} has no sweep (no run tagged "
+                            f"{ROLE_TAG}=sweep); run `lunartune tune --experiment {name}` first")
     return runs[0]
 
 

@@ -21,6 +21,10 @@ def test_problems_are_all_listed_and_exit_1(tiny_dataset, write, capsys):
     out = capsys.readouterr().out
     assert "render0002.png: render without a mask" in out and "render0003.png: cannot decode" in out
     assert "clean0004.png: 4096 pixels have colours outside the clean palette" in out
+    # the way out, for each command (evaluate has no --mask-source: it reads images/ground/ without a clean mask)
+    assert "(--mask-source ground in data check, train and tune; evaluate reads it for frames without a clean mask)" in out
+    # 23 pairs found, 2 of them unreadable: the count says both (it said "21 pairs", as if that were all)
+    assert "renders (clean masks): 21 pairs read cleanly, 2 not" in out
     assert check_dataset(tiny_dataset, allow_missing=True).problems == report.problems[1:]
 
 

@@ -72,7 +72,7 @@ def test_changed_files_keep_the_split_but_change_the_hash(tiny_dataset, write):
 
 def test_too_small_a_data_set_is_a_data_error(tmp_path, write):
     root = write.dataset(tmp_path / "d", count=3)
-    with pytest.raises(DataError, match="data set too small: 3 frames leave the val split empty"):
+    with pytest.raises(DataError, match=r"data set too small: 3 frames leave the val split empty \(val_fraction=0.1, test_fraction=0.1\); 6 frames at least"):
         prepare_split(root, 0, 0.1, 0.1, find_pairs(root))
 
 

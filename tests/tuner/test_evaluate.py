@@ -218,9 +218,9 @@ def test_a_json_path_that_cannot_be_written_or_a_bad_device_is_refused_before_sc
     # MLflow refused it only when logging, after the scoring and the --json
     assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--json", tmp_path / "m.json",
                    "--metric-prefix", "bad#") == 1
-    assert "--metric-prefix 'bad#': expected letters, digits" in capsys.readouterr().err
+    assert "--metric-prefix 'bad#': expected one or more letters, digits" in capsys.readouterr().err
     assert run_cli(tmp_path, "--model", checkpoint, "--data", root, "--metric-prefix", "") == 1
-    assert "--metric-prefix '': expected letters, digits" in capsys.readouterr().err
+    assert "--metric-prefix '': expected one or more letters, digits" in capsys.readouterr().err
     assert not (tmp_path / "m.json").exists()
     # outputs that would replace an input: the model's checkpoint, a file of the data set
     model_bytes = Path(checkpoint).read_bytes()

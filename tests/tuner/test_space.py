@@ -161,7 +161,8 @@ def test_values_the_models_package_refuses_are_caught_before_any_trial(tmp_path)
 
 
 @pytest.mark.parametrize("raw, field, says", [
-    ({"params": {"batch_size": {"low": 4, "high": 16}}}, "params.batch_size: 4.0", "expected an integer"),
+    ({"params": {"batch_size": {"low": 4, "high": 16}}}, "params.batch_size: 4.0",
+     "expected an integer; the range is of floats: add `type: int` to it"),
     ({"params": {"scratch_depth": {"low": 2, "high": 4}}}, "params.scratch_depth: 2.0", "expected an integer"),
     ({"params": {"lr": {"low": 1e-3, "high": 1e-2}}, "fixed": {"augment": "off"}}, "fixed.augment: 'off'",
      "true or false"),

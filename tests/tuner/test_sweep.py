@@ -213,6 +213,12 @@ def test_the_summary_aligns_trial_names_and_shows_the_config_short(tmp_path):
                              RunPaths(root=tmp_path))
     assert "top trials by val_rock_miou" in resumed and "time budget 30m spent" in resumed
     assert "2 of 4 never started" in resumed
+    # a trial stopped before its first epoch ended has no score: said so, not "nan"
+    unscored = {"trial": "vgg11-t005", "backbone": "vgg11", "objective": float("nan"), "epochs": 0,
+                "status": "unfinished"}
+    cut = format_summary(replace(result, top_trials=[*result.top_trials, unscored]), SweepConfig(),
+                         RunPaths(root=tmp_path))
+    assert "  vgg11-t005         val_miou n/a  epochs 0  unfinished" in cut.splitlines()
 
 
 def test_the_live_table_survives_a_finished_trial_without_the_best_metric(local_ray, tmp_path, capsys):

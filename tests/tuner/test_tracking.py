@@ -78,6 +78,10 @@ def test_a_retried_trial_reuses_its_child_run(store):
 
 def test_latest_parent_is_the_newest_sweep(store):
     uri, experiment_id, _ = store
+    # none yet: the experiment is named (report/promote said "experiment 1", its id)
+    with pytest.raises(TrackingError, match=rf"experiment 'exp' \(id {experiment_id}\) in .* has no sweep .*; run "
+                                            r"`lunartune tune --experiment exp` first"):
+        tracking.latest_parent_run(uri, experiment_id)
     _sweep(uri, experiment_id, "old")
     time.sleep(0.01)  # start_time has millisecond resolution
     newest, _ = _sweep(uri, experiment_id, "new")
