@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -495,8 +496,19 @@ def _ray_output_settings():
     """Ray reads these when fit() starts. The old output engine is the one that shows CLIReporter's live
     trial table; per-epoch checkpoints otherwise warn about "excessive" experiment syncing. Restored after
     the sweep: a program that calls run_sweep and then Ray Tune itself gets Ray's defaults back."""
-    with environment({"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}):
-        yield
+    tune_log = logging.getLogger("ray.tune.tune")
+    tune_log.addFilter(_without_rays_resume_hint)
+    try:
+        with environment({"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}):
+            yield
+    finally:
+        tune_log.removeFilter(_without_rays_resume_hint)
+
+
+def _without_rays_resume_hint(record: logging.LogRecord) -> bool:
+    """Ray's "Resume experiment with: Tuner.restore(...)" on an interrupted sweep is the Python API's way,
+    printed beside ours (`lunartune tune --experiment NAME --resume`), which also resumes MLflow and Optuna."""
+    return "Resume experiment with:" not in record.getMessage()
 
 
 def _tuner(cfg: SweepConfig, paths: RunPaths, space, setup: TrialSetup, results_path: str):

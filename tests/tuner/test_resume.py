@@ -200,6 +200,7 @@ def test_sigterm_stops_the_sweep_as_ctrl_c_does(local_ray, scenes, tiny_space, r
         _kill(started(mark, [proc.pid]))
     assert proc.returncode == 130, stderr[-3000:]
     assert "sweep interrupted; continue it with" in stderr and "--experiment term --resume" in stderr
+    assert "Tuner.restore" not in stderr  # Ray's own hint, for its Python API: one way to resume is said, ours
     assert not left, describe(left)
     uri = run_paths.tracking_uri
     parent = tracking.latest_parent_run(uri, tracking.find_experiment(uri, "term").experiment_id)
