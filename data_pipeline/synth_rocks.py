@@ -204,13 +204,18 @@ def polyhedron_hit(planes: np.ndarray, u: np.ndarray, w: np.ndarray, depression:
     c, s = np.cos(depression), np.sin(depression)
     normal = np.stack([world[:, 0], world[:, 1] * c + world[:, 2] * s, world[:, 2] * c - world[:, 1] * s], -1)
     nz = np.where(np.abs(normal[:, 2]) < 1e-3, 1e-3, normal[:, 2])
-    depth = (offset - np.multiply.outer(u, normal[:, 0]) - np.multiply.outer(w, normal[:, 1])) / nz
-    facing = normal[:, 2] < 0
-    enter = np.where(facing, depth, -np.inf)
-    leave = np.where(facing, np.inf, depth)
-    face = enter.argmax(-1)
-    inside = np.take_along_axis(enter, face[..., None], -1)[..., 0] < leave.min(-1)
-    return inside, world[face]
+    facing = np.flatnonzero(normal[:, 2] < 0)
+    away = np.flatnonzero(normal[:, 2] >= 0)  # the six box faces give a rock planes of both kinds
+
+    def depth(planes_of_a_kind):  # (rows, cols, planes): where each ray crosses each plane
+        n = normal[planes_of_a_kind]
+        return ((offset[planes_of_a_kind] - np.multiply.outer(u, n[:, 0]) - np.multiply.outer(w, n[:, 1]))
+                / nz[planes_of_a_kind])
+
+    enter = depth(facing)
+    entered_through = enter.argmax(-1)
+    inside = np.take_along_axis(enter, entered_through[..., None], -1)[..., 0] < depth(away).min(-1)
+    return inside, world[facing[entered_through]]
 
 
 def facet_shade(view: View, albedo: float, bounce: float, normal: np.ndarray, bump: np.ndarray) -> np.ndarray:
@@ -297,6 +302,8 @@ def shadow_window(view: View, rocks: Rocks, i: int) -> tuple[slice, slice] | Non
 
 def clip_near(polygon: np.ndarray, z_min: float) -> np.ndarray:
     """The part of a convex ground polygon ((n, 2) x, z vertices in order) with z >= z_min."""
+    if polygon[:, 1].min() >= z_min:  # nothing to clip (most strips)
+        return polygon
     kept = []
     for a, b in zip(polygon, np.roll(polygon, -1, axis=0)):
         if a[1] >= z_min:
