@@ -79,7 +79,8 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     scheduler = make_scheduler(optimizer, train_cfg, steps_per_epoch=len(loaders.train))
     grad_scaler = make_grad_scaler(device, train_cfg.amp)
     tracking.bound_http_retries()
-    epoch, best, best_at, run_id = _restore(tune.get_checkpoint(), model, optimizer, scheduler, grad_scaler)
+    epoch, best, best_at, run_id, saved_metrics = _restore(tune.get_checkpoint(), model, optimizer, scheduler,
+                                                           grad_scaler)
     placement = _placement_tags(device, train_cfg)
     run = ChildRun(setup, run_id, lambda: _open_child_run(config, setup, placement), placement)
     run.attempt("child run", lambda: run.log_epoch({}, 0))  # opened now if MLflow is there, else later
@@ -87,7 +88,27 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     context = tune.get_context()
     staging = CheckpointStaging.for_trial(context.get_experiment_name(), context.get_trial_id())
     staging.remove()  # what a killed attempt of this trial left here (it may have no epoch left to save)
+
+    def save_and_report(epoch: int, metrics: dict, improved: bool) -> None:
+        run.log(metrics, epoch)  # before the report: a kill in between retrains the epoch, never logs it twice
+        folder = staging.empty()
+        state = dict(run_id=run.run_id, best=best, best_epoch=best_at, manifest_hash=loaders.manifest_hash)
+        _save(folder / STATE_FILE, model, model_cfg, train_cfg, data_cfg, epoch, metrics,
+              (optimizer, scheduler, grad_scaler), state)
+        if improved and run.run_id is not None:
+            run.attempt("best checkpoint upload", lambda: _upload_best(
+                folder, model, model_cfg, train_cfg, data_cfg, epoch, metrics, state, setup))
+        tune.report({**metrics, setup.objective: objective_score(metrics[setup.objective]), RUN_ID: run.run_id or "",
+                     DIVERGED: False}, checkpoint=tune.Checkpoint.from_directory(folder))
+        staging.remove()  # tune.report has copied it into Ray's storage
+
     try:
+        if epoch >= train_cfg.epochs and saved_metrics:
+            # its last epoch was saved, then the trial stopped before Ray took the report (Ctrl-C stops the
+            # driver first; a kill): told again, else Ray, Optuna and the summary keep the epoch before, and a
+            # trial that ran every epoch ends "pruned" with an older score
+            ints = {k: int(saved_metrics[k]) for k in (EPOCH, BEST_EPOCH) if k in saved_metrics}  # saved as floats
+            save_and_report(epoch, {**saved_metrics, **ints}, improved=best_at == epoch)
         for epoch in range(epoch + 1, train_cfg.epochs + 1):
             loaders.train.sampler.set_epoch(epoch - 1)  # a resumed trial sees the batches it would have seen
             try:
@@ -109,17 +130,7 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
             metrics[best_name(setup.objective)] = best
             if best_at is not None:  # None: resumed from a checkpoint that predates best_epoch, until it improves
                 metrics[BEST_EPOCH] = best_at
-            run.log(metrics, epoch)  # before the report: a kill in between retrains the epoch, never logs it twice
-            folder = staging.empty()
-            state = dict(run_id=run.run_id, best=best, best_epoch=best_at, manifest_hash=loaders.manifest_hash)
-            _save(folder / STATE_FILE, model, model_cfg, train_cfg, data_cfg, epoch, metrics,
-                  (optimizer, scheduler, grad_scaler), state)
-            if improved and run.run_id is not None:
-                run.attempt("best checkpoint upload", lambda: _upload_best(
-                    folder, model, model_cfg, train_cfg, data_cfg, epoch, metrics, state, setup))
-            tune.report({**metrics, setup.objective: score, RUN_ID: run.run_id or "", DIVERGED: False},
-                        checkpoint=tune.Checkpoint.from_directory(folder))
-            staging.remove()  # tune.report has copied it into Ray's storage
+            save_and_report(epoch, metrics, improved)
     finally:  # the worker may run other trials (reuse_actors): its exit must not remove this folder later,
         staging.close()  # when a retry of this trial on the node may be writing into it
 
@@ -228,17 +239,17 @@ class ChildRun:
             return False
 
 
-def _restore(checkpoint, model, optimizer, scheduler, grad_scaler) -> tuple[int, float | None, int | None, str | None]:
-    """(last finished epoch, best objective so far, its epoch, child run id) from the trial's newest
-    checkpoint, or a fresh start."""
+def _restore(checkpoint, model, optimizer, scheduler, grad_scaler) -> tuple:
+    """(last finished epoch, best objective so far, its epoch, child run id, that epoch's metrics) from the
+    trial's newest checkpoint, or a fresh start (0 and Nones)."""
     saved = _newest_readable(_kept_checkpoints(checkpoint, tune.get_context().get_storage()))
     if saved is None:
-        return 0, None, None, None
+        return 0, None, None, None, None
     model.load_state_dict(saved["state_dict"])
     # optimizer, scheduler, loss scale and torch's RNG: dropout goes on as if the trial had never stopped
     epoch = restore_training_state(saved, optimizer, scheduler, grad_scaler)
     extra = saved["extra"]
-    return epoch, extra["best"], extra.get("best_epoch"), extra["run_id"]
+    return epoch, extra["best"], extra.get("best_epoch"), extra["run_id"], saved["metrics"]
 
 
 def _newest_readable(candidates: list) -> dict | None:

@@ -3,6 +3,7 @@ where it stages a checkpoint before Ray copies it."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -212,3 +213,45 @@ def test_after_mlflow_fails_the_trial_leaves_it_alone_for_a_while(tmp_path, caps
     assert run.attempt("epoch 3 metrics", lambda: calls.append(3)) and calls == [1, 3]
     # a SQLite store fails fast ("database is locked"): no minute without MLflow for that
     assert not tracking.Backoff.for_store("sqlite:////tmp/mlflow.db").seconds
+
+
+@pytest.mark.slow
+def test_a_trial_restarted_on_its_saved_last_epoch_reports_that_epoch(local_ray, scenes, tmp_path):
+    """A trial's last epoch was saved, then the trial was stopped before Ray took its report (Ctrl-C stops the
+    driver first; a worker killed at that moment): on --resume it restored that epoch, had nothing left to
+    train, and reported nothing, so Ray, Optuna and the summary kept the epoch before (a trial that ran
+    every epoch ended "pruned"). Now it reports the saved epoch again."""
+    from ray import tune
+
+    from tuner.trainable import train_trial
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = tracking.get_or_create_experiment(uri, "replay", None)
+    parent = tracking.start_parent_run(uri, experiment, "sweep", {}, {})
+    setup = TrialSetup(data=DataConfig(root=str(scenes), batch_size=4, image_size=(64, 64)),
+                       model=ModelConfig(backbone="unet_scratch", encoder_weights="none", scratch_width=4,
+                                         scratch_depth=3),
+                       train=TrainConfig(epochs=2, seed=0, device="cpu"), objective="val_miou",
+                       tracking=TrackingTarget(uri, experiment, parent))
+
+    def fit(trainable, name: str):
+        tuner = tune.Tuner(tune.with_resources(tune.with_parameters(trainable, setup=setup), {"cpu": 1}),
+                           run_config=tune.RunConfig(name=name, storage_path=str(tmp_path / "ray"), verbose=0))
+        (result,) = tuner.fit()
+        assert result.error is None, result.error
+        return result
+
+    first = fit(train_trial, "first")
+    last_epoch = Path(first.checkpoint.path)
+
+    def restarted(config, setup):  # finds the last epoch's checkpoint on storage, as a resumed trial does
+        trial_dir = Path(tune.get_context().get_storage().trial_fs_path)
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(last_epoch, trial_dir / "checkpoint_000007")
+        train_trial(config, setup)
+
+    second = fit(restarted, "second")
+    assert list(second.metrics_dataframe["epoch"]) == [2], "one report: the saved last epoch, nothing retrained"
+    for key in ("epoch", "val_miou", "best_val_miou", "best_epoch", "train_loss"):
+        assert second.metrics[key] == first.metrics[key], key
+    assert isinstance(second.metrics["epoch"], int) and second.checkpoint is not None
