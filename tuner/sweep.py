@@ -36,7 +36,7 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune import Callback, CLIReporter, TuneError
 from ray.tune.experiment import Trial
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler
 from ray.tune.stopper import Stopper, TimeoutStopper
 
 import data_pipeline
@@ -48,6 +48,7 @@ from models import ConfigError, ModelConfig, TrainConfig, WeightsError, canonica
 from tuner import disk, leftovers, tracking
 from tuner.cli import EXIT_INCOMPLETE, EXIT_INTERRUPTED, CliError, shown_duration
 from tuner.objective import best_epoch, best_name
+from tuner.scheduler import ResumableASHA
 from tuner.searcher import DIVERGED, RAY_TRIAL_ATTR, STATUS_ATTR, PruningAwareOptunaSearch, RetryPassingLimiter
 from tuner.settings import RunPaths, environment, shown_uri
 from tuner.space import SpaceError, check_against_models, define_by_run, load_space
@@ -523,6 +524,7 @@ def _tuner(cfg: SweepConfig, paths: RunPaths, space, setup: TrialSetup, results_
         spent = _budget_flag_path(paths, cfg.experiment).exists()
         return tune.Tuner.restore(results_path, trainable=trainable, resume_errored=not spent)
     storage, name = results_path.rsplit("/", 1)
+    _asha_state_path(paths, cfg.experiment).unlink(missing_ok=True)  # an earlier sweep's
     return tune.Tuner(trainable, tune_config=_tune_config(cfg, paths, space), run_config=tune.RunConfig(
         name=name, storage_path=storage, progress_reporter=_reporter(cfg, space, results_path), verbose=1,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT, checkpoint_score_attribute=cfg.objective,
@@ -578,7 +580,7 @@ def _tune_config(cfg: SweepConfig, paths: RunPaths, space):
     searcher = PruningAwareOptunaSearch(
         space=define_by_run(space), metric=cfg.objective, mode="max", sampler=sampler, storage=storage,
         study_name=cfg.experiment, points_to_evaluate=points, max_t=cfg.max_epochs, time_attr=EPOCH)
-    scheduler = (ASHAScheduler(time_attr=EPOCH, max_t=cfg.max_epochs, grace_period=cfg.grace_epochs,
+    scheduler = (ResumableASHA(_asha_state_path(paths, cfg.experiment), time_attr=EPOCH, max_t=cfg.max_epochs, grace_period=cfg.grace_epochs,
                                reduction_factor=cfg.reduction_factor) if cfg.use_asha else FIFOScheduler())
     return tune.TuneConfig(search_alg=RetryPassingLimiter(searcher, max_concurrent=cfg.concurrency),
                            scheduler=scheduler, num_samples=cfg.samples, metric=cfg.objective, mode="max",
@@ -992,6 +994,11 @@ def _pointer_path(paths: RunPaths, experiment: str) -> Path:
 
 def _lock_path(paths: RunPaths, experiment: str) -> Path:
     return _pointer_path(paths, experiment).with_suffix(".lock")
+
+
+def _asha_state_path(paths: RunPaths, experiment: str) -> Path:
+    """ASHA's rungs, for --resume (tuner.scheduler)."""
+    return _pointer_path(paths, experiment).with_suffix(".asha.pkl")
 
 
 def _budget_flag_path(paths: RunPaths, experiment: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -63,7 +64,7 @@ def _histories(uri: str, runs) -> dict:
 
 
 @pytest.mark.slow
-def test_sigint_then_resume_does_not_rerun_finished_trials(local_ray, scenes, tiny_space, run_paths):
+def test_sigint_then_resume_does_not_rerun_finished_trials(local_ray, scenes, tiny_space, run_paths, capsys):
     command = [sys.executable, "-m", "tuner.cli", "--run-dir", str(run_paths.root), "tune", "--space", tiny_space,
                "--data", str(scenes), "--samples", str(SAMPLES), "--max-epochs", "2", "--concurrency", "1",
                "--device", "cpu", "--experiment", "resume"]
@@ -101,7 +102,12 @@ def test_sigint_then_resume_does_not_rerun_finished_trials(local_ray, scenes, ti
     assert any(so_far["best_objective"] == pytest.approx(v) for v in scores(before))
     histories_before = _histories(uri, done_before)
 
+    capsys.readouterr()
     result = run_sweep(SweepConfig(experiment="resume", resume=True), run_paths)  # settings come from the sweep
+    # ASHA goes on with the rungs the finished trials filled (Ray does not save a scheduler's state: a resumed
+    # ASHA started empty, "Iter 1.000: None", and let trials run that the uninterrupted sweep would stop)
+    first_status = re.search(r"Bracket: (.*)", capsys.readouterr().out)
+    assert first_status and re.search(r"Iter 1\.000: [0-9.]+", first_status.group(1)), first_status
 
     assert not result.interrupted and sum(result.statuses.values()) == SAMPLES
     assert result.parent_run_id == parent.info.run_id
