@@ -1022,8 +1022,35 @@ def _resumed_config(cfg: SweepConfig, pointer: Path) -> SweepConfig:
                        "with; leave the flag out")
     saved = state["config"]
     saved["image_size"] = tuple(saved["image_size"])
+    _refuse_changed_flags(cfg, SweepConfig(**saved))
     address = None if cfg.address == LOCAL_RAY else (cfg.address or saved.get("address"))
     return replace(SweepConfig(**saved), resume=True, address=address)
+
+
+def _refuse_changed_flags(given: SweepConfig, started: SweepConfig) -> None:
+    """CliError for flags given with --resume that differ from the sweep's own (they were ignored without a
+    word: `--samples 5` ran the 3 trials it was started with). A flag at its default cannot be told from an
+    absent one and is not checked."""
+    defaults = SweepConfig()
+    changed = [f.name for f in fields(SweepConfig) if f.name not in _MAY_DIFFER_ON_RESUME
+               and getattr(given, f.name) != getattr(defaults, f.name)
+               and getattr(given, f.name) != getattr(started, f.name)]
+    if changed:
+        shown = ", ".join(f"{_flag_of(name, getattr(given, name))} (started with {_flag_of(name, getattr(started, name))})"
+                          for name in changed)
+        raise CliError(f"--resume runs the sweep as it was started; leave out {shown} (a new sweep of the "
+                       f"experiment, without --resume, continues its Optuna study with other settings)")
+
+
+_MAY_DIFFER_ON_RESUME = ("experiment", "resume", "address", "time_budget_s")  # --time-budget: its own error
+
+
+def _flag_of(name: str, value) -> str:
+    if name == "use_asha":
+        return "ASHA" if value else "--no-asha"
+    if name == "image_size":
+        value = "x".join(map(str, value))
+    return f"--{name.replace('_', '-')} {value}"
 
 
 def _end_abandoned_sweep(paths: RunPaths, pointer: Path) -> None:

@@ -175,6 +175,14 @@ def test_resume_rejoins_the_sweeps_cluster_and_checks_it_answers_first(scenes, t
         run_sweep(SweepConfig(experiment="test", resume=True, address="local"), run_paths)  # past it: no cluster
     with pytest.raises(CliError, match="--time-budget: a resumed sweep goes on with what is left of the budget"):
         run_sweep(SweepConfig(experiment="test", resume=True, time_budget_s=60.0), run_paths)
+    # other flags that differ from the sweep's were ignored without a word (--samples 5 ran its 6 trials)
+    with pytest.raises(CliError, match=r"^--resume runs the sweep as it was started; leave out --space vgg11 \(started "
+                                       r"with --space smoke\), --samples 5 \(started with --samples 6\), --no-asha "
+                                       r"\(started with ASHA\) \(a new sweep"):
+        run_sweep(SweepConfig(experiment="test", resume=True, samples=5, use_asha=False, space="vgg11"), run_paths)
+    run_sweep_args = SweepConfig(experiment="test", resume=True, samples=6, device="cpu", address="127.0.0.1:1")
+    with pytest.raises(CliError, match="--address 127.0.0.1:1: nothing answers there"):
+        run_sweep(run_sweep_args, run_paths)  # the sweep's own values given again: fine
 
 
 def test_an_address_ray_cannot_join_is_one_line_before_anything_is_written(tmp_path):
