@@ -268,7 +268,7 @@ def _run_locked(cfg: SweepConfig, paths: RunPaths, space=None) -> SweepResult:
     space = space or _load_space(cfg)
     if cfg.resume:  # the store the sweep logged to, read from its pointer (a new sweep's was checked)
         tracking.check_reachable(paths.tracking_uri)
-    _warn_about_storage(cfg)
+    _warn_about_storage(cfg, paths)
     _warn_about_disk(cfg, paths, space)
     data_cfg, manifest = _prepare_data(cfg, paths)
     source = tracking.source_tags("tune")  # who ran it, with which code: every run of the sweep gets them
@@ -357,10 +357,10 @@ def _read_space(cfg: SweepConfig):
     return load_space(path)
 
 
-def _warn_about_storage(cfg: SweepConfig) -> None:
+def _warn_about_storage(cfg: SweepConfig, paths: RunPaths) -> None:
     if cfg.address and not (cfg.storage or "").startswith(("s3://", "gs://", "abfs://")):
         print(f"lunartune tune: warning: --address {cfg.address} joins a cluster, but Ray results go to the "
-              f"local path {cfg.storage or '<run-dir>/ray'}. Every node must see the same folder: give "
+              f"local path {cfg.storage or paths.ray_results}. Every node must see the same folder: give "
               f"--storage s3://bucket/prefix or a shared (NFS) path, and keep --data and the run dir on "
               f"shared storage too.", file=sys.stderr)
 

@@ -519,3 +519,13 @@ def test_a_time_budget_ends_the_sweep_and_the_trial_then_running_ends_unfinished
     assert "time budget 30s spent: trials then running ended unfinished; 3 of 4 never started" in summary
     with pytest.raises(CliError, match="ended at its time budget .--time-budget 30s.: nothing is left to resume"):
         run_sweep(SweepConfig(experiment="budget", resume=True), run_paths)
+
+
+def test_the_storage_warning_of_a_cluster_sweep_names_the_real_folder(tmp_path, capsys):
+    from tuner.sweep import _warn_about_storage
+
+    _warn_about_storage(SweepConfig(address="127.0.0.1:6379"), RunPaths(root=tmp_path / "run"))
+    err = capsys.readouterr().err  # it printed the placeholder "<run-dir>/ray"
+    assert f"but Ray results go to the local path {tmp_path / 'run' / 'ray'}. Every node must see" in err
+    _warn_about_storage(SweepConfig(address="127.0.0.1:6379", storage="s3://bucket/x"), RunPaths(root=tmp_path))
+    assert capsys.readouterr().err == ""
