@@ -340,10 +340,9 @@ def check_against_models(space: SearchSpace, image_size: tuple[int, int]) -> Non
     """SpaceError naming the file and field for values the models package refuses (an unknown optimizer,
     dropout >= 1, an image size a backbone cannot take, an encoder weights file that is unreadable or made
     for another encoder), checked before any trial starts."""
-    from models import (ConfigError, ModelConfig, TrainConfig, WeightsError, check_weights_file, validate,
-                        validate_image_size, validate_train)
+    from models import (ConfigError, WeightsError, check_weights_file, validate, validate_image_size,
+                        validate_train)
 
-    model_fields = {f.name for f in fields(ModelConfig)}
     weights_checked = set()  # a weights file is read once per encoder it may go with, not once per value
     for name, value, field, context in _values_to_check(space):
         if name == "augment" and not isinstance(value, bool):  # DataConfig's only searchable field
@@ -351,7 +350,7 @@ def check_against_models(space: SearchSpace, image_size: tuple[int, int]) -> Non
         fixed = {k: v for k, v in space.fixed if k != name}
         values = {**fixed, **context, name: value}
         try:
-            model = validate(ModelConfig(**{k: v for k, v in values.items() if k in model_fields}))
+            model = validate(ModelConfig(**{k: v for k, v in values.items() if k in _MODEL_FIELDS}))
             validate_train(TrainConfig(**{k: v for k, v in values.items() if k in _TRAIN_FIELDS}))
             validate_image_size(model, image_size)
             encoder = (model.backbone, model.arch, model.in_channels, model.encoder_weights)
@@ -378,12 +377,11 @@ def _check_pairs(space: SearchSpace) -> None:
     """SpaceError for two searched values a trial may draw together that the configs refuse together
     (`nesterov: true` with a `momentum` range from 0), though each passes on its own: else such trials
     error, three tries each, mid-sweep."""
-    from models import ConfigError, ModelConfig, TrainConfig, validate, validate_train
+    from models import ConfigError, validate, validate_train
 
-    model_fields = {f.name for f in fields(ModelConfig)}
     fixed, by_name = dict(space.fixed), {p.name: p for p in space.params}
-    searched_values = [(name, value, field) for name, value, field, _ in _values_to_check(space)
-                       if field.startswith("params.")]
+    searched_values = dict.fromkeys((name, value, field) for name, value, field, _ in _values_to_check(space)
+                                    if field.startswith("params."))  # once each, not once per context
     for name, value, field, context in _values_to_check(space):
         if not field.startswith("params."):
             continue
@@ -393,13 +391,14 @@ def _check_pairs(space: SearchSpace) -> None:
                 continue
             values = {**fixed, **drawn, other: other_value}
             try:
-                validate(ModelConfig(**{k: v for k, v in values.items() if k in model_fields}))
+                validate(ModelConfig(**{k: v for k, v in values.items() if k in _MODEL_FIELDS}))
                 validate_train(TrainConfig(**{k: v for k, v in values.items() if k in _TRAIN_FIELDS}))
             except ConfigError as err:
                 raise SpaceError(f"{space.source}: {field}: {value!r} with {other_field}: {other_value!r} is "
                                  f"refused: {err}") from None
 
 
+_MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig))
 _TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
 
 

@@ -580,8 +580,9 @@ def _tune_config(cfg: SweepConfig, paths: RunPaths, space):
     searcher = PruningAwareOptunaSearch(
         space=define_by_run(space), metric=cfg.objective, mode="max", sampler=sampler, storage=storage,
         study_name=cfg.experiment, points_to_evaluate=points, max_t=cfg.max_epochs, time_attr=EPOCH)
-    scheduler = (ResumableASHA(_asha_state_path(paths, cfg.experiment), time_attr=EPOCH, max_t=cfg.max_epochs, grace_period=cfg.grace_epochs,
-                               reduction_factor=cfg.reduction_factor) if cfg.use_asha else FIFOScheduler())
+    scheduler = (ResumableASHA(_asha_state_path(paths, cfg.experiment), time_attr=EPOCH, max_t=cfg.max_epochs,
+                               grace_period=cfg.grace_epochs, reduction_factor=cfg.reduction_factor)
+                 if cfg.use_asha else FIFOScheduler())
     return tune.TuneConfig(search_alg=RetryPassingLimiter(searcher, max_concurrent=cfg.concurrency),
                            scheduler=scheduler, num_samples=cfg.samples, metric=cfg.objective, mode="max",
                            reuse_actors=True,  # a new trial skips the worker's ~3-10 s of torch/smp imports
@@ -1027,6 +1028,9 @@ def _resumed_config(cfg: SweepConfig, pointer: Path) -> SweepConfig:
     return replace(SweepConfig(**saved), resume=True, address=address)
 
 
+_MAY_DIFFER_ON_RESUME = ("experiment", "resume", "address", "time_budget_s")  # --time-budget: its own error
+
+
 def _refuse_changed_flags(given: SweepConfig, started: SweepConfig) -> None:
     """CliError for flags given with --resume that differ from the sweep's own (they were ignored without a
     word: `--samples 5` ran the 3 trials it was started with). A flag at its default cannot be told from an
@@ -1040,9 +1044,6 @@ def _refuse_changed_flags(given: SweepConfig, started: SweepConfig) -> None:
                           for name in changed)
         raise CliError(f"--resume runs the sweep as it was started; leave out {shown} (a new sweep of the "
                        f"experiment, without --resume, continues its Optuna study with other settings)")
-
-
-_MAY_DIFFER_ON_RESUME = ("experiment", "resume", "address", "time_budget_s")  # --time-budget: its own error
 
 
 def _flag_of(name: str, value) -> str:
