@@ -10,6 +10,7 @@ only known on the driver: `tuner.sweep.TrialStatusCallback` sets them.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import shutil
 import sys
@@ -21,6 +22,7 @@ import pyarrow.fs
 import ray
 import torch
 from ray import tune
+from ray.tune.result import EXPR_RESULT_FILE
 
 import data_pipeline
 from data_pipeline import DataConfig
@@ -103,7 +105,7 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
         staging.remove()  # tune.report has copied it into Ray's storage
 
     try:
-        if epoch >= train_cfg.epochs and saved_metrics:
+        if epoch >= train_cfg.epochs and saved_metrics and not _ray_took_epoch(context.get_storage(), epoch):
             # its last epoch was saved, then the trial stopped before Ray took the report (Ctrl-C stops the
             # driver first; a kill): told again, else Ray, Optuna and the summary keep the epoch before, and a
             # trial that ran every epoch ends "pruned" with an older score
@@ -250,6 +252,24 @@ def _restore(checkpoint, model, optimizer, scheduler, grad_scaler) -> tuple:
     epoch = restore_training_state(saved, optimizer, scheduler, grad_scaler)
     extra = saved["extra"]
     return epoch, extra["best"], extra.get("best_epoch"), extra["run_id"], saved["metrics"]
+
+
+def _ray_took_epoch(storage, epoch: int) -> bool:
+    """Whether the trial's result.json (Ray's driver appends each report it takes) holds `epoch`. A driver
+    SIGKILLed after taking the last report may have saved the trial as running: restored, it must not report
+    that epoch twice."""
+    try:
+        with storage.storage_filesystem.open_input_stream(f"{storage.trial_fs_path}/{EXPR_RESULT_FILE}") as f:
+            lines = f.read().decode().splitlines()
+    except OSError:  # none yet (FileNotFoundError is an OSError)
+        return False
+    for line in lines:
+        try:
+            if json.loads(line).get(EPOCH, 0) >= epoch:
+                return True
+        except json.JSONDecodeError:  # the line being written
+            continue
+    return False
 
 
 def _newest_readable(candidates: list) -> dict | None:

@@ -255,3 +255,16 @@ def test_a_trial_restarted_on_its_saved_last_epoch_reports_that_epoch(local_ray,
     for key in ("epoch", "val_miou", "best_val_miou", "best_epoch", "train_loss"):
         assert second.metrics[key] == first.metrics[key], key
     assert isinstance(second.metrics["epoch"], int) and second.checkpoint is not None
+
+
+def test_the_last_epoch_is_reported_again_only_if_ray_never_took_it(tmp_path):
+    """A driver SIGKILLed after taking a trial's last report may have saved the trial as running: restored
+    onto that epoch, the trial must not report it twice (result.json would hold it twice)."""
+    from tuner.trainable import _ray_took_epoch
+
+    storage = _storage(tmp_path)
+    assert not _ray_took_epoch(storage, 2)  # no result.json: Ray took nothing
+    (tmp_path / "result.json").write_text('{"epoch": 1, "val_miou": 0.3}\n')
+    assert not _ray_took_epoch(storage, 2)
+    (tmp_path / "result.json").write_text('{"epoch": 1, "val_miou": 0.3}\n{"epoch": 2, "val_miou": 0.4}\n{"epo')
+    assert _ray_took_epoch(storage, 2)  # a line being written is skipped
