@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 from pathlib import Path
 
 from ray.tune.schedulers import ASHAScheduler
@@ -46,7 +47,7 @@ class ResumableASHA(ASHAScheduler):
         self._write_state()
 
     def _read_state(self) -> None:
-        if self._state_read:
+        if self._state_read or self._state_file is None:
             return
         self._state_read = True
         try:
@@ -57,8 +58,16 @@ class ResumableASHA(ASHAScheduler):
         self.__dict__.update(saved)
 
     def _write_state(self) -> None:
+        if self._state_file is None:  # could not be written once: not tried at every result
+            return
         state = {k: v for k, v in self.__dict__.items() if k not in _RUNTIME}
         partial = f"{self._state_file}.partial"
-        with open(partial, "wb") as f:
-            pickle.dump(state, f)
-        os.replace(partial, self._state_file)
+        try:
+            Path(self._state_file).parent.mkdir(parents=True, exist_ok=True)
+            with open(partial, "wb") as f:
+                pickle.dump(state, f)
+            os.replace(partial, self._state_file)
+        except OSError as err:  # a full disk must not end the sweep: only a resumed ASHA would start empty
+            print(f"lunartune tune: warning: cannot save ASHA's state to {self._state_file} ({err}); if this "
+                  f"sweep is resumed, its ASHA starts with empty rungs", file=sys.stderr)
+            self._state_file = None
