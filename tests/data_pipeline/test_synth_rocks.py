@@ -8,14 +8,15 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from data_pipeline import load_eval_set
+from data_pipeline import load_eval_set, synth_rocks
 from data_pipeline.classes import decode_mask
 from data_pipeline.synth import render_scene
 from data_pipeline.synth_realistic import View, cap_highlights
 from data_pipeline.synth_rocks import (BOULDER_CUT_DEPTH, BOULDER_FACETS, BOX, GROUND, LABEL_MIN_RADIUS_PX,
                                        LARGE_ROCK_RADIUS_M, PEBBLE_FAR_M, PEBBLE_MIN_PX, SHADOW_LENGTH_SCALE,
-                                       SMALL_ROCK, SMALL_ROCK_FAR_M, Rocks, cast_shadow, height_m, paint,
-                                       polyhedron_hit, random_polyhedra, scatter_rocks, shadow_mask,
+                                       SMALL_ROCK, SMALL_ROCK_FAR_M, Rocks, height_m, paint,
+                                       polyhedron_hit, random_polyhedra, scatter_rocks, shadow_masks,
+                                       shadow_regions,
                                        truncated_power_law)
 
 REAL_CLEAN = Path(__file__).resolve().parents[2].parent / "shared/data/kaggle-eval-small/images/clean"
@@ -151,6 +152,12 @@ def one_rock_view(sun_azimuth_deg: float, sun_elevation_deg: float = 15.0, x_m: 
     return view, rocks
 
 
+def cast_shadow_of_rock_0(view: View, rocks: Rocks, radiance: np.ndarray, level: float = 0.1) -> None:
+    """Darken rock 0's cast shadow as paint() does."""
+    window, dark = shadow_regions(view, rocks)[0]
+    radiance[window][dark] *= level
+
+
 def test_far_pebbles_are_scattered_beyond_the_small_rock_range_and_unlabelled():
     view, _ = one_rock_view(180.0)
     counts = []
@@ -179,6 +186,19 @@ def test_a_pebble_is_drawn_like_a_rock_but_labelled_ground(labelled: bool):
     assert (mask == SMALL_ROCK).sum() > 200 if labelled else (mask == GROUND).all()
 
 
+@pytest.mark.parametrize("budget, one_at_a_time_px", [(1, 1), (1, 10 ** 9), (1 << 30, 10 ** 9), (1 << 30, 1)])
+def test_a_scene_does_not_depend_on_how_its_rocks_are_batched(monkeypatch, budget: int, one_at_a_time_px: int):
+    """paint() computes rocks and shadows many at a time (per-pixel gathers; big rocks one at a time): every
+    rock in a batch of its own, all in one, all ray-cast alone or all gathered must paint the same pixels."""
+    scenes = [render_scene(0, i, (240, 360)) for i in (1, 2, 3)]
+    monkeypatch.setattr(synth_rocks, "PIXEL_PLANE_BUDGET", budget)
+    monkeypatch.setattr(synth_rocks, "ONE_AT_A_TIME_PX", one_at_a_time_px)
+    for i, scene in zip((1, 2, 3), scenes):
+        again = render_scene(0, i, (240, 360))
+        assert np.array_equal(again.image, scene.image) and np.array_equal(again.mask, scene.mask)
+        assert again.boxes == scene.boxes
+
+
 @pytest.mark.parametrize("azimuth, shadow_in_front", [(180.0, False), (0.0, True)])
 def test_a_rock_casts_its_shadow_away_from_the_sun(azimuth: float, shadow_in_front: bool):
     """Sun behind the camera: the shadow falls behind the rock (above it on screen) and the ground in front
@@ -187,7 +207,7 @@ def test_a_rock_casts_its_shadow_away_from_the_sun(azimuth: float, shadow_in_fro
     darkened footprint (~10-12 px) and within that shadow (~24-33 px); above it, rows 13-20 px."""
     view, rocks = one_rock_view(azimuth, sun_elevation_deg=7.5)
     radiance = np.ones((view.height, view.width), np.float32)
-    cast_shadow(view, rocks, 0, 0.1, radiance)
+    cast_shadow_of_rock_0(view, rocks, radiance)
     col, row = int(rocks.col[0]), int(rocks.row[0])
     in_front = radiance[row + 15: row + 25, col - 5: col + 5]  # below the contact point on screen: nearer
     behind = radiance[row - 20: row - 13, col - 5: col + 5]
@@ -202,7 +222,7 @@ def test_cast_shadows_are_half_their_geometric_length(elevation: float):
     darkened rows below the rock end where the ground lies that half-length nearer."""
     view, rocks = one_rock_view(0.0, sun_elevation_deg=elevation)
     radiance = np.ones((view.height, view.width), np.float32)
-    cast_shadow(view, rocks, 0, 0.1, radiance)
+    cast_shadow_of_rock_0(view, rocks, radiance)
     col = int(round(float(rocks.col[0])))
     geometric = float(height_m(rocks)[0]) / np.tan(np.radians(elevation))
     end_row = lambda length: float(view.project(rocks.x, rocks.z - length)[1][0])
@@ -222,8 +242,8 @@ def test_a_shadow_is_drawn_whole(azimuth: float, elevation: float, x_m: float, z
     (a window from the corners alone cut the near side of 131 of 1,445 shadows in 40 scenes, straight)."""
     view, rocks = one_rock_view(azimuth, elevation, x_m, z_m, wave_px)
     radiance = np.ones((view.height, view.width), np.float32)
-    cast_shadow(view, rocks, 0, 0.1, radiance)
-    whole = shadow_mask(view, rocks, 0, (slice(0, view.height), slice(0, view.width)))
+    cast_shadow_of_rock_0(view, rocks, radiance)
+    whole = shadow_masks(view, rocks, np.array([0]), [(slice(0, view.height), slice(0, view.width))])[0]
     assert whole.sum() > 500
     assert np.array_equal(radiance < 1, whole), int((whole ^ (radiance < 1)).sum())
 
