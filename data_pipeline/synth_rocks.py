@@ -225,7 +225,8 @@ def pixel_batches(members: list[int], windows: list, budget: int) -> list[list[i
     the memory of the (pixels x planes) arrays."""
     batches, current, size = [], [], 0
     for i in members:
-        area = int(np.prod(window_shape(windows[i])))
+        rows, cols = window_shape(windows[i])
+        area = rows * cols
         if current and size + area > budget:
             batches.append(current)
             current, size = [], 0
@@ -402,21 +403,29 @@ def shadow_windows(view: View, rocks: Rocks) -> list:
     # only ground nearer than the bottom row's is off screen; a strip reaching behind the camera would
     # project through z ~ 0 to nonsense columns and cut the window (a straight-edged shadow), so clip it
     nearest = float(view.focal * view.cam_height / max(view.height - float(view.horizon.min()), 1.0))
-    return [screen_window(view, clip_near(polygon, 0.9 * nearest), float(top))
-            for polygon, top in zip(polygons, rocks.ry_top)]
+    z_min = 0.9 * nearest
+    clipped = polygons[:, :, 1].min(1) < z_min  # few: most strips lie wholly in front of the camera
+    windows = [None] * len(polygons)
+    for i, window in zip(np.flatnonzero(~clipped), screen_windows(view, polygons[~clipped], rocks.ry_top[~clipped])):
+        windows[i] = window
+    for i in np.flatnonzero(clipped):
+        polygon = clip_near(polygons[i], z_min)
+        windows[i] = screen_windows(view, polygon[None], rocks.ry_top[i:i + 1])[0] if len(polygon) else None
+    return windows
 
 
-def screen_window(view: View, polygon: np.ndarray, rock_top: float) -> tuple[slice, slice] | None:
-    """The screen rectangle of a ground polygon ((n, 2) x, z), reaching rock_top px above it."""
-    if len(polygon) == 0:
-        return None
-    cols = view.width / 2 + view.focal * polygon[:, 0] / polygon[:, 1]
-    left, right = int(np.clip(cols.min() - 1, 0, view.width - 1)), int(np.clip(cols.max() + 1, 0, view.width - 1))
+def screen_windows(view: View, polygons: np.ndarray, rock_top: np.ndarray) -> list:
+    """The screen rectangles of ground polygons ((count, n, 2) x, z), each reaching rock_top px above it."""
+    cols = view.width / 2 + view.focal * polygons[..., 0] / polygons[..., 1]
+    left = np.clip(cols.min(1) - 1, 0, view.width - 1).astype(np.int64)
+    right = np.clip(cols.max(1) + 1, 0, view.width - 1).astype(np.int64)
     # the ground's rows hang from a wavy horizon: take its extremes over the strip's columns, not at its corners
-    horizon = view.horizon[left:right + 1]
-    below = view.focal * view.cam_height / polygon[:, 1]
-    return window_of(view, cols.min() - 1, cols.max() + 1, horizon.min() + below.min() - rock_top - 1,
-                     horizon.max() + below.max() + 1)
+    spans = np.stack([left, right + 1], 1).ravel()
+    horizon = np.append(view.horizon, view.horizon[-1])  # a column past the last: a span may end there
+    horizon_min, horizon_max = np.minimum.reduceat(horizon, spans)[::2], np.maximum.reduceat(horizon, spans)[::2]
+    below = view.focal * view.cam_height / polygons[..., 1]
+    return [window_of(view, c0 - 1, c1 + 1, h0 + b0 - top - 1, h1 + b1 + 1) for c0, c1, h0, h1, b0, b1, top
+            in zip(cols.min(1), cols.max(1), horizon_min, horizon_max, below.min(1), below.max(1), rock_top)]
 
 
 def clip_near(polygon: np.ndarray, z_min: float) -> np.ndarray:
