@@ -315,7 +315,10 @@ def _run_locked(cfg: SweepConfig, paths: RunPaths, space=None) -> SweepResult:
             tracking.end_parent_run(paths.tracking_uri, target.parent_run_id, interrupted, summary)
         except Exception as err:  # MLflow away: the results are safe in Ray's folder; --resume ends the run later
             incomplete.append(f"parent run {target.parent_run_id} ({type(err).__name__})")
-    write_json_atomic(pointer, {**state, "mlflow_incomplete": incomplete, "budget_spent": result.budget_spent})
+    # finished: nothing left for --resume to run (errored trials it would retry)
+    finished = not result.interrupted and not result.budget_spent and not result.statuses.get(tracking.ERRORED)
+    write_json_atomic(pointer, {**state, "mlflow_incomplete": incomplete, "budget_spent": result.budget_spent,
+                                "finished": finished})
     return replace(result, mlflow_incomplete=incomplete)
 
 
@@ -1018,6 +1021,10 @@ def _resumed_config(cfg: SweepConfig, pointer: Path) -> SweepConfig:
         raise CliError(f"--resume: the latest sweep of experiment {cfg.experiment!r} ended at its time budget "
                        f"(--time-budget {shown_duration(state['config']['time_budget_s'])}): nothing is left to "
                        f"resume; a new sweep of the experiment continues its Optuna study")
+    if state.get("finished") and not state.get("mlflow_incomplete"):
+        raise CliError(f"--resume: the latest sweep of experiment {cfg.experiment!r} finished (every trial ended, "
+                       f"none errored, MLflow complete): nothing is left to resume; a new sweep of the "
+                       f"experiment continues its Optuna study")
     if cfg.time_budget_s is not None:
         raise CliError("--time-budget: a resumed sweep goes on with what is left of the budget it was started "
                        "with; leave the flag out")

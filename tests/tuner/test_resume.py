@@ -126,6 +126,9 @@ def test_sigint_then_resume_does_not_rerun_finished_trials(local_ray, scenes, ti
     # the restored searcher is still the Optuna one, with its trials: every trial told, none left RUNNING
     assert len(study.trials) == SAMPLES
     assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    # now finished: a second --resume says there is nothing left (it used to rerun Ray and reprint the summary)
+    with pytest.raises(sweep.CliError, match="finished .*nothing is left to resume"):
+        run_sweep(SweepConfig(experiment="resume", resume=True), run_paths)
 
 
 def _save_as_running(experiment_path: Path, trial_id: str) -> None:

@@ -185,6 +185,26 @@ def test_resume_rejoins_the_sweeps_cluster_and_checks_it_answers_first(scenes, t
         run_sweep(run_sweep_args, run_paths)  # the sweep's own values given again: fine
 
 
+def test_resume_of_a_finished_sweep_says_there_is_nothing_to_resume(scenes, tmp_path):
+    """It used to rerun Ray on the finished sweep and reprint its summary; a finished sweep whose MLflow is
+    incomplete is still resumed (that fills MLflow in), as is one with errored trials (not `finished`)."""
+    import json
+    from dataclasses import asdict
+
+    run_paths = RunPaths(root=tmp_path / "run")
+    pointer = run_paths.root / "sweeps" / "test.json"
+    pointer.parent.mkdir(parents=True)
+    state = {"config": asdict(_cfg("smoke", scenes)), "parent_run_id": "p", "results_path": "r", "finished": True}
+    pointer.write_text(json.dumps(state))
+    with pytest.raises(CliError, match="^--resume: the latest sweep of experiment 'test' finished .every trial ended, "
+                                       "none errored, MLflow complete.: nothing is left to resume"):
+        run_sweep(SweepConfig(experiment="test", resume=True), run_paths)
+    for other in ({"finished": False}, {"mlflow_incomplete": ["child run x (ConnectionError)"]}):
+        pointer.write_text(json.dumps({**state, **other}))
+        with pytest.raises(CliError, match="--resume: the sweep's parent run p is not in the MLflow store"):
+            run_sweep(SweepConfig(experiment="test", resume=True), run_paths)  # past the check
+
+
 def test_an_address_ray_cannot_join_is_one_line_before_anything_is_written(tmp_path):
     """ray.init's failures (here: no port number) were a traceback after the sweep's parent run was made."""
     run = tmp_path / "run"
