@@ -176,12 +176,13 @@ def run_sweep(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
         _check_data_exists(cfg)
         _check_where_trials_run(cfg)
         tracking.check_reachable(paths.tracking_uri)  # an unreachable store fails in <= 10 s
-        address = cfg.address
+        address, saved = cfg.address, False
     else:  # no sweep to resume, or a cluster that does not answer: refused before the run dir is touched
         resumed = _resumed_config(cfg, _pointer_path(paths, cfg.experiment))
-        _check_where_trials_run(resumed)
+        saved = not cfg.address  # the sweep rejoins the address it was started with: the user typed none
+        _check_where_trials_run(resumed, address_saved=saved)
         address = resumed.address
-    with _joined_cluster(address):  # a cluster that refuses us: refused before anything is written
+    with _joined_cluster(address, address_saved=saved):  # a cluster that refuses us: refused before anything is written
         paths.ensure()
         with sweep_lock(paths, cfg.experiment) as lock:
             _stop_leftovers(lock)
@@ -189,7 +190,7 @@ def run_sweep(cfg: SweepConfig, paths: RunPaths) -> SweepResult:
 
 
 @contextmanager
-def _joined_cluster(address: str | None):
+def _joined_cluster(address: str | None, address_saved: bool = False):
     """Join the Ray cluster at `address` (None: nothing to join; the sweep starts a private Ray later) and
     leave it at the end. ray.init failing (a port that answers but is no Ray head; a head with token
     authentication this process has no token for) was a traceback after the sweep's parent run was made."""
@@ -201,21 +202,22 @@ def _joined_cluster(address: str | None):
     except Exception as err:
         ray.shutdown()  # whatever part of the connection was made
         reason = (str(err).strip().splitlines() or [""])[0][:300]
-        raise CliError(f"--address {address}: could not join a Ray cluster there ({type(err).__name__}: {reason}); "
-                       f"is it a Ray head's GCS port (ray start --head prints it)? A head with token "
-                       f"authentication needs RAY_AUTH_MODE=token and its token here too") from None
+        raise CliError(f"{_address_named(address, address_saved)}: could not join a Ray cluster there "
+                       f"({type(err).__name__}: {reason}); is it a Ray head's GCS port (ray start --head prints "
+                       f"it)? A head with token authentication needs RAY_AUTH_MODE=token and its token here "
+                       f"too{_resume_elsewhere(address_saved)}") from None
     try:
         yield
     finally:
         ray.shutdown()
 
 
-def _check_where_trials_run(cfg: SweepConfig) -> None:
+def _check_where_trials_run(cfg: SweepConfig, address_saved: bool = False) -> None:
     """What Ray would wait on forever: a cluster address nobody answers at (ray.init retries for minutes), or
     on this machine's own Ray, GPUs it does not have (every trial PENDING). And a --storage folder that is a
     file (Ray failed on it after the parent run was made)."""
     if cfg.address:
-        _check_address_answers(cfg.address)
+        _check_address_answers(cfg.address, address_saved=address_saved)
     elif cfg.gpus_per_trial > 0:
         import torch
 
@@ -231,7 +233,7 @@ def _check_where_trials_run(cfg: SweepConfig) -> None:
             raise CliError(f"--storage {cfg.storage}: {above} is a file, not a folder")
 
 
-def _check_address_answers(address: str, timeout_s: float = 5.0) -> None:
+def _check_address_answers(address: str, timeout_s: float = 5.0, address_saved: bool = False) -> None:
     """A host:port (or ray://host:port) must accept a connection; "auto" and other forms are Ray's to read."""
     found = re.fullmatch(r"(?:ray://)?([\w.-]+):(\d+)", address)
     if found is None:
@@ -239,8 +241,21 @@ def _check_address_answers(address: str, timeout_s: float = 5.0) -> None:
     try:
         socket.create_connection((found[1], int(found[2])), timeout=timeout_s).close()
     except OSError as err:
-        raise CliError(f"--address {address}: nothing answers there ({err.strerror or err}); start the head "
-                       f"node (ray start --head) or give its address (host:6379)") from None
+        raise CliError(f"{_address_named(address, address_saved)}: nothing answers there ({err.strerror or err}); "
+                       f"start the head node (ray start --head) or give its address (host:6379)"
+                       f"{_resume_elsewhere(address_saved)}") from None
+
+
+def _address_named(address: str, saved: bool) -> str:
+    """How an error names the cluster address: the flag the user typed, or the one --resume read back."""
+    if saved:
+        return f"--resume: the sweep's cluster at {address} (its --address when started)"
+    return f"--address {address}"
+
+
+def _resume_elsewhere(saved: bool) -> str:
+    return "; or resume the sweep elsewhere: --address host:port, or --address local for a private local Ray" \
+        if saved else ""
 
 
 def _check_data_exists(cfg: SweepConfig) -> None:

@@ -166,10 +166,13 @@ def test_resume_rejoins_the_sweeps_cluster_and_checks_it_answers_first(scenes, t
     started = _cfg("smoke", scenes, address=f"127.0.0.1:{port}")
     pointer.write_text(json.dumps({"config": asdict(started), "parent_run_id": "p", "results_path": "r"}))
     before = sorted(p.name for p in run_paths.root.rglob("*"))
-    with pytest.raises(CliError, match=f"--address 127.0.0.1:{port}: nothing answers there"):
-        run_sweep(SweepConfig(experiment="test", resume=True), run_paths)  # the sweep's own address, checked
+    # the sweep's own address, checked; named as the sweep's, since the user typed no --address
+    with pytest.raises(CliError, match=f"^--resume: the sweep's cluster at 127.0.0.1:{port} .its --address when "
+                                       f"started.: nothing answers there .*; or resume the sweep elsewhere: "
+                                       f"--address host:port, or --address local for a private local Ray$"):
+        run_sweep(SweepConfig(experiment="test", resume=True), run_paths)
     assert sorted(p.name for p in run_paths.root.rglob("*")) == before  # no lock, no MLflow store
-    with pytest.raises(CliError, match="--address 127.0.0.1:1: nothing answers there"):
+    with pytest.raises(CliError, match=r"^--address 127.0.0.1:1: nothing answers there .*\(host:6379\)$"):
         run_sweep(SweepConfig(experiment="test", resume=True, address="127.0.0.1:1"), run_paths)  # or the one given
     with pytest.raises(CliError, match="--resume: the sweep's parent run p is not in the MLflow store"):
         run_sweep(SweepConfig(experiment="test", resume=True, address="local"), run_paths)  # past it: no cluster
