@@ -199,6 +199,7 @@ class WindowPixels:
     rows: np.ndarray  # int64 pixel row and column
     cols: np.ndarray
     counts: np.ndarray  # pixels per window
+    shapes: list[tuple[int, int]]  # (rows, columns) per window
 
     @staticmethod
     def of(windows: list[tuple[slice, slice]]) -> "WindowPixels":
@@ -208,12 +209,13 @@ class WindowPixels:
         counts = (r1 - r0) * widths
         owner = np.repeat(np.arange(len(windows)), counts)
         k = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)  # index within the window
-        return WindowPixels(owner, r0[owner] + k // widths[owner], c0[owner] + k % widths[owner], counts)
+        return WindowPixels(owner, r0[owner] + k // widths[owner], c0[owner] + k % widths[owner], counts,
+                            [window_shape(w) for w in windows])
 
-    def split(self, values: np.ndarray, shapes: list[tuple[int, int]] | None = None) -> list[np.ndarray]:
-        """Per-pixel values back into one array per window (reshaped to the windows' shapes if given)."""
+    def split(self, values: np.ndarray) -> list[np.ndarray]:
+        """Per-pixel values back into one array per window, shaped as the window."""
         parts = np.split(values, np.cumsum(self.counts)[:-1])
-        return parts if shapes is None else [part.reshape(shape) for part, shape in zip(parts, shapes)]
+        return [part.reshape(shape) for part, shape in zip(parts, self.shapes)]
 
 
 def window_shape(window: tuple[slice, slice]) -> tuple[int, int]:
@@ -329,11 +331,11 @@ def rock_faces(view: View, rocks: Rocks, polyhedra: list[np.ndarray], grain: np.
     for planes_count in sorted({len(p) for p in polyhedra}):
         members = [i for i, w in enumerate(windows) if w is not None and len(polyhedra[i]) == planes_count]
         for batch in pixel_batches(members, windows, PIXEL_PLANE_BUDGET // planes_count):
-            shapes = [window_shape(windows[i]) for i in batch]
-            inside, shade, pixels = shade_rocks(view, rocks, np.array(batch), [windows[i] for i in batch],
+            batch_windows = [windows[i] for i in batch]
+            inside, shade, pixels = shade_rocks(view, rocks, np.array(batch), batch_windows,
                                                 np.stack([polyhedra[i] for i in batch]), grain, bounce)
-            lit_counts = np.add.reduceat(inside, np.cumsum(pixels.counts) - pixels.counts) if len(inside) else []
-            for i, window, covered, lit in zip(batch, [windows[i] for i in batch], pixels.split(inside, shapes),
+            lit_counts = np.add.reduceat(inside, np.cumsum(pixels.counts) - pixels.counts)  # inside pixels per rock
+            for i, window, covered, lit in zip(batch, batch_windows, pixels.split(inside),
                                                np.split(shade, np.cumsum(lit_counts)[:-1])):
                 faces[i] = (window, covered, lit)
     return faces
@@ -344,7 +346,7 @@ def shade_rocks(view: View, rocks: Rocks, which: np.ndarray, windows: list, plan
     """(inside per window pixel, radiance per inside pixel, the WindowPixels) of the rocks `which`."""
     pixels = WindowPixels.of(windows)
     k = pixels.owner
-    # per-rock scalars as float32, as the float32 pixel arithmetic below takes them
+    # per-rock scalars in float32: float32 pixel arithmetic takes a Python float as float32 too (same pixels)
     col, row, rx, top, bottom = (a[which].astype(np.float32) for a in (rocks.col, rocks.row, rocks.rx,
                                                                        rocks.ry_top, rocks.ry_bottom))
     rows = pixels.rows.astype(np.float32) + 0.5
@@ -354,8 +356,8 @@ def shade_rocks(view: View, rocks: Rocks, which: np.ndarray, windows: list, plan
     depression = np.array([np.arctan2(view.cam_height, z) for z in rocks.z[which]], np.float64)
     inside, normal = polyhedra_hit(planes, depression, k, u, w)
     u, w, normal, k = u[inside], w[inside], normal[inside], k[inside]  # shade only what the rocks cover
-    offset = ((rocks.x[which] + rocks.z[which]) * 37).astype(np.float32)[k]  # each rock shows another part of the grain
-    fine = np.maximum(8.0, rocks.rx[which] / 3).astype(np.float32)[k]  # big, near rocks get grain and cracks down to a few pixels
+    offset = ((rocks.x[which] + rocks.z[which]) * 37).astype(np.float32)[k]  # each rock: another part of the grain
+    fine = np.maximum(8.0, rocks.rx[which] / 3).astype(np.float32)[k]  # big, near rocks: grain down to a few px
     bump = sample_bilinear(grain, u * fine - offset, w * fine + offset) * 0.15
     mottle = 1 + 0.1 * bump[:, 0] / 0.15  # albedo varies over the surface as well
     albedo = rocks.albedo[which].astype(np.float32)[k]
@@ -459,4 +461,4 @@ def shadow_masks(view: View, rocks: Rocks, which: np.ndarray, windows: list) -> 
     # real-render mIoU on two seeds (0.533 -> 0.521, 0.528 -> 0.506; README)
     footprint = rel_x * rel_x + rel_z * rel_z <= radius * radius
     on_ground = rows + 0.5 > view.horizon[cols]
-    return pixels.split((in_strip | footprint) & on_ground, [window_shape(w) for w in windows])
+    return pixels.split((in_strip | footprint) & on_ground)
