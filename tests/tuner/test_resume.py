@@ -160,6 +160,8 @@ def test_a_trial_ray_will_resume_is_not_tagged_finished_though_its_last_result_s
     children = {float(r.data.params["lr"]): r for r in tracking.child_runs(uri, first.experiment_id, first.parent_run_id)}
     pruned = children[1e-9]
     _save_as_running(Path(first.results_path), pruned.data.tags[tracking.TRIAL_ID_TAG])
+    pointer = run_paths.root / "sweeps" / "race.json"  # and the sweep's pointer as that Ctrl-C leaves it
+    pointer.write_text(json.dumps({**json.loads(pointer.read_text()), "finished": False}))
     tracking.client(uri).set_tag(pruned.info.run_id, tracking.STATUS_TAG, tracking.RUNNING)  # its callback never ran
 
     results = ResultGrid(ExperimentAnalysis(first.results_path))
